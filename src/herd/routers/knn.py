@@ -1,0 +1,83 @@
+"""kNN router: a model's chance on a query is its record on the k most similar training queries."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.preprocessing import normalize
+
+from herd.features import shared_embedder, tfidf_vectorizer
+from herd.routers.base import Router
+
+K_GRID = (5, 10, 20, 40, 80)
+PRIOR_GRID = (0.0, 2.0, 8.0, 32.0)
+MAX_TUNING_QUERIES = 3000
+CHUNK = 1024
+
+
+class KNNRouter(Router):
+    """P(correct) = (sum of the k neighbours' outcomes + a * prior) / (k + a).
+
+    ``k`` and the prior strength ``a`` default to None: chosen on the training data alone by
+    leave-one-out Brier score (each training query scored from its other neighbours), so no
+    test query ever informs them. ``features`` is "embed" (MiniLM) or "tfidf".
+    """
+
+    def __init__(self, k: int | None = None, prior_strength: float | None = None, features: str = "embed", seed: int = 0):
+        self.k = k
+        self.prior_strength = prior_strength
+        self.features = features
+        self.seed = seed
+
+    def prepare(self, texts, progress=None):
+        if self.features == "embed":
+            shared_embedder().embed(texts, progress=progress)
+
+    def _vectors(self, texts: list[str], fit: bool = False):
+        if self.features == "embed":
+            return shared_embedder().embed(texts)
+        if self.features == "tfidf":
+            if fit:
+                self.vectorizer_ = tfidf_vectorizer().fit(texts)
+            return normalize(self.vectorizer_.transform(texts))
+        raise ValueError(f"KNNRouter features must be 'embed' or 'tfidf', got {self.features!r}")
+
+    def _neighbours(self, xq, kmax: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Indices of the kmax most similar training queries, most similar first."""
+        out = np.empty((xq.shape[0], kmax), dtype=np.int64)
+        for s in range(0, xq.shape[0], CHUNK):
+            sim = xq[s : s + CHUNK] @ self.x_.T
+            sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
+            if exclude is not None:
+                sim[np.arange(sim.shape[0]), exclude[s : s + CHUNK]] = -np.inf
+            part = np.argpartition(-sim, kmax - 1, axis=1)[:, :kmax]
+            order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+            out[s : s + CHUNK] = np.take_along_axis(part, order, axis=1)
+        return out
+
+    def _estimate(self, nbrs: np.ndarray, k: int, a: float) -> np.ndarray:
+        hits = self.y_[nbrs[:, :k]].sum(axis=1)
+        return (hits + a * self.prior_) / (k + a)
+
+    def _fit(self, texts, y):
+        self.x_ = self._vectors(texts, fit=True)
+        self.y_ = y.astype(np.float32)
+        n = len(texts)
+        ks = [k for k in K_GRID if k < n] or [max(1, n - 1)]
+        if self.k is not None and self.prior_strength is not None:
+            self.k_, self.prior_strength_ = min(self.k, n), float(self.prior_strength)
+            return
+        rng = np.random.default_rng(self.seed)
+        rows = np.sort(rng.choice(n, size=min(n, MAX_TUNING_QUERIES), replace=False))
+        kgrid = [min(self.k, n - 1)] if self.k is not None else ks
+        agrid = [float(self.prior_strength)] if self.prior_strength is not None else PRIOR_GRID
+        nbrs = self._neighbours(self.x_[rows], max(kgrid), exclude=rows)
+        truth = self.y_[rows]
+        best = min(
+            ((float(np.mean((self._estimate(nbrs, k, a) - truth) ** 2)), k, a) for k in kgrid for a in agrid),
+            key=lambda t: t[0],
+        )
+        _, self.k_, self.prior_strength_ = best
+
+    def _predict(self, texts):
+        nbrs = self._neighbours(self._vectors(texts), self.k_)
+        return self._estimate(nbrs, self.k_, self.prior_strength_)
