@@ -50,8 +50,7 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
         if not path.exists():
             raise HerdDataError(f"HERD_DATA={env}: no such file or directory; fix or unset it")
         return path
-    repo_root = Path(__file__).resolve().parents[2]
-    candidates = [Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"]
+    candidates = _default_data_dirs()
     for c in candidates:
         if (c / "outcomes.parquet").exists():
             return c.resolve()
@@ -60,6 +59,11 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
         f"no outcome data found (looked in {looked}); pass --data DIR or set HERD_DATA to a "
         "directory with queries.parquet and outcomes.parquet"
     )
+
+
+def _default_data_dirs() -> list[Path]:
+    repo_root = Path(__file__).resolve().parents[2]
+    return [Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""The `herd` command: a thin shell that parses, calls the library and formats."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from herd import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Route each LLM query to the model that will answer it, cheaply.")
+# Piped output (logs, CI) gets wide tables instead of 80-column ellipses.
+console = Console(soft_wrap=True) if Console().is_terminal else Console(width=200, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DEMO_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "crux"), ("mmlu-pro", "mmlu-pro")]
+DEMO_ROUTERS = ["knn", "logistic"]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Accept repeated options and comma-separated lists alike."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _run_eval(data_dir, sources, benchmarks, models, routers, folds, seed, out, json_path, min_outcomes,
+              size_prices, sweep, groups=None) -> None:
+    from herd.data import HerdDataError, Outcomes, find_data_dir
+    from herd.evaluate import evaluate
+    from herd.features import EmbeddingsUnavailable
+    from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
+    from herd.report import console_table, write_report
+    from herd.routers import make_router
+
+    started = time.perf_counter()
+    try:
+        schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
+        path = find_data_dir(data_dir)
+        named = {name: make_router(name) for name in routers}
+        with console.status(f"loading {path}"):
+            data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+        if groups:
+            data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
+        data = data.filter(source=sources, benchmark=benchmarks, models=models)
+        if data.queries.empty:
+            _fail("no queries left after filtering")
+        console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s) from {path}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("starting", total=1)
+
+            def progress(message: str, done: int, total: int) -> None:
+                bar.update(task, description=message, completed=done, total=max(total, 1))
+
+            ev = evaluate(data, named, folds=folds, seed=seed, sweep=sweep, progress=progress)
+    except (HerdDataError, EmbeddingsUnavailable, ValueError) as e:
+        _fail(str(e))
+    for b in ev.benchmarks:
+        console.print(console_table(b, ev))
+        console.print()
+    written = write_report(ev, Path(out), Path(json_path) if json_path else None)
+    console.print(f"report:  {written['report'].resolve()}")
+    console.print(f"metrics: {written['metrics'].resolve()}")
+    console.print(f"plots:   {len(written) - 2} PNG file(s) in {Path(out).resolve()}")
+    console.print(f"took {time.perf_counter() - started:.1f} s")
+
+
+DataArg = typer.Argument(None, help="Outcome data: a directory in the unified format or a long CSV/JSONL file. "
+                         "Default: --data, $HERD_DATA, then ../shared/data.", show_default=False)
+DataOpt = typer.Option(None, "--data", help="Same as the DATA argument.")
+FoldsOpt = typer.Option(5, "--folds", min=2, help="Cross-validation folds (split by query).")
+SeedOpt = typer.Option(0, "--seed", help="Seed for the folds and the routers' internal tuning.")
+JsonOpt = typer.Option(None, "--json", help="Also write metrics.json here (default: OUT/metrics.json).")
+MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
+SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
+                       "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
+SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Optional[str] = DataArg,
+    data_opt: Optional[str] = DataOpt,
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to keep; repeat or comma-separate."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to keep."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Model(s) to keep."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}); see `herd routers`."),
+    folds: int = FoldsOpt,
+    seed: int = SeedOpt,
+    out: str = typer.Option("herd-report", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
+    json_path: Optional[str] = JsonOpt,
+    min_outcomes: int = MinOpt,
+    size_prices: Optional[str] = SizeOpt,
+    sweep: bool = SweepOpt,
+) -> None:
+    """Cross-validate routers against oracle, random, single models and the best single model."""
+    _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
+              _split_list(router) or DEMO_ROUTERS, folds, seed, out, json_path, min_outcomes, size_prices, sweep)
+
+
+@app.command()
+def demo(
+    data: Optional[str] = DataOpt,
+    router: Optional[list[str]] = typer.Option(None, "--router", help="Router(s) by name."),
+    folds: int = FoldsOpt,
+    seed: int = SeedOpt,
+    out: str = typer.Option("herd-demo", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
+    size_prices: Optional[str] = SizeOpt,
+) -> None:
+    """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
+    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, folds, seed, out, None,
+              20, size_prices, True, groups=DEMO_GROUPS)
+
+
+@app.command()
+def routers() -> None:
+    """List the routers herd can train."""
+    from herd.routers import DESCRIPTIONS
+
+    for name, text in DESCRIPTIONS.items():
+        console.print(f"[bold]{name}[/]: {text}")
+
+
+@app.callback(invoke_without_command=True)
+def _version(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Format an Evaluation: rich tables for the terminal, PNG plots, metrics.json and a
+self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from herd import metrics
+from herd.evaluate import BenchmarkResult, Evaluation, MethodResult
+
+MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
+SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "vote", "router")
+
+
+# ---- cells ------------------------------------------------------------------------------
+def fmt_cost(r: MethodResult) -> str:
+    if r.cost_usd is None:
+        return "n/a"
+    text = f"{'~' if r.cost_estimated else ''}${r.cost_usd:.3g}"
+    return text + ("*" if r.cost_coverage < 0.999 else "")
+
+
+def fmt_pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def fmt_gap(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:+.1f}%"
+
+
+def fmt_latency(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def shown_rows(b: BenchmarkResult) -> tuple[list[MethodResult], str | None]:
+    """Summary rows, then single models (top MAX_SINGLES + the cheapest when the pool is large)."""
+    summary = [r for kind in SUMMARY_KINDS for r in b.rows if r.kind == kind]
+    singles = sorted((r for r in b.rows if r.kind == "single"), key=lambda r: -r.accuracy)
+    if len(singles) <= MAX_SINGLES + 2:
+        return summary + singles, None
+    top = singles[:MAX_SINGLES]
+    priced = [r for r in singles if r.cost_usd is not None]
+    cheapest = min(priced, key=lambda r: r.cost_usd) if priced else None
+    if cheapest is not None and cheapest not in top:
+        top.append(cheapest)
+    note = (f"showing {len(top)} of {len(singles)} single models (top {MAX_SINGLES} by accuracy"
+            f"{' + the cheapest' if cheapest is not None else ''}); metrics.json has all of them")
+    return summary + top, note
+
+
+def footnotes(b: BenchmarkResult) -> list[str]:
+    notes = []
+    rows = b.rows
+    if any(r.cost_estimated for r in rows):
+        notes.append("~ cost estimated from list prices (or the price-by-size schedule) x tokens (chars/4)")
+    if any(r.cost_coverage < 0.999 and r.cost_usd is not None for r in rows):
+        notes.append("* some chosen models have no price: cost is the mean over queries whose model has one")
+    if b.unpriced_models:
+        notes.append(f"no price or size, left out of cost figures: {', '.join(b.unpriced_models)}")
+    if all(r.latency_s is None for r in rows):
+        notes.append("latency: the data records none")
+    notes.extend(b.notes)
+    return notes
+
+
+def _title(b: BenchmarkResult, ev: Evaluation) -> str:
+    return (f"{b.source} / {b.benchmark}: {b.n_queries} queries, {len(b.models)} models, "
+            f"{ev.folds}-fold CV by query (seed {ev.seed})")
+
+
+def curve_summary(b: BenchmarkResult) -> str | None:
+    if b.single_aiq is None:
+        return None
+    parts = [f"single models {b.single_aiq:.4f}"]
+    for r in b.rows:
+        if r.kind == "router" and r.aiq is not None:
+            match = "never" if r.cost_to_match_best_single is None else f"${r.cost_to_match_best_single:.3g}"
+            parts.append(f"{r.method.split(' ')[0]} {r.aiq:.4f} (matches best single at {match}/query)")
+    lo, hi = b.cost_range
+    return f"cost-quality AIQ over ${lo:.3g}-${hi:.3g}/query: " + "; ".join(parts)
+
+
+def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
+    rows, note = shown_rows(b)
+    t = Table(title=_title(b, ev), title_justify="left")
+    for col, justify in (("method", "left"), ("kind", "left"), ("accuracy %", "right"),
+                         ("cost/query", "right"), ("latency s", "right"), ("gap closed", "right")):
+        t.add_column(col, justify=justify)
+    for r in rows:
+        style = "bold" if r.kind in ("router", "best-single") else None
+        t.add_row(r.method, r.kind, fmt_pct(r.accuracy), fmt_cost(r), fmt_latency(r.latency_s),
+                  fmt_gap(r.gap_closed), style=style)
+    caption = [x for x in [note, curve_summary(b)] + footnotes(b) if x]
+    t.caption = "\n".join(caption)
+    t.caption_justify = "left"
+    return t
+
+
+# ---- plots ------------------------------------------------------------------------------
+def _slug(b: BenchmarkResult) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{b.source}-{b.benchmark}")
+
+
+def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in b.rows if r.kind in ("single", "router") and r.cost_usd]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    singles = [r for r in pts if r.kind == "single"]
+    ax.scatter([r.cost_usd for r in singles], [100 * r.accuracy for r in singles], c="0.55", s=22, label="single models")
+    top = sorted(singles, key=lambda r: -r.accuracy)[:6]
+    for r in top:
+        ax.annotate(r.method, (r.cost_usd, 100 * r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    costs = np.array([r.cost_usd for r in pts])
+    accs = np.array([r.accuracy for r in pts])
+    front = metrics.pareto_frontier(costs, accs)
+    ax.step(costs[front], 100 * accs[front], where="post", c="k", lw=1, alpha=0.6, label="Pareto frontier")
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    for i, r in enumerate(r for r in pts if r.kind == "router"):
+        name = r.method.split(" ")[0]
+        color = colors[i % len(colors)]
+        curve = [p for p in b.curves.get(name, []) if p[0] is not None]
+        if curve:
+            ax.plot([p[0] for p in curve], [100 * p[1] for p in curve], "--", c=color, lw=1, alpha=0.8)
+        ax.scatter([r.cost_usd], [100 * r.accuracy], c=color, marker="*", s=160, label=f"{r.method} (dashed: cost sweep)", zorder=5)
+    for kind, style in (("oracle", ":"), ("best-single", "-.")):
+        r = next(x for x in b.rows if x.kind == kind)
+        ax.axhline(100 * r.accuracy, ls=style, c="tab:gray", lw=1, label=f"{kind} {100 * r.accuracy:.1f}%")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per query, USD (log; ~ estimated where no recorded cost)")
+    ax.set_ylabel("accuracy %")
+    ax.set_title(f"{b.source} / {b.benchmark}: accuracy vs cost")
+    lo = min(100 * r.accuracy for r in pts)
+    ax.set_ylim(max(0, lo - 3), 100.5)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_model_accuracy(b: BenchmarkResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    singles = sorted((r for r in b.rows if r.kind == "single"), key=lambda r: r.accuracy)
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(singles) + 1.2)))
+    ax.barh([r.method for r in singles], [100 * r.accuracy for r in singles], color="0.6")
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    marks = [r for r in b.rows if r.kind in ("oracle", "best-single")] + [r for r in b.rows if r.kind == "router"]
+    for i, r in enumerate(marks):
+        ax.axvline(100 * r.accuracy, c=colors[i % len(colors)], lw=1.2, label=f"{r.method}: {100 * r.accuracy:.1f}%")
+    ax.set_xlabel("accuracy % (out-of-fold)")
+    ax.set_title(f"{b.source} / {b.benchmark}: per-model accuracy")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- files ------------------------------------------------------------------------------
+def write_metrics(ev: Evaluation, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(ev.to_json()), indent=2))
+    return path
+
+
+def _clean(x):
+    """JSON has no NaN or inf: write null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
+    """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"metrics": write_metrics(ev, json_path or out / "metrics.json")}
+    sections = []
+    for b in ev.benchmarks:
+        slug = _slug(b)
+        images = [p for p in (plot_cost_accuracy(b, out / f"{slug}-cost-accuracy.png"),
+                              plot_model_accuracy(b, out / f"{slug}-models.png")) if p]
+        written.update({p.stem: p for p in images})
+        sections.append(_html_section(b, ev, images))
+    page = _HTML.format(
+        title=html.escape(f"herd evaluation: {ev.dataset}"),
+        intro=html.escape(
+            f"{len(ev.benchmarks)} benchmark(s), {ev.folds}-fold cross-validation by query, seed {ev.seed}, "
+            f"router policy {ev.policy}. Every figure is out-of-fold: each query is scored by a router "
+            "trained without it; 'best single (train)' is chosen on each fold's training split."
+        ),
+        body="\n".join(sections),
+    )
+    written["report"] = out / "report.html"
+    written["report"].write_text(page)
+    return written
+
+
+def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str:
+    rows, note = shown_rows(b)
+    head = "".join(f"<th>{h}</th>" for h in ("method", "kind", "accuracy %", "cost/query", "latency s", "gap closed"))
+    body = "".join(
+        f"<tr class='{html.escape(r.kind)}'><td>{html.escape(r.method)}</td><td>{r.kind}</td>"
+        f"<td>{fmt_pct(r.accuracy)}</td><td>{html.escape(fmt_cost(r))}</td>"
+        f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td></tr>"
+        for r in rows
+    )
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b)] + footnotes(b) if x)
+    imgs = "".join(
+        f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        for p in images
+    )
+    return (f"<section><h2>{html.escape(_title(b, ev))}</h2><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul><div class='plots'>{imgs}</div></section>")
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }}
+th, td {{ padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
+tr.router, tr.best-single {{ font-weight: bold; }}
+tr.oracle td {{ color: #555; }}
+.notes {{ font-size: 13px; color: #555; }}
+.plots img {{ max-width: 100%; margin: 8px 0; }}
+</style></head><body>
+<h1>{title}</h1><p>{intro}</p>
+{body}
+</body></html>
+"""

