@@ -159,7 +159,7 @@ class Outcomes:
         else:
             raise HerdDataError(f"{path}: no such file or directory")
         models_csv = (path if path.is_dir() else path.parent) / "models.csv"
-        models = pd.read_csv(models_csv) if models_csv.exists() else None
+        models = _read_table(models_csv) if models_csv.exists() else None
         return cls.from_frames(
             queries, outcomes, models, origin=origin, queries_name=q_name, outcomes_name=o_name,
             min_outcomes=min_outcomes, size_prices=size_prices,
