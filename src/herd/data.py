@@ -9,7 +9,6 @@ the outcome columns plus ``text``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -112,13 +111,6 @@ class Matrix:
     def kfold(self, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Seeded k-fold by query, stratified by (source, benchmark) when every group allows it."""
         return _kfold(self.keys, n_splits, seed)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update("\x1f".join(self.models).encode())
-        h.update(pd.util.hash_pandas_object(self.keys, index=False).to_numpy().tobytes())
-        h.update(np.nan_to_num(self.correct, nan=-1).astype(np.float32).tobytes())
-        return h.hexdigest()[:16]
 
 
 @dataclass

@@ -216,12 +216,12 @@ def evaluate_matrix(
     else:
         notes.append("majority vote: not computed, the data has no per-model answers")
 
-    single_costs = [metrics.mean_known(cost[:, j])[0] for j in range(k)]
-    priced_idx = [j for j in range(k) if single_costs[j] is not None]
+    single_costs = _mean_costs(cost)
+    priced_idx = np.flatnonzero(~np.isnan(single_costs))
     cost_range = None
     single_aiq = None
     if len(priced_idx) >= 2:
-        sc = np.array([single_costs[j] for j in priced_idx])
+        sc = single_costs[priced_idx]
         sa = y[:, priced_idx].mean(axis=0)
         cost_range = (float(sc.min()), float(sc.max()))
         single_aiq = metrics.aiq(sc, sa, cost_range)
@@ -248,7 +248,7 @@ def evaluate_matrix(
         n_queries=n,
         models=list(m.models),
         rows=rows,
-        unpriced_models=[m.models[j] for j in range(k) if single_costs[j] is None],
+        unpriced_models=[m.models[j] for j in range(k) if np.isnan(single_costs[j])],
         estimated_cost_models=[m.models[j] for j in range(k) if m.cost_estimated[j]],
         best_single_by_fold=best_by_fold,
         curves=curves,
@@ -259,8 +259,9 @@ def evaluate_matrix(
 
 
 def _mean_costs(cost: np.ndarray) -> np.ndarray:
-    return np.array([metrics.mean_known(cost[:, j])[0] if not np.isnan(cost[:, j]).all() else np.nan
-                     for j in range(cost.shape[1])])
+    """Each model's mean known cost per query; NaN for a model with no known cost."""
+    out = [metrics.mean_known(cost[:, j])[0] for j in range(cost.shape[1])]
+    return np.array([np.nan if c is None else c for c in out])
 
 
 def _mean_or_none(a: np.ndarray) -> float | None:

@@ -71,8 +71,7 @@ class SentenceEmbedder:
 
     def _store(self) -> Path:
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
-        tag = hashlib.sha1(str(Path(self.model_path or local_model_path()).resolve()).encode()).hexdigest()[:10]
-        return root / f"{self.name}-{EMBED_MAX_TOKENS}-{tag}"
+        return root / f"{self.name}-{EMBED_MAX_TOKENS}-{_model_tag(Path(self.model_path or local_model_path()))}"
 
     def _load_cache(self) -> None:
         store = self._store()
@@ -131,6 +130,14 @@ class SentenceEmbedder:
                 if progress:
                     progress(min(start + chunk, len(todo)), len(todo))
         return np.stack([self._memory[h] for h in hashes]) if hashes else np.zeros((0, 384), np.float32)
+
+
+def _model_tag(path: Path) -> str:
+    """Identify a model by its files' names and sizes, so every install of it shares one cache."""
+    h = hashlib.sha1()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
+    return h.hexdigest()[:10]
 
 
 _shared: dict[str, SentenceEmbedder] = {}

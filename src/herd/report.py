@@ -109,12 +109,20 @@ def _slug(b: BenchmarkResult) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{b.source}-{b.benchmark}")
 
 
-def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+
+
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
+    plt = _pyplot()
     pts = [r for r in b.rows if r.kind in ("single", "router") and r.cost_usd]
     if not pts:
         return None
@@ -128,10 +136,9 @@ def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
     accs = np.array([r.accuracy for r in pts])
     front = metrics.pareto_frontier(costs, accs)
     ax.step(costs[front], 100 * accs[front], where="post", c="k", lw=1, alpha=0.6, label="Pareto frontier")
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     for i, r in enumerate(r for r in pts if r.kind == "router"):
         name = r.method.split(" ")[0]
-        color = colors[i % len(colors)]
+        color = COLORS[i % len(COLORS)]
         curve = [p for p in b.curves.get(name, []) if p[0] is not None]
         if curve:
             ax.plot([p[0] for p in curve], [100 * p[1] for p in curve], "--", c=color, lw=1, alpha=0.8)
@@ -154,18 +161,13 @@ def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
 
 
 def plot_model_accuracy(b: BenchmarkResult, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     singles = sorted((r for r in b.rows if r.kind == "single"), key=lambda r: r.accuracy)
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(singles) + 1.2)))
     ax.barh([r.method for r in singles], [100 * r.accuracy for r in singles], color="0.6")
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     marks = [r for r in b.rows if r.kind in ("oracle", "best-single")] + [r for r in b.rows if r.kind == "router"]
     for i, r in enumerate(marks):
-        ax.axvline(100 * r.accuracy, c=colors[i % len(colors)], lw=1.2, label=f"{r.method}: {100 * r.accuracy:.1f}%")
+        ax.axvline(100 * r.accuracy, c=COLORS[i % len(COLORS)], lw=1.2, label=f"{r.method}: {100 * r.accuracy:.1f}%")
     ax.set_xlabel("accuracy % (out-of-fold)")
     ax.set_title(f"{b.source} / {b.benchmark}: per-model accuracy")
     ax.tick_params(axis="y", labelsize=7)
