@@ -22,6 +22,7 @@ def test_eval_writes_report_metrics_and_plots(tmp_path, dataset_dir):
     assert "toy / mix: 90 queries, 3 models, 3-fold CV" in r.stdout
     assert "best single (train): big-70b" in r.stdout
     assert "knn-tfidf (argmax)" in r.stdout and "logistic (argmax)" in r.stdout
+    assert "logistic (safe)" in r.stdout and "tuned per fold by inner CV" in r.stdout
     assert "~ cost estimated" in r.stdout
     doc = json.loads((tmp_path / "m.json").read_text())
     assert doc["folds"] == 3 and {r["kind"] for r in doc["results"]} >= {"oracle", "router", "best-single"}
@@ -44,6 +45,7 @@ def test_filters_and_data_from_env(tmp_path, dataset_dir):
         (["--models", "gpt-9"], "no outcomes for model(s) ['gpt-9']"),
         (["--router", "magic"], "unknown router 'magic'"),
         (["--size-prices", "8=cheap"], "is not SIZE=PRICE"),
+        (["--policy", "greedy"], "unknown policy 'greedy'"),
     ],
 )
 def test_bad_options_get_one_clear_line(tmp_path, dataset_dir, args, message):

@@ -100,3 +100,15 @@ def test_several_benchmarks_are_evaluated_separately(frames):
     data = Outcomes.from_frames(pd.concat([q, q2]), pd.concat([o, o2]), m)
     ev = evaluate(data, ["knn-tfidf"], folds=2, sweep=False)
     assert [(b.source, b.benchmark) for b in ev.benchmarks] == [("toy", "mix"), ("toy", "other")]
+
+
+def test_tuned_policy_is_fitted_inside_training_folds(dataset_dir):
+    from herd.policies import ArgMax, SafeArgMax
+
+    ev = evaluate(Outcomes.load(dataset_dir), ["logistic"], policy=[ArgMax(), SafeArgMax()], folds=3, sweep=False)
+    (b,) = ev.benchmarks
+    assert {r.method for r in b.rows if r.kind == "router"} == {"logistic (argmax)", "logistic (safe)"}
+    note = next(n for n in b.notes if n.startswith("logistic (safe)"))
+    assert note.count("margin=") == 3
+    # On topic specialists routing pays off in validation too, so the safe policy routes.
+    assert b.row("router", "logistic (safe)").accuracy > b.row("best-single").accuracy

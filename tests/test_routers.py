@@ -3,7 +3,7 @@ import pytest
 from sklearn.base import clone
 
 from herd.data import Outcomes
-from herd.policies import ArgMax, CostAware
+from herd.policies import ArgMax, CostAware, SafeArgMax, make_policy
 from herd.routers import ROUTERS, KNNRouter, LogisticRouter, make_router
 
 FAST = ["knn-tfidf", "logistic"]
@@ -82,3 +82,41 @@ def test_cost_aware_trades_quality_for_cost():
     assert CostAware(0.5).choose(np.array([[0.9, 0.8, 0.1]]), np.array([np.nan, 1.0, 10.0])).tolist() == [1]
     with pytest.raises(ValueError):
         CostAware(-1)
+
+
+def test_safe_policy_stays_with_best_single_when_scores_are_noise():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((400, 4)) < [0.9, 0.5, 0.5, 0.5]).astype(float)
+    noise = rng.random((400, 4))  # scores that know nothing
+    policy = SafeArgMax().fit(noise, labels)
+    assert policy.anchor_ == 0 and policy.margin_ == float("inf")
+    test_scores = rng.random((50, 4))
+    assert (policy.choose(test_scores) == 0).all()
+    assert "stayed with best single model a" in policy.decide(test_scores, list("abcd")).reasons[0]
+
+
+def test_safe_policy_leaves_best_single_where_it_pays():
+    # Model 1 is right exactly where the anchor (model 0) is wrong, and the scores say so.
+    labels = np.array([[1, 0]] * 70 + [[0, 1]] * 30, float)
+    scores = np.where(labels == 1, 0.8, 0.3)
+    policy = SafeArgMax().fit(scores, labels)
+    assert policy.anchor_ == 0 and policy.margin_ < 0.5
+    assert policy.choose(np.array([[0.3, 0.8], [0.8, 0.3]])).tolist() == [1, 0]
+    chosen = labels[np.arange(100), policy.choose(scores)]
+    assert chosen.mean() == 1.0 > labels[:, 0].mean()
+
+
+def test_safe_policy_fixed_margin_and_unfitted():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SafeArgMax().choose(np.zeros((1, 2)))
+    p = SafeArgMax(margin=0.25).fit(np.array([[0.5, 0.9]]), np.array([[1.0, 0.0]]))
+    assert p.margin_ == 0.25 and p.choose(np.array([[0.5, 0.8], [0.5, 0.7]])).tolist() == [1, 0]
+
+
+def test_make_policy():
+    assert isinstance(make_policy("argmax"), ArgMax)
+    assert make_policy("safe:0.1").margin == 0.1
+    assert make_policy("cost-aware:0.3").cost_weight == 0.3
+    for bad, msg in (("nope", "unknown policy"), ("cost-aware:x", "is not a number"), ("argmax:1", "takes no")):
+        with pytest.raises(ValueError, match=msg):
+            make_policy(bad)

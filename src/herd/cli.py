@@ -19,6 +19,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 DEMO_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "crux"), ("mmlu-pro", "mmlu-pro")]
 DEMO_ROUTERS = ["knn", "logistic"]
+DEFAULT_POLICIES = ["argmax", "safe"]
 
 
 def _fail(message: str) -> None:
@@ -33,11 +34,12 @@ def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def _run_eval(data_dir, sources, benchmarks, models, routers, folds, seed, out, json_path, min_outcomes,
+def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
               size_prices, sweep, groups=None) -> None:
     from herd.data import HerdDataError, Outcomes, find_data_dir
     from herd.evaluate import evaluate
     from herd.features import EmbeddingsUnavailable
+    from herd.policies import make_policy
     from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
     from herd.report import console_table, write_report
     from herd.routers import make_router
@@ -47,6 +49,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, folds, seed, out, 
         schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
         path = find_data_dir(data_dir)
         named = {name: make_router(name) for name in routers}
+        chosen_policies = [make_policy(p) for p in policies]
         with console.status(f"loading {path}"):
             data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
         if groups:
@@ -62,7 +65,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, folds, seed, out, 
             def progress(message: str, done: int, total: int) -> None:
                 bar.update(task, description=message, completed=done, total=max(total, 1))
 
-            ev = evaluate(data, named, folds=folds, seed=seed, sweep=sweep, progress=progress)
+            ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
     except (HerdDataError, EmbeddingsUnavailable, ValueError) as e:
         _fail(str(e))
     for b in ev.benchmarks:
@@ -84,6 +87,8 @@ JsonOpt = typer.Option(None, "--json", help="Also write metrics.json here (defau
 MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
 SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
+PolicyOpt = typer.Option(None, "--policy", help="Policy or policies: argmax, safe (margin tuned by inner CV), "
+                         "safe:MARGIN, cost-aware:WEIGHT. Default: argmax,safe.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
 
@@ -95,6 +100,7 @@ def eval_cmd(
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to keep."),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Model(s) to keep."),
     router: Optional[list[str]] = typer.Option(None, "--router", help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}); see `herd routers`."),
+    policy: Optional[list[str]] = PolicyOpt,
     folds: int = FoldsOpt,
     seed: int = SeedOpt,
     out: str = typer.Option("herd-report", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
@@ -105,20 +111,23 @@ def eval_cmd(
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
-              _split_list(router) or DEMO_ROUTERS, folds, seed, out, json_path, min_outcomes, size_prices, sweep)
+              _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES, folds, seed, out,
+              json_path, min_outcomes, size_prices, sweep)
 
 
 @app.command()
 def demo(
     data: Optional[str] = DataOpt,
     router: Optional[list[str]] = typer.Option(None, "--router", help="Router(s) by name."),
+    policy: Optional[list[str]] = PolicyOpt,
     folds: int = FoldsOpt,
     seed: int = SeedOpt,
     out: str = typer.Option("herd-demo", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
-    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, folds, seed, out, None,
+    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES,
+              folds, seed, out, None,
               20, size_prices, True, groups=DEMO_GROUPS)
 
 

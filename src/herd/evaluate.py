@@ -3,6 +3,7 @@ the train-chosen best single model, majority vote and each other. Computes; neve
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -111,14 +112,25 @@ def evaluate(
     sweep: bool = True,
     progress: Progress | None = None,
 ) -> Evaluation:
-    """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``."""
-    policy = policy or ArgMax()
+    """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``.
+
+    ``policy`` is one policy or a list; every router is scored under each. A policy with a
+    ``fit`` method (e.g. SafeArgMax) is tuned on out-of-fold scores from an inner
+    cross-validation of each outer training split, never on the test fold.
+    """
+    policies = _as_list(policy)
     named = _name_routers(routers)
     results = []
     for source, benchmark in data.groups():
         m = data.filter(source=source, benchmark=benchmark).matrix()
-        results.append(evaluate_matrix(m, named, policy=policy, folds=folds, seed=seed, sweep=sweep, progress=progress))
-    return Evaluation(data.origin, folds, seed, repr(policy), results)
+        results.append(evaluate_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress))
+    return Evaluation(data.origin, folds, seed, ", ".join(repr(p) for p in policies), results)
+
+
+def _as_list(policy) -> list:
+    if policy is None:
+        return [ArgMax()]
+    return list(policy) if isinstance(policy, (list, tuple)) else [policy]
 
 
 def _name_routers(routers) -> dict[str, Router]:
@@ -142,7 +154,7 @@ def evaluate_matrix(
     sweep: bool = True,
     progress: Progress | None = None,
 ) -> BenchmarkResult:
-    policy = policy or ArgMax()
+    policies = _as_list(policy)
     source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
     label = f"{source}/{benchmark}"
     y, cost, lat = m.labels, m.cost, m.latency
@@ -154,8 +166,10 @@ def evaluate_matrix(
 
     best_choice = np.empty(n, dtype=int)
     best_by_fold = []
-    router_choice = {name: np.empty(n, dtype=int) for name in routers}
-    router_secs = dict.fromkeys(routers, 0.0)
+    methods = [(name, p) for name in routers for p in policies]
+    router_choice = {(name, p.name): np.empty(n, dtype=int) for name, p in methods}
+    router_secs = dict.fromkeys(router_choice, 0.0)
+    tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
     sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
     total, done = len(splits) * len(routers), 0
     for f, (tr, te) in enumerate(splits):
@@ -171,8 +185,17 @@ def evaluate_matrix(
             router = clone(proto).fit(train)
             t0 = time.perf_counter()
             scores = router.predict_scores(test_texts)
-            router_choice[name][te] = policy.choose(scores, model_costs)
-            router_secs[name] += time.perf_counter() - t0
+            score_secs = time.perf_counter() - t0
+            validation = None
+            for p in policies:
+                if hasattr(p, "fit"):
+                    if validation is None:
+                        validation = inner_scores(proto, train, seed)
+                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs)
+                    tuned[(name, p.name)].append(p.summary())
+                t0 = time.perf_counter()
+                router_choice[(name, p.name)][te] = p.choose(scores, model_costs)
+                router_secs[(name, p.name)] += score_secs + time.perf_counter() - t0
             if sweep:
                 for w, weight in enumerate(COST_WEIGHTS):
                     sweep_choice[name][w, te] = CostAware(weight).choose(scores, model_costs)
@@ -226,19 +249,21 @@ def evaluate_matrix(
         cost_range = (float(sc.min()), float(sc.max()))
         single_aiq = metrics.aiq(sc, sa, cost_range)
 
-    curves = {}
-    for name in routers:
-        extra = {"router_ms": 1000.0 * router_secs[name] / n}
-        if sweep and cost_range is not None:
-            pts = []
-            for w in range(len(COST_WEIGHTS)):
-                ch = sweep_choice[name][w]
-                pts.append((metrics.mean_known(metrics.picked(cost, ch))[0], metrics.accuracy(metrics.picked(y, ch))))
+    # One cost-quality curve per router: the cost-aware sweep does not depend on the policy.
+    curves, curve_stats = {}, {}
+    if sweep and cost_range is not None:
+        for name in routers:
+            ch = sweep_choice[name]
+            pts = [(metrics.mean_known(metrics.picked(cost, c))[0], metrics.accuracy(metrics.picked(y, c))) for c in ch]
             curves[name] = pts
-            pc, pa = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-            extra["aiq"] = metrics.aiq(pc, pa, cost_range)
-            extra["cost_to_match_best_single"] = metrics.cost_to_match(pc, pa, best_acc)
-        rows.append(row(f"{name} ({policy.name})", "router", choice=router_choice[name], **extra))
+            pc, pa = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
+            curve_stats[name] = {"aiq": metrics.aiq(pc, pa, cost_range),
+                                 "cost_to_match_best_single": metrics.cost_to_match(pc, pa, best_acc)}
+    for name, p in methods:
+        if tuned[(name, p.name)]:
+            notes.append(f"{name} ({p.name}), tuned per fold by inner CV: {', '.join(tuned[(name, p.name)])}")
+        rows.append(row(f"{name} ({p.name})", "router", choice=router_choice[(name, p.name)],
+                        router_ms=1000.0 * router_secs[(name, p.name)] / n, **curve_stats.get(name, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 
@@ -256,6 +281,17 @@ def evaluate_matrix(
         cost_range=cost_range,
         notes=notes,
     )
+
+
+INNER_FOLDS = 3
+
+
+def inner_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS) -> np.ndarray:
+    """Out-of-fold scores for the training queries, from routers fitted on the other inner folds."""
+    out = np.empty(train.correct.shape)
+    for tr, va in train.kfold(min(folds, train.n_queries), seed):
+        out[va] = clone(proto).fit(train.take(tr)).predict_scores([train.texts[i] for i in va])
+    return out
 
 
 def _mean_costs(cost: np.ndarray) -> np.ndarray:

@@ -80,6 +80,87 @@ class CostAware:
         return f"CostAware(cost_weight={self.cost_weight:g})"
 
 
+# Candidate margins for SafeArgMax, in units of P(correct); inf = always the anchor model.
+MARGIN_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, float("inf"))
+
+
+class SafeArgMax:
+    """Stay with the anchor model (the best single model on training data) unless another model's
+    predicted P(correct) beats the anchor's by more than ``margin``.
+
+    ``margin=None`` tunes it with ``fit`` on held-out scores of training queries (out-of-fold
+    within the training split): the margin with the highest accuracy there, the larger margin
+    on ties. Since an infinite margin is a candidate and is exactly the best single model, the
+    policy only leaves that model where doing so paid off on validation data.
+    """
+
+    name = "safe"
+
+    def __init__(self, margin: float | None = None):
+        self.margin = margin
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None) -> SafeArgMax:
+        """Pick the anchor (best model on ``labels``) and, if unset, the margin, on validation scores."""
+        costs = _known_costs(model_costs, labels.shape[1])
+        acc = labels.mean(axis=0)
+        top = np.flatnonzero(acc >= acc.max() - 1e-12)
+        self.anchor_ = int(top[np.argmin(costs[top])])
+        grid = MARGIN_GRID if self.margin is None else (self.margin,)
+        rows = np.arange(len(labels))
+        results = [(labels[rows, self._choose(scores, costs, m)].mean(), m) for m in grid]
+        best = max(a for a, _ in results)
+        self.margin_ = max(m for a, m in results if a >= best - 1e-12)
+        self.validation_accuracy_ = float(best)
+        return self
+
+    def _choose(self, scores, costs, margin) -> np.ndarray:
+        alt = _argmax_cheapest(scores, costs)
+        gain = scores[np.arange(len(scores)), alt] - scores[:, self.anchor_]
+        return np.where(gain > margin, alt, self.anchor_)
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(self, "anchor_"):
+            raise RuntimeError("SafeArgMax is not fitted: call fit() on validation scores first")
+        return self._choose(scores, _known_costs(model_costs, scores.shape[1]), self.margin_)
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        choice = self.choose(scores, model_costs)
+        a = self.anchor_
+        reasons = [
+            f"stayed with best single model {models[a]} (P={s[a]:.2f}): no model beats it by more than {self.margin_:g}"
+            if c == a else
+            f"{models[c]} P={s[c]:.2f} beats best single {models[a]} P={s[a]:.2f} by more than {self.margin_:g}"
+            for s, c in zip(scores, choice)
+        ]
+        return Decision(choice, reasons)
+
+    def summary(self) -> str:
+        """The fitted choice, for reports."""
+        return f"margin={self.margin_:g}"
+
+    def __repr__(self) -> str:
+        return f"SafeArgMax(margin={self.margin})"
+
+
+POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware}
+
+
+def make_policy(spec: str):
+    """'argmax', 'safe', 'safe:0.1' (fixed margin) or 'cost-aware:0.2' (cost weight)."""
+    name, _, arg = spec.partition(":")
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {spec!r}; choose from {sorted(POLICIES)} (e.g. 'safe', 'cost-aware:0.2')")
+    if not arg:
+        return POLICIES[name]()
+    if name == "argmax":
+        raise ValueError("policy 'argmax' takes no parameter")
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"policy {spec!r}: {arg!r} is not a number") from None
+    return POLICIES[name](value)
+
+
 def _argmax_reason(scores: np.ndarray, chosen: int, models: list[str]) -> str:
     if len(models) == 1:
         return f"only model: {models[chosen]}"

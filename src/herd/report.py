@@ -80,10 +80,13 @@ def curve_summary(b: BenchmarkResult) -> str | None:
     if b.single_aiq is None:
         return None
     parts = [f"single models {b.single_aiq:.4f}"]
+    seen = set()
     for r in b.rows:
-        if r.kind == "router" and r.aiq is not None:
+        name = r.method.split(" ")[0]
+        if r.kind == "router" and r.aiq is not None and name not in seen:
+            seen.add(name)
             match = "never" if r.cost_to_match_best_single is None else f"${r.cost_to_match_best_single:.3g}"
-            parts.append(f"{r.method.split(' ')[0]} {r.aiq:.4f} (matches best single at {match}/query)")
+            parts.append(f"{name} {r.aiq:.4f} (matches best single at {match}/query)")
     lo, hi = b.cost_range
     return f"cost-quality AIQ over ${lo:.3g}-${hi:.3g}/query: " + "; ".join(parts)
 
@@ -136,20 +139,22 @@ def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
     accs = np.array([r.accuracy for r in pts])
     front = metrics.pareto_frontier(costs, accs)
     ax.step(costs[front], 100 * accs[front], where="post", c="k", lw=1, alpha=0.6, label="Pareto frontier")
+    drawn = set()
     for i, r in enumerate(r for r in pts if r.kind == "router"):
         name = r.method.split(" ")[0]
         color = COLORS[i % len(COLORS)]
         curve = [p for p in b.curves.get(name, []) if p[0] is not None]
-        if curve:
+        if curve and name not in drawn:
+            drawn.add(name)
             ax.plot([p[0] for p in curve], [100 * p[1] for p in curve], "--", c=color, lw=1, alpha=0.8)
-        ax.scatter([r.cost_usd], [100 * r.accuracy], c=color, marker="*", s=160, label=f"{r.method} (dashed: cost sweep)", zorder=5)
+        ax.scatter([r.cost_usd], [100 * r.accuracy], c=color, marker="*", s=160, label=r.method, zorder=5)
     for kind, style in (("oracle", ":"), ("best-single", "-.")):
         r = next(x for x in b.rows if x.kind == kind)
         ax.axhline(100 * r.accuracy, ls=style, c="tab:gray", lw=1, label=f"{kind} {100 * r.accuracy:.1f}%")
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per query, USD (log; ~ estimated where no recorded cost)")
     ax.set_ylabel("accuracy %")
-    ax.set_title(f"{b.source} / {b.benchmark}: accuracy vs cost")
+    ax.set_title(f"{b.source} / {b.benchmark}: accuracy vs cost (dashed: each router's cost sweep)")
     lo = min(100 * r.accuracy for r in pts)
     ax.set_ylim(max(0, lo - 3), 100.5)
     ax.legend(fontsize=7, loc="lower right")
