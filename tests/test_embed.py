@@ -42,10 +42,14 @@ def test_loads_offline_from_a_local_copy(tmp_path):
     assert out.stdout.strip() == "(1, 384)"
 
 
-def test_knn_embed_router(dataset_dir):
+EMBED_ROUTERS = ["knn", "mf", "regression", "cluster", "rf", "mlp", "auto"]
+
+
+@pytest.mark.parametrize("name", EMBED_ROUTERS)
+def test_embedding_routers_contract(dataset_dir, name):
     data = Outcomes.load(dataset_dir)
     train, test = data.split(0.3, seed=0)
-    r = make_router("knn").fit(train)
-    s = r.predict_scores(test.queries.text.tolist())
+    texts = test.queries.text.tolist()
+    s = make_router(name).fit(train).predict_scores(texts)
     assert s.shape == (27, 3) and np.all((s >= 0) & (s <= 1))
-    np.testing.assert_array_equal(s, make_router("knn").fit(train).predict_scores(test.queries.text.tolist()))
+    np.testing.assert_array_equal(s, make_router(name).fit(train).predict_scores(texts))

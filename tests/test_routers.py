@@ -4,9 +4,9 @@ from sklearn.base import clone
 
 from herd.data import Outcomes
 from herd.policies import ArgMax, CostAware, SafeArgMax, make_policy
-from herd.routers import ROUTERS, KNNRouter, LogisticRouter, make_router
+from herd.routers import ROUTERS, AutoRouter, KNNRouter, LogisticRouter, make_router
 
-FAST = ["knn-tfidf", "logistic"]
+FAST = ["knn-tfidf", "logistic", "mf-tfidf", "cluster-tfidf"]
 
 
 @pytest.fixture
@@ -120,3 +120,26 @@ def test_make_policy():
     for bad, msg in (("nope", "unknown policy"), ("cost-aware:x", "is not a number"), ("argmax:1", "takes no")):
         with pytest.raises(ValueError, match=msg):
             make_policy(bad)
+
+
+def test_auto_picks_a_candidate_by_inner_cv(toy):
+    train, test = toy.split(0.3, seed=0)
+    r = AutoRouter(candidates=("knn-tfidf", "logistic")).fit(train)
+    assert r.chosen_ in ("knn-tfidf", "logistic")
+    assert set(r.cv_results_) == {"knn-tfidf", "logistic"}
+    assert r.validation_scores_.shape == (len(train.queries), 3)
+    best = max(r.cv_results_.values(), key=lambda v: v["accuracy"])["accuracy"]
+    assert r.cv_results_[r.chosen_]["accuracy"] == best
+    s = r.predict_scores(test.queries.text.tolist())
+    np.testing.assert_array_equal(s, r.router_.predict_scores(test.queries.text.tolist()))
+
+
+def test_auto_skips_embedding_candidates_without_the_extra(toy, monkeypatch):
+    from herd import features
+
+    def unavailable(*a, **k):
+        raise features.EmbeddingsUnavailable("no extra")
+
+    monkeypatch.setattr(features.SentenceEmbedder, "embed", unavailable)
+    r = AutoRouter(candidates=("knn", "logistic")).fit(toy)
+    assert r.chosen_ == "logistic" and "skipped" in r.cv_results_["knn"]

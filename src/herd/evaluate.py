@@ -16,6 +16,7 @@ from herd import metrics
 from herd.data import Matrix, Outcomes
 from herd.policies import ArgMax, CostAware
 from herd.routers import Router, make_router
+from herd.routers.auto import out_of_fold_scores
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -170,6 +171,7 @@ def evaluate_matrix(
     router_choice = {(name, p.name): np.empty(n, dtype=int) for name, p in methods}
     router_secs = dict.fromkeys(router_choice, 0.0)
     tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
+    fitted_notes: dict[str, list[str]] = {}
     sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
     total, done = len(splits) * len(routers), 0
     for f, (tr, te) in enumerate(splits):
@@ -183,6 +185,8 @@ def evaluate_matrix(
             if progress:
                 progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
             router = clone(proto).fit(train)
+            if hasattr(router, "summary"):
+                fitted_notes.setdefault(name, []).append(router.summary())
             t0 = time.perf_counter()
             scores = router.predict_scores(test_texts)
             score_secs = time.perf_counter() - t0
@@ -190,7 +194,9 @@ def evaluate_matrix(
             for p in policies:
                 if hasattr(p, "fit"):
                     if validation is None:
-                        validation = inner_scores(proto, train, seed)
+                        validation = getattr(router, "validation_scores_", None)
+                    if validation is None:
+                        validation = out_of_fold_scores(proto, train, seed)
                     p = copy.deepcopy(p).fit(validation, train.labels, model_costs)
                     tuned[(name, p.name)].append(p.summary())
                 t0 = time.perf_counter()
@@ -259,6 +265,8 @@ def evaluate_matrix(
             pc, pa = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
             curve_stats[name] = {"aiq": metrics.aiq(pc, pa, cost_range),
                                  "cost_to_match_best_single": metrics.cost_to_match(pc, pa, best_acc)}
+    for name, said in fitted_notes.items():
+        notes.append(f"{name}, per fold: {', '.join(said)}")
     for name, p in methods:
         if tuned[(name, p.name)]:
             notes.append(f"{name} ({p.name}), tuned per fold by inner CV: {', '.join(tuned[(name, p.name)])}")
@@ -281,17 +289,6 @@ def evaluate_matrix(
         cost_range=cost_range,
         notes=notes,
     )
-
-
-INNER_FOLDS = 3
-
-
-def inner_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS) -> np.ndarray:
-    """Out-of-fold scores for the training queries, from routers fitted on the other inner folds."""
-    out = np.empty(train.correct.shape)
-    for tr, va in train.kfold(min(folds, train.n_queries), seed):
-        out[va] = clone(proto).fit(train.take(tr)).predict_scores([train.texts[i] for i in va])
-    return out
 
 
 def _mean_costs(cost: np.ndarray) -> np.ndarray:

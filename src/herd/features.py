@@ -149,3 +149,48 @@ def shared_embedder() -> SentenceEmbedder:
     if key not in _shared:
         _shared[key] = SentenceEmbedder()
     return _shared[key]
+
+
+FEATURE_KINDS = ("embed", "tfidf", "tfidf-svd", "embed+tfidf-svd")
+SVD_DIM = 256
+
+
+class Featurizer:
+    """Texts -> feature rows, fitted on training texts only.
+
+    "embed": unit MiniLM vectors (dense); "tfidf": unit TF-IDF rows (sparse); "tfidf-svd":
+    TF-IDF reduced to SVD_DIM dense unit vectors; "embed+tfidf-svd": both, side by side.
+    """
+
+    def __init__(self, kind: str = "embed", seed: int = 0):
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown features {kind!r}; choose from {FEATURE_KINDS}")
+        self.kind = kind
+        self.seed = seed
+
+    def prepare(self, texts: list[str], progress=None) -> None:
+        if "embed" in self.kind:
+            shared_embedder().embed(texts, progress=progress)
+
+    def fit(self, texts: list[str]) -> Featurizer:
+        if "tfidf" in self.kind:
+            self.tfidf_ = tfidf_vectorizer().fit(texts)
+        if "svd" in self.kind:
+            from sklearn.decomposition import TruncatedSVD
+
+            x = self.tfidf_.transform(texts)
+            dim = max(1, min(SVD_DIM, x.shape[1] - 1, x.shape[0] - 1))
+            self.svd_ = TruncatedSVD(dim, random_state=self.seed).fit(x)
+        return self
+
+    def transform(self, texts: list[str]):
+        from sklearn.preprocessing import normalize
+
+        parts = []
+        if "embed" in self.kind:
+            parts.append(shared_embedder().embed(texts))
+        if self.kind == "tfidf":
+            return normalize(self.tfidf_.transform(texts))
+        if "svd" in self.kind:
+            parts.append(normalize(self.svd_.transform(self.tfidf_.transform(texts))).astype(np.float32))
+        return parts[0] if len(parts) == 1 else np.hstack(parts) / np.sqrt(len(parts))

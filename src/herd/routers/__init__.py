@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from herd.routers.base import Router
+from herd.routers.auto import AutoRouter
+from herd.routers.base import FeatureRouter, Router
+from herd.routers.cluster import ClusterRouter
 from herd.routers.knn import KNNRouter
+from herd.routers.learners import ForestRouter, MLPRouter, RegressionRouter
 from herd.routers.logistic import LogisticRouter
+from herd.routers.mf import MFRouter
 
-ROUTERS: dict[str, tuple[type[Router], dict]] = {
-    "knn": (KNNRouter, {"features": "embed"}),
-    "knn-tfidf": (KNNRouter, {"features": "tfidf"}),
-    "logistic": (LogisticRouter, {}),
+# name -> (class, default parameters, description)
+ROUTERS: dict[str, tuple[type[Router], dict, str]] = {
+    "auto": (AutoRouter, {}, "picks the best of knn, logistic, mf, regression, cluster by inner CV on the training split"),
+    "knn": (KNNRouter, {"features": "embed"}, "k nearest training queries in MiniLM embedding space, shrunk to model priors"),
+    "knn-tfidf": (KNNRouter, {"features": "tfidf"}, "k nearest training queries by TF-IDF cosine, shrunk to model priors"),
+    "logistic": (LogisticRouter, {}, "TF-IDF + one logistic classifier per model (SelectLLM's separate classifiers)"),
+    "mf": (MFRouter, {"features": "embed"}, "matrix factorization: learned model embeddings x projected query embeddings (RouteLLM MF)"),
+    "mf-tfidf": (MFRouter, {"features": "tfidf-svd"}, "matrix factorization over TF-IDF reduced by SVD"),
+    "regression": (RegressionRouter, {"features": "embed"}, "ridge regression of each model's score (the Herd paper)"),
+    "cluster": (ClusterRouter, {"features": "embed"}, "k-means over embeddings, each model's accuracy per cluster (SelectLLM)"),
+    "cluster-tfidf": (ClusterRouter, {"features": "tfidf-svd"}, "k-means over TF-IDF (SVD), per-cluster accuracy (SelectLLM)"),
+    "rf": (ForestRouter, {"features": "embed"}, "random forest over embeddings, all models at once (SelectLLM)"),
+    "mlp": (MLPRouter, {"features": "embed"}, "multi-label MLP over embeddings (SelectLLM MLC, RouterBench MLP)"),
 }
-DESCRIPTIONS = {
-    "knn": "k nearest training queries in MiniLM sentence-embedding space, shrunk to model priors",
-    "knn-tfidf": "k nearest training queries by TF-IDF cosine, shrunk to model priors",
-    "logistic": "TF-IDF + one logistic classifier per model (SelectLLM's 'separate classifiers')",
-}
+DESCRIPTIONS = {name: text for name, (_, _, text) in ROUTERS.items()}
 
 
 def make_router(name: str, **params) -> Router:
     try:
-        cls, defaults = ROUTERS[name]
+        cls, defaults, _ = ROUTERS[name]
     except KeyError:
         raise ValueError(f"unknown router {name!r}; choose from {sorted(ROUTERS)}") from None
     return cls(**{**defaults, **params})
 
 
-__all__ = ["ROUTERS", "DESCRIPTIONS", "KNNRouter", "LogisticRouter", "Router", "make_router"]
+__all__ = ["ROUTERS", "DESCRIPTIONS", "AutoRouter", "ClusterRouter", "FeatureRouter", "ForestRouter", "KNNRouter",
+           "LogisticRouter", "MFRouter", "MLPRouter", "RegressionRouter", "Router", "make_router"]

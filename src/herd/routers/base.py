@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from herd.data import Matrix, Outcomes
+from herd.features import Featurizer
 
 
 class Router(BaseEstimator):
@@ -41,3 +42,15 @@ class Router(BaseEstimator):
 
     def _predict(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
+
+
+class FeatureRouter(Router):
+    """A router over one featurizer; subclasses set ``features`` and ``seed`` in ``__init__``."""
+
+    def prepare(self, texts, progress=None):
+        Featurizer(self.features, self.seed).prepare(texts, progress=progress)
+
+    def _featurize(self, texts, fit: bool = False):
+        if fit:
+            self.featurizer_ = Featurizer(self.features, self.seed).fit(texts)
+        return self.featurizer_.transform(texts)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.preprocessing import normalize
-
-from herd.features import shared_embedder, tfidf_vectorizer
-from herd.routers.base import Router
+from herd.routers.base import FeatureRouter
 
 K_GRID = (5, 10, 20, 40, 80)
 PRIOR_GRID = (0.0, 2.0, 8.0, 32.0)
@@ -14,12 +11,12 @@ MAX_TUNING_QUERIES = 3000
 CHUNK = 1024
 
 
-class KNNRouter(Router):
+class KNNRouter(FeatureRouter):
     """P(correct) = (sum of the k neighbours' outcomes + a * prior) / (k + a).
 
     ``k`` and the prior strength ``a`` default to None: chosen on the training data alone by
     leave-one-out Brier score (each training query scored from its other neighbours), so no
-    test query ever informs them. ``features`` is "embed" (MiniLM) or "tfidf".
+    test query ever informs them. ``features``: see ``herd.features.Featurizer``.
     """
 
     def __init__(self, k: int | None = None, prior_strength: float | None = None, features: str = "embed", seed: int = 0):
@@ -27,19 +24,6 @@ class KNNRouter(Router):
         self.prior_strength = prior_strength
         self.features = features
         self.seed = seed
-
-    def prepare(self, texts, progress=None):
-        if self.features == "embed":
-            shared_embedder().embed(texts, progress=progress)
-
-    def _vectors(self, texts: list[str], fit: bool = False):
-        if self.features == "embed":
-            return shared_embedder().embed(texts)
-        if self.features == "tfidf":
-            if fit:
-                self.vectorizer_ = tfidf_vectorizer().fit(texts)
-            return normalize(self.vectorizer_.transform(texts))
-        raise ValueError(f"KNNRouter features must be 'embed' or 'tfidf', got {self.features!r}")
 
     def _neighbours(self, xq, kmax: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Indices of the kmax most similar training queries, most similar first."""
@@ -59,7 +43,7 @@ class KNNRouter(Router):
         return (hits + a * self.prior_) / (k + a)
 
     def _fit(self, texts, y):
-        self.x_ = self._vectors(texts, fit=True)
+        self.x_ = self._featurize(texts, fit=True)
         self.y_ = y.astype(np.float32)
         n = len(texts)
         ks = [k for k in K_GRID if k < n] or [max(1, n - 1)]
@@ -79,5 +63,5 @@ class KNNRouter(Router):
         _, self.k_, self.prior_strength_ = best
 
     def _predict(self, texts):
-        nbrs = self._neighbours(self._vectors(texts), self.k_)
+        nbrs = self._neighbours(self._featurize(texts), self.k_)
         return self._estimate(nbrs, self.k_, self.prior_strength_)
