@@ -34,39 +34,57 @@ def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _usage_errors():
+    """The errors a user can fix: reported in one line, never as a traceback."""
+    from herd.artifact import ArtifactError
+    from herd.data import HerdDataError
+    from herd.features import EmbeddingsUnavailable
+
+    return (HerdDataError, ArtifactError, EmbeddingsUnavailable, ValueError)
+
+
+def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None):
+    from herd.data import Outcomes, find_data_dir
+    from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
+
+    schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
+    path = find_data_dir(data_dir)
+    with console.status(f"loading {path}"):
+        data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+    if groups:
+        data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
+    data = data.filter(source=sources, benchmark=benchmarks, models=models)
+    if data.queries.empty:
+        _fail("no queries left after filtering")
+    return path, data
+
+
+def _progress_bar():
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
               size_prices, sweep, groups=None) -> None:
-    from herd.data import HerdDataError, Outcomes, find_data_dir
     from herd.evaluate import evaluate
-    from herd.features import EmbeddingsUnavailable
     from herd.policies import make_policy
-    from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
     from herd.report import console_table, write_report
     from herd.routers import make_router
 
     started = time.perf_counter()
     try:
-        schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
-        path = find_data_dir(data_dir)
         named = {name: make_router(name) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
-        with console.status(f"loading {path}"):
-            data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
-        if groups:
-            data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
-        data = data.filter(source=sources, benchmark=benchmarks, models=models)
-        if data.queries.empty:
-            _fail("no queries left after filtering")
+        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups)
         console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s) from {path}")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        with _progress_bar() as bar:
             task = bar.add_task("starting", total=1)
 
             def progress(message: str, done: int, total: int) -> None:
                 bar.update(task, description=message, completed=done, total=max(total, 1))
 
             ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
-    except (HerdDataError, EmbeddingsUnavailable, ValueError) as e:
+    except _usage_errors() as e:
         _fail(str(e))
     for b in ev.benchmarks:
         console.print(console_table(b, ev))
@@ -129,6 +147,119 @@ def demo(
     _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES,
               folds, seed, out, None,
               20, size_prices, True, groups=DEMO_GROUPS)
+
+
+@app.command()
+def train(
+    data: Optional[str] = DataArg,
+    data_opt: Optional[str] = DataOpt,
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to train on."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to train on."),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Pool models (default: all in the data)."),
+    router: str = typer.Option("auto", "--router", help="Router name; see `herd routers`."),
+    policy: str = typer.Option("safe", "--policy", help="argmax, safe, safe:MARGIN or cost-aware:WEIGHT."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory to write the router artifact to."),
+    seed: int = SeedOpt,
+    min_outcomes: int = MinOpt,
+    size_prices: Optional[str] = SizeOpt,
+) -> None:
+    """Fit a router and policy on outcome data and save them as an artifact directory."""
+    from herd import artifact
+    from herd.policies import make_policy
+    from herd.routers import make_router
+
+    started = time.perf_counter()
+    try:
+        proto, chosen_policy = make_router(router, seed=seed), make_policy(policy)
+        path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
+                                    _split_list(models), min_outcomes, size_prices)
+        m = outcomes.matrix()
+        with _progress_bar() as bar:
+            task = bar.add_task(f"features for {m.n_queries} queries", total=1)
+            proto.prepare(m.texts, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            bar.update(task, description=f"fitting {router} and tuning {chosen_policy.name}", completed=0, total=None)
+            trained = artifact.train(router, proto, chosen_policy, m, seed=seed, data_origin=str(path))
+        artifact.save(trained, out)
+    except _usage_errors() as e:
+        _fail(str(e))
+    v = trained.manifest["validation"]
+    gap = "" if v["gap_closed"] is None else f", gap closed {100 * v['gap_closed']:+.1f}%"
+    fitted = [x for x in (trained.manifest["router"]["fitted"], trained.manifest["policy"]["fitted"]) if x]
+    console.print(f"trained {router} + {chosen_policy.name}{' (' + ', '.join(fitted) + ')' if fitted else ''} "
+                  f"on {m.n_queries} queries x {len(m.models)} models")
+    console.print(f"validation (inner CV on the training data): accuracy {100 * v['accuracy']:.2f}% vs best single "
+                  f"{v['best_single']} {100 * v['best_single_accuracy']:.2f}%, oracle {100 * v['oracle']:.2f}%{gap}")
+    console.print(f"wrote {Path(out).resolve()} in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def route(
+    router_dir: str = typer.Argument(..., help="A directory written by `herd train`."),
+    text: Optional[str] = typer.Argument(None, help="The query to route."),
+    file: Optional[str] = typer.Option(None, "--file", "-f", help="JSONL with one query per line: "
+                                       "{\"text\": ...} (or \"question\"), optional \"id\"."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per query on stdout."),
+    top: int = typer.Option(10, "--top", min=1, help="How many per-model scores to show."),
+) -> None:
+    """Route queries with a trained router: the chosen model, why, and every model's score."""
+    import json
+
+    from rich.table import Table
+
+    from herd import artifact
+
+    if (text is None) == (file is None):
+        _fail("give either a query text or --file FILE (not both)")
+    try:
+        ids, texts = _read_queries(file) if file else ([None], [text])
+        trained = artifact.load(router_dir)
+        started = time.perf_counter()
+        scores, decision = trained.route(texts)
+        ms = 1000 * (time.perf_counter() - started) / len(texts)
+    except _usage_errors() as e:
+        _fail(str(e))
+    for i, (qid, row) in enumerate(zip(ids, scores)):
+        chosen = trained.models[decision.choice[i]]
+        ranked = sorted(zip(trained.models, row), key=lambda t: -t[1])
+        if as_json:
+            print(json.dumps({"id": qid, "model": chosen, "reason": decision.reasons[i],
+                              "scores": {name: round(float(p), 4) for name, p in ranked}}))
+            continue
+        console.print(f"[bold]{chosen}[/]" + (f"  (query {qid})" if qid is not None else ""))
+        console.print(f"  {decision.reasons[i]}")
+        t = Table(show_header=True, box=None, padding=(0, 2))
+        t.add_column("model")
+        t.add_column("P(correct)", justify="right")
+        for name, p in ranked[:top]:
+            t.add_row(name, f"{p:.3f}", style="bold" if name == chosen else None)
+        console.print(t)
+    if not as_json:
+        console.print(f"routing took {ms:.2f} ms per query")
+
+
+def _read_queries(path: str) -> tuple[list, list[str]]:
+    import json
+
+    ids, texts = [], []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        text = rec.get("text", rec.get("question")) if isinstance(rec, dict) else None
+        if not isinstance(text, str):
+            raise ValueError(f'{path}, line {n}: needs a string field "text" (or "question")')
+        ids.append(rec.get("id", n))
+        texts.append(text)
+    if not texts:
+        raise ValueError(f"{path}: no queries")
+    return ids, texts
 
 
 @app.command()

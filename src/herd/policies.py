@@ -126,8 +126,10 @@ class SafeArgMax:
     def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
         choice = self.choose(scores, model_costs)
         a = self.anchor_
+        why = ("routing away from it did not pay off on validation data" if np.isinf(self.margin_)
+               else f"no model beats it by more than {self.margin_:g}")
         reasons = [
-            f"stayed with best single model {models[a]} (P={s[a]:.2f}): no model beats it by more than {self.margin_:g}"
+            f"stayed with best single model {models[a]} (P={s[a]:.2f}): {why}"
             if c == a else
             f"{models[c]} P={s[c]:.2f} beats best single {models[a]} P={s[a]:.2f} by more than {self.margin_:g}"
             for s, c in zip(scores, choice)

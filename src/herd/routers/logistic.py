@@ -18,9 +18,10 @@ class LogisticRouter(Router):
     always wrong) in training gets its training rate.
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 200):
+    def __init__(self, C: float = 1.0, max_iter: int = 200, seed: int = 0):
         self.C = C
         self.max_iter = max_iter
+        self.seed = seed
 
     def _fit(self, texts, y):
         self.vectorizer_ = tfidf_vectorizer().fit(texts)
@@ -35,7 +36,7 @@ class LogisticRouter(Router):
                 continue
             weights = np.r_[yj, 1.0 - yj]
             keep = weights > 0
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear")
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", random_state=self.seed)
             clf.fit(xx[keep], labels[keep], sample_weight=weights[keep])
             self.classifiers_.append(clf)
 

@@ -1,0 +1,162 @@
+"""A trained router as a directory: ``manifest.json`` (what it is, what it was trained on, how it
+validated) beside ``state.joblib`` (the fitted router and policy).
+
+The state is a pickle: load artifacts only from sources you trust. Its SHA-256 is in the
+manifest, so an edited or truncated state file is refused rather than half-loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from herd import __version__, metrics
+from herd.data import Matrix
+from herd.policies import Decision
+from herd.routers import ROUTERS, Router
+from herd.routers.auto import out_of_fold_scores
+
+MANIFEST = "manifest.json"
+STATE = "state.joblib"
+FORMAT = 1
+
+
+class ArtifactError(ValueError):
+    """A router directory that cannot be used; the message says what does not match."""
+
+
+@dataclass
+class TrainedRouter:
+    """A fitted router with its fitted policy and the per-model mean costs the policy uses."""
+
+    router: Router
+    policy: object
+    models: list[str]
+    model_costs: np.ndarray
+    manifest: dict
+
+    def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
+        scores = self.router.predict_scores(texts)
+        return scores, self.policy.decide(scores, self.models, self.model_costs)
+
+
+def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
+    """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both."""
+    costs = np.array([np.nan if c is None else c for c in (metrics.mean_known(m.cost[:, j])[0] for j in range(len(m.models)))])
+    router.fit(m)
+    oof = getattr(router, "validation_scores_", None)
+    if oof is None:
+        oof = out_of_fold_scores(router, m, seed)
+    policy = copy.deepcopy(policy)
+    if hasattr(policy, "fit"):
+        policy.fit(oof, m.labels, costs)
+    y = m.labels
+    chosen = policy.choose(oof, costs)
+    best = metrics.best_model(y, m.cost)
+    acc = metrics.accuracy(metrics.picked(y, chosen))
+    oracle = metrics.oracle_accuracy(y)
+    validation = {
+        "method": "out-of-fold scores on the training queries (3-fold inner CV)",
+        "accuracy": acc,
+        "best_single": m.models[best],
+        "best_single_accuracy": float(y[:, best].mean()),
+        "oracle": oracle,
+        "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
+        "cost_usd": metrics.mean_known(metrics.picked(m.cost, chosen))[0],
+    }
+    manifest = {
+        "format": FORMAT,
+        "herd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "router": {"name": router_name, "class": type(router).__name__, "params": _jsonable(router.get_params()),
+                   "fitted": router.summary() if hasattr(router, "summary") else None},
+        "policy": {"name": policy.name, "repr": repr(policy),
+                   "fitted": policy.summary() if hasattr(policy, "summary") else None},
+        "features": getattr(router, "features", "tfidf"),
+        "models": list(m.models),
+        "model_costs_usd": [None if np.isnan(c) else float(c) for c in costs],
+        "training_data": {
+            "origin": data_origin,
+            "groups": sorted({f"{s}/{b}" for s, b in zip(m.keys["source"], m.keys["benchmark"])}),
+            "n_queries": m.n_queries,
+            "fingerprint": fingerprint(m),
+        },
+        "validation": validation,
+    }
+    return TrainedRouter(router, policy, list(m.models), costs, manifest)
+
+
+def save(trained: TrainedRouter, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = d / STATE
+    joblib.dump({"router": trained.router, "policy": trained.policy}, state)
+    manifest = dict(trained.manifest, state_sha256=_sha256(state))
+    (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return d
+
+
+def load(directory: str | Path, models: list[str] | None = None) -> TrainedRouter:
+    """Load and check a router directory; ``models``, if given, must include the router's models."""
+    d = Path(directory)
+    mf, state = d / MANIFEST, d / STATE
+    if not mf.exists():
+        raise ArtifactError(f"{d}: no {MANIFEST}; is this a directory written by `herd train`?")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mf}: not valid JSON ({e})") from None
+    missing = [k for k in ("format", "herd_version", "router", "policy", "models", "model_costs_usd", "state_sha256") if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{mf}: missing field(s) {missing}")
+    if manifest["format"] != FORMAT:
+        raise ArtifactError(f"{mf}: artifact format {manifest['format']}, this herd reads format {FORMAT}; retrain with `herd train`")
+    if _minor(manifest["herd_version"]) != _minor(__version__):
+        raise ArtifactError(f"{mf}: trained with herd {manifest['herd_version']}, this is herd {__version__}; "
+                            "retrain with `herd train`")
+    if manifest["router"].get("name") not in ROUTERS:
+        raise ArtifactError(f"{mf}: unknown router {manifest['router'].get('name')!r}")
+    if not state.exists():
+        raise ArtifactError(f"{d}: {STATE} is missing")
+    if _sha256(state) != manifest["state_sha256"]:
+        raise ArtifactError(f"{state}: contents do not match the manifest's state_sha256 (edited, truncated or from another run)")
+    if models is not None:
+        absent = [x for x in manifest["models"] if x not in set(models)]
+        if absent:
+            raise ArtifactError(f"{d}: the router scores model(s) {absent}, which the pool does not have; "
+                                f"pool: {sorted(models)}")
+    obj = joblib.load(state)
+    router, policy = obj["router"], obj["policy"]
+    if list(router.models_) != manifest["models"]:
+        raise ArtifactError(f"{state}: the fitted router's models differ from the manifest's")
+    costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
+    return TrainedRouter(router, policy, manifest["models"], costs, manifest)
+
+
+def fingerprint(m: Matrix) -> str:
+    """A short hash of the training queries, models and outcomes."""
+    h = hashlib.sha256()
+    h.update("\x1f".join(m.models).encode())
+    for col in ("source", "benchmark", "qid"):
+        h.update("\x1f".join(m.keys[col].astype(str)).encode())
+    h.update(np.nan_to_num(m.correct, nan=-1).astype(np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _jsonable(params: dict) -> dict:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in params.items()}

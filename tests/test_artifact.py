@@ -1,0 +1,108 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from herd import artifact
+from herd.data import Outcomes
+from herd.policies import SafeArgMax
+from herd.routers import make_router
+
+
+@pytest.fixture
+def trained(dataset_dir):
+    m = Outcomes.load(dataset_dir).matrix()
+    return artifact.train("logistic", make_router("logistic"), SafeArgMax(), m, data_origin=str(dataset_dir)), m
+
+
+def test_save_load_round_trip(tmp_path, trained):
+    t, m = trained
+    artifact.save(t, tmp_path / "r")
+    back = artifact.load(tmp_path / "r", models=m.models + ["extra-model"])
+    scores, decision = back.route(m.texts[:5])
+    np.testing.assert_array_equal(scores, t.router.predict_scores(m.texts[:5]))
+    assert decision.choice.tolist() == t.policy.choose(scores, t.model_costs).tolist()
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["router"]["name"] == "logistic" and man["policy"]["name"] == "safe"
+    assert man["models"] == m.models and len(man["training_data"]["fingerprint"]) == 16
+    assert man["validation"]["best_single"] == "big-70b"
+    assert man["validation"]["accuracy"] >= man["validation"]["best_single_accuracy"]
+
+
+def _break(directory, what):
+    mf = directory / "manifest.json"
+    man = json.loads(mf.read_text())
+    if what == "version":
+        man["herd_version"] = "9.9.0"
+    elif what == "field":
+        del man["models"]
+    elif what == "state":
+        with open(directory / "state.joblib", "ab") as f:
+            f.write(b"x")
+        return
+    mf.write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("what, message", [
+    ("version", "trained with herd 9.9.0"),
+    ("field", r"missing field\(s\) \['models'\]"),
+    ("state", "do not match the manifest's state_sha256"),
+])
+def test_load_says_what_does_not_match(tmp_path, trained, what, message):
+    artifact.save(trained[0], tmp_path / "r")
+    _break(tmp_path / "r", what)
+    with pytest.raises(artifact.ArtifactError, match=message):
+        artifact.load(tmp_path / "r")
+
+
+def test_load_checks_pool_and_directory(tmp_path, trained):
+    artifact.save(trained[0], tmp_path / "r")
+    with pytest.raises(artifact.ArtifactError, match=r"scores model\(s\) \['math-7b'\], which the pool does not have"):
+        artifact.load(tmp_path / "r", models=["big-70b", "hist-7b"])
+    with pytest.raises(artifact.ArtifactError, match="no manifest.json"):
+        artifact.load(tmp_path)
+    (tmp_path / "r" / "manifest.json").write_text("{")
+    with pytest.raises(artifact.ArtifactError, match="not valid JSON"):
+        artifact.load(tmp_path / "r")
+
+
+def herd(*args):
+    return subprocess.run([sys.executable, "-m", "herd", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+
+
+def test_train_and_route_from_the_command_line(tmp_path, dataset_dir):
+    r = herd("train", str(dataset_dir), "--router", "knn-tfidf", "--policy", "safe", "-o", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    assert "validation (inner CV on the training data)" in r.stdout
+    r = herd("route", str(tmp_path / "r"), "solve for x in the equation math question number 99")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].strip() in {"math-7b", "big-70b", "hist-7b"} and "P(correct)" in r.stdout
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"id": "a", "text": "which emperor ruled rome history"}\n\n{"question": "add the numbers math"}\n')
+    r = herd("route", str(tmp_path / "r"), "--file", str(queries), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["id"] for x in rows] == ["a", 3]
+    assert all(set(x) == {"id", "model", "reason", "scores"} and len(x["scores"]) == 3 for x in rows)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json\n", "line 1: not valid JSON"),
+    ('{"id": 1}\n', 'line 1: needs a string field "text"'),
+    ("", "no queries"),
+])
+def test_route_bad_query_file(tmp_path, trained, content, message):
+    artifact.save(trained[0], tmp_path / "r")
+    f = tmp_path / "q.jsonl"
+    f.write_text(content)
+    r = herd("route", str(tmp_path / "r"), "--file", str(f))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_route_missing_artifact(tmp_path):
+    r = herd("route", str(tmp_path), "hello")
+    assert r.returncode == 2 and "no manifest.json" in r.stderr
