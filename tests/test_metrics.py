@@ -83,3 +83,24 @@ def test_cost_to_match():
     assert metrics.cost_to_match(COSTS[:5], ACCS[:5], 0.65) == pytest.approx(1.5)
     assert metrics.cost_to_match(COSTS[:5], ACCS[:5], 0.4) == pytest.approx(1.0)
     assert metrics.cost_to_match(COSTS[:5], ACCS[:5], 0.9) is None
+
+
+def test_pgr_apgr_cpt_on_a_known_table():
+    # 4 queries: the strong model is right on all, the weak one on the last two.
+    strong = np.array([1, 1, 1, 1.0])
+    weak = np.array([0, 0, 1, 1.0])
+    perfect = np.array([0.9, 0.8, 0.1, 0.0])  # prefers strong exactly where it matters
+    share, pgr = metrics.pgr_curve(perfect, strong, weak)
+    assert share.tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert pgr.tolist() == [0, 0.5, 1, 1, 1]
+    assert metrics.apgr(share, pgr) == pytest.approx(0.25 * (0.25 + 0.75 + 1 + 1))
+    assert metrics.cpt(share, pgr, 0.5) == 0.25 and metrics.cpt(share, pgr, 0.8) == 0.5
+    worst = -perfect
+    share, pgr = metrics.pgr_curve(worst, strong, weak)
+    assert pgr.tolist() == [0, 0, 0, 0.5, 1]
+    assert metrics.cpt(share, pgr, 0.8) == 1.0
+    # A random router's APGR is about 0.5.
+    rng = np.random.default_rng(0)
+    s, w = (rng.random(4000) < 0.8).astype(float), (rng.random(4000) < 0.6).astype(float)
+    share, pgr = metrics.pgr_curve(rng.random(4000), s, w)
+    assert metrics.apgr(share, pgr) == pytest.approx(0.5, abs=0.03)

@@ -44,6 +44,10 @@ class MethodResult:
     router_ms: float | None = None  # routing time per query (featurize + score + decide)
     aiq: float | None = None
     cost_to_match_best_single: float | None = None
+    # Two-model pools only (RouteLLM's metrics): area under the PGR curve, least strong-call share for 50/80% PGR.
+    apgr: float | None = None
+    cpt50: float | None = None
+    cpt80: float | None = None
 
 
 @dataclass
@@ -173,6 +177,7 @@ def evaluate_matrix(
     tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
     fitted_notes: dict[str, list[str]] = {}
     sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
+    router_scores = {name: np.empty((n, k)) for name in routers}
     total, done = len(splits) * len(routers), 0
     for f, (tr, te) in enumerate(splits):
         b = metrics.best_model(y[tr], cost[tr])
@@ -190,6 +195,7 @@ def evaluate_matrix(
             t0 = time.perf_counter()
             scores = router.predict_scores(test_texts)
             score_secs = time.perf_counter() - t0
+            router_scores[name][te] = scores
             validation = None
             for p in policies:
                 if hasattr(p, "fit"):
@@ -265,6 +271,13 @@ def evaluate_matrix(
             pc, pa = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
             curve_stats[name] = {"aiq": metrics.aiq(pc, pa, cost_range),
                                  "cost_to_match_best_single": metrics.cost_to_match(pc, pa, best_acc)}
+    if k == 2:
+        strong = m.models.index(best_name)
+        for name in routers:
+            pref = router_scores[name][:, strong] - router_scores[name][:, 1 - strong]
+            share, pgr = metrics.pgr_curve(pref, y[:, strong], y[:, 1 - strong])
+            curve_stats.setdefault(name, {}).update(
+                apgr=metrics.apgr(share, pgr), cpt50=metrics.cpt(share, pgr, 0.5), cpt80=metrics.cpt(share, pgr, 0.8))
     for name, said in fitted_notes.items():
         notes.append(f"{name}, per fold: {', '.join(said)}")
     for name, p in methods:

@@ -159,3 +159,29 @@ def cost_to_match(costs, accs, target: float) -> float | None:
     if ha[0] >= target:
         return float(hc[0])
     return float(np.interp(target, ha, hc))
+
+
+def pgr_curve(preference, strong_correct, weak_correct) -> tuple[np.ndarray, np.ndarray]:
+    """RouteLLM's two-model view: send the queries with the highest ``preference`` for the strong
+    model to it, for every share of strong calls from 0 to 1, and measure the performance gap
+    recovered, PGR = (accuracy - weak) / (strong - weak). Returns (share of strong calls, PGR)."""
+    preference = np.asarray(preference, float)
+    s, w = np.asarray(strong_correct, float), np.asarray(weak_correct, float)
+    n = len(preference)
+    order = np.argsort(-preference, kind="stable")
+    gain = np.concatenate([[0.0], np.cumsum((s - w)[order])])
+    acc = (w.sum() + gain) / n
+    span = s.mean() - w.mean()
+    pgr = (acc - w.mean()) / span if abs(span) > 1e-12 else np.zeros(n + 1)
+    return np.arange(n + 1) / n, pgr
+
+
+def apgr(share, pgr) -> float:
+    """Average performance gap recovered: the area under the PGR curve over call shares 0..1."""
+    return float(np.trapezoid(pgr, share))
+
+
+def cpt(share, pgr, target: float) -> float | None:
+    """Call-performance threshold: the least share of strong calls whose PGR reaches ``target``."""
+    hit = np.flatnonzero(np.asarray(pgr) >= target - 1e-12)
+    return float(share[hit[0]]) if len(hit) else None

@@ -91,6 +91,21 @@ def curve_summary(b: BenchmarkResult) -> str | None:
     return f"cost-quality AIQ over ${lo:.3g}-${hi:.3g}/query: " + "; ".join(parts)
 
 
+def two_model_summary(b: BenchmarkResult) -> str | None:
+    """RouteLLM's APGR and CPT for two-model pools."""
+    parts, seen = [], set()
+    for r in b.rows:
+        name = r.method.split(" ")[0]
+        if r.kind == "router" and r.apgr is not None and name not in seen:
+            seen.add(name)
+            c50 = "n/a" if r.cpt50 is None else f"{100 * r.cpt50:.1f}%"
+            c80 = "n/a" if r.cpt80 is None else f"{100 * r.cpt80:.1f}%"
+            parts.append(f"{name} APGR {r.apgr:.3f}, CPT(50%) {c50}, CPT(80%) {c80}")
+    if not parts:
+        return None
+    return f"two-model routing, strong model {b.rows[0].best_single} (a random router has APGR 0.5): " + "; ".join(parts)
+
+
 def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
     rows, note = shown_rows(b)
     t = Table(title=_title(b, ev), title_justify="left")
@@ -101,7 +116,7 @@ def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
         style = "bold" if r.kind in ("router", "best-single") else None
         t.add_row(r.method, r.kind, fmt_pct(r.accuracy), fmt_cost(r), fmt_latency(r.latency_s),
                   fmt_gap(r.gap_closed), style=style)
-    caption = [x for x in [note, curve_summary(b)] + footnotes(b) if x]
+    caption = [x for x in [note, curve_summary(b), two_model_summary(b)] + footnotes(b) if x]
     t.caption = "\n".join(caption)
     t.caption_justify = "left"
     return t
@@ -235,7 +250,7 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
         f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td></tr>"
         for r in rows
     )
-    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b)] + footnotes(b) if x)
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b), two_model_summary(b)] + footnotes(b) if x)
     imgs = "".join(
         f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         for p in images
