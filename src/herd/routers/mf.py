@@ -36,16 +36,16 @@ class MFRouter(FeatureRouter):
         rng = np.random.default_rng(self.seed)
         n, d = x.shape
         m = y.shape[1]
-        w = rng.normal(0, 1 / np.sqrt(d), (d, self.dim))
-        v = rng.normal(0, 0.1, (m, self.dim))
+        w = rng.normal(0, 1 / np.sqrt(d), (d, self.dim)).astype(np.float32)
+        v = rng.normal(0, 0.1, (m, self.dim)).astype(np.float32)
         p = np.clip(y.mean(axis=0), 1e-3, 1 - 1e-3)
-        b = np.log(p / (1 - p))
+        b = np.log(p / (1 - p)).astype(np.float32)
         params = [w, v, b]
         moments = [(np.zeros_like(t), np.zeros_like(t)) for t in params]
         best = (np.inf, 0)
         for t in range(1, epochs + 1):
             h = x @ w
-            g = (_sigmoid(h @ v.T + b) - y) / (n * m)  # dLoss/dlogit for the mean cross-entropy
+            g = ((_sigmoid(h @ v.T + b) - y) / (n * m)).astype(np.float32)  # dLoss/dlogit, mean cross-entropy
             grads = [x.T @ (g @ v) + 2 * self.l2 * w, g.T @ h + 2 * self.l2 * v, g.sum(axis=0)]
             for param, grad, (m1, m2) in zip(params, grads, moments):
                 m1 *= 0.9
@@ -61,7 +61,8 @@ class MFRouter(FeatureRouter):
         return w, v, b, best[1]
 
     def _fit(self, texts, y):
-        x = np.asarray(self._featurize(texts, fit=True), dtype=np.float64)
+        x = np.asarray(self._featurize(texts, fit=True), dtype=np.float32)
+        y = y.astype(np.float32)
         n = len(texts)
         epochs = self.max_epochs
         if n >= 50:
@@ -74,5 +75,5 @@ class MFRouter(FeatureRouter):
         self.w_, self.v_, self.b_, _ = self._train(x, y, epochs)
 
     def _predict(self, texts):
-        x = np.asarray(self.featurizer_.transform(texts), dtype=np.float64)
-        return _sigmoid(x @ self.w_ @ self.v_.T + self.b_)
+        x = np.asarray(self.featurizer_.transform(texts), dtype=np.float32)
+        return _sigmoid((x @ self.w_ @ self.v_.T + self.b_).astype(np.float64))
