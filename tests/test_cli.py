@@ -72,3 +72,9 @@ def test_help_and_routers_list():
     assert r.returncode == 0 and "eval" in r.stdout and "demo" in r.stdout
     r = herd("routers")
     assert "knn" in r.stdout and "logistic" in r.stdout
+
+
+def test_cli_starts_without_heavy_imports():
+    code = "import sys, herd.cli; print(sorted(m for m in ('pandas', 'sklearn', 'torch') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
