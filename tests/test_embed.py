@@ -53,3 +53,11 @@ def test_embedding_routers_contract(dataset_dir, name):
     s = make_router(name).fit(train).predict_scores(texts)
     assert s.shape == (27, 3) and np.all((s >= 0) & (s <= 1))
     np.testing.assert_array_equal(s, make_router(name).fit(train).predict_scores(texts))
+
+
+def test_long_prompts_keep_their_question(tmp_path):
+    """Few-shot prompts share a long prefix; the question at the end must still tell them apart."""
+    prefix = "Question: what is the capital of France? Answer: Paris. " * 30
+    e = SentenceEmbedder(cache=tmp_path / "emb").embed([prefix + "Which planet is largest?",
+                                                        prefix + "How do I sort a list in Python?"])
+    assert not np.allclose(e[0], e[1])

@@ -17,6 +17,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
 EMBED_MAX_TOKENS = 128
+# Long texts keep their end: few-shot prompts put the question last, after shared exemplars
+# that would otherwise make every prompt's embedding the same.
+TRUNCATE = "left"
 EMBED_BATCH = 32
 
 
@@ -71,7 +74,8 @@ class SentenceEmbedder:
 
     def _store(self) -> Path:
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
-        return root / f"{self.name}-{EMBED_MAX_TOKENS}-{_model_tag(Path(self.model_path or local_model_path()))}"
+        tag = _model_tag(Path(self.model_path or local_model_path()))
+        return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}"
 
     def _load_cache(self) -> None:
         store = self._store()
@@ -102,6 +106,7 @@ class SentenceEmbedder:
                 ) from None
             self._model = SentenceTransformer(str(self.model_path or local_model_path()), device="cpu")
             self._model.max_seq_length = EMBED_MAX_TOKENS
+            self._model.tokenizer.truncation_side = TRUNCATE
         return self._model
 
     def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:

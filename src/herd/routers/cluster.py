@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from herd.routers.base import FeatureRouter
 
@@ -27,7 +30,9 @@ class ClusterRouter(FeatureRouter):
         self.seed = seed
 
     def _table(self, x, y, k, a):
-        km = KMeans(k, n_init=1, random_state=self.seed).fit(x)
+        with warnings.catch_warnings():  # repeated questions make fewer distinct clusters: fine
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            km = KMeans(k, n_init=1, random_state=self.seed).fit(x)
         counts = np.bincount(km.labels_, minlength=k)[:, None]
         hits = np.zeros((k, y.shape[1]))
         np.add.at(hits, km.labels_, y)
@@ -46,7 +51,7 @@ class ClusterRouter(FeatureRouter):
             val, tr = order[:cut], order[cut:]
             scored = []
             for k in ks:
-                km, _ = self._table(x[tr], y[tr], k, 0.0)
+                km, _ = self._table(x[tr], y[tr], k, 1.0)
                 val_cluster = km.predict(x[val])
                 for a in grid_a:
                     _, table = self._table(x[tr], y[tr], k, a)
