@@ -3,7 +3,7 @@ import pytest
 from sklearn.base import clone
 
 from herd.data import Outcomes
-from herd.policies import ArgMax, CostAware, SafeArgMax, make_policy
+from herd.policies import ArgMax, Budget, CostAware, SafeArgMax, make_policy
 from herd.routers import ROUTERS, AutoRouter, KNNRouter, LogisticRouter, make_router
 
 FAST = ["knn-tfidf", "logistic", "mf-tfidf", "cluster-tfidf"]
@@ -143,3 +143,43 @@ def test_auto_skips_embedding_candidates_without_the_extra(toy, monkeypatch):
     monkeypatch.setattr(features.SentenceEmbedder, "embed", unavailable)
     r = AutoRouter(candidates=("knn", "logistic")).fit(toy)
     assert r.chosen_ == "logistic" and "skipped" in r.cv_results_["knn"]
+
+
+def _budget_table(seed=0, n=2000):
+    """Two models: a dear one right 90% of the time, a cheap one right 60%; scores are informative."""
+    rng = np.random.default_rng(seed)
+    labels = np.column_stack([rng.random(n) < 0.9, rng.random(n) < 0.6]).astype(float)
+    scores = np.clip(labels * 0.5 + rng.random((n, 2)) * 0.5, 0, 1)
+    return scores, labels, np.array([10.0, 1.0])
+
+
+def test_budget_hits_a_mean_cost_target_on_new_data():
+    scores, labels, costs = _budget_table(0)
+    p = Budget(max_cost=4.0).fit(scores, labels, costs, ["dear", "cheap"])
+    assert p.met_ and p.validation_spent_ <= 4.0
+    test_scores, _, _ = _budget_table(1)
+    realized = costs[p.choose(test_scores, costs)].mean()
+    assert 3.0 <= realized <= 4.5  # calibrated on other data: close to, not exactly at, the target
+    assert "calibrated to $4/query" in p.decide(test_scores[:1], ["dear", "cheap"], costs).reasons[0]
+
+
+def test_budget_hits_a_share_target_for_a_named_model():
+    scores, labels, costs = _budget_table(0)
+    p = Budget(max_share=0.3, model="dear").fit(scores, labels, costs, ["dear", "cheap"])
+    share = np.mean(p.choose(_budget_table(2)[0], costs) == 0)
+    assert p.met_ and 0.22 <= share <= 0.36
+
+
+def test_budget_unreachable_and_bad_specs():
+    scores, labels, costs = _budget_table(0)
+    p = Budget(max_cost=0.5).fit(scores, labels, costs, ["dear", "cheap"])
+    assert not p.met_ and "not reachable" in p.summary()
+    assert make_policy("budget:0.002").max_cost == 0.002
+    b = make_policy("budget:gpt-4-1106-preview:0.3")
+    assert (b.model, b.max_share) == ("gpt-4-1106-preview", 0.3)
+    with pytest.raises(ValueError, match="exactly one"):
+        Budget()
+    with pytest.raises(ValueError, match="not in the pool"):
+        Budget(max_share=0.3, model="x").fit(scores, labels, costs, ["dear", "cheap"])
+    with pytest.raises(ValueError, match="budget:USD_PER_QUERY"):
+        make_policy("budget:lots")

@@ -56,7 +56,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         oof = out_of_fold_scores(router, m, seed)
     policy = copy.deepcopy(policy)
     if hasattr(policy, "fit"):
-        policy.fit(oof, m.labels, costs)
+        policy.fit(oof, m.labels, costs, m.models)
     y = m.labels
     chosen = policy.choose(oof, costs)
     best = metrics.best_model(y, m.cost)
@@ -77,7 +77,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "router": {"name": router_name, "class": type(router).__name__, "params": _jsonable(router.get_params()),
                    "fitted": router.summary() if hasattr(router, "summary") else None},
-        "policy": {"name": policy.name, "repr": repr(policy),
+        "policy": {"name": policy.name, "spec": policy.label, "repr": repr(policy),
                    "fitted": policy.summary() if hasattr(policy, "summary") else None},
         "features": getattr(router, "features", "tfidf"),
         "models": list(m.models),

@@ -177,7 +177,7 @@ def train(
         with _progress_bar() as bar:
             task = bar.add_task(f"features for {m.n_queries} queries", total=1)
             proto.prepare(m.texts, progress=lambda done, total: bar.update(task, completed=done, total=total))
-            bar.update(task, description=f"fitting {router} and tuning {chosen_policy.name}", completed=0, total=None)
+            bar.update(task, description=f"fitting {router} and tuning {chosen_policy.label}", completed=0, total=None)
             trained = artifact.train(router, proto, chosen_policy, m, seed=seed, data_origin=str(path))
         artifact.save(trained, out)
     except _usage_errors() as e:
@@ -185,7 +185,7 @@ def train(
     v = trained.manifest["validation"]
     gap = "" if v["gap_closed"] is None else f", gap closed {100 * v['gap_closed']:+.1f}%"
     fitted = [x for x in (trained.manifest["router"]["fitted"], trained.manifest["policy"]["fitted"]) if x]
-    console.print(f"trained {router} + {chosen_policy.name}{' (' + ', '.join(fitted) + ')' if fitted else ''} "
+    console.print(f"trained {router} + {chosen_policy.label}{' (' + ', '.join(fitted) + ')' if fitted else ''} "
                   f"on {m.n_queries} queries x {len(m.models)} models")
     console.print(f"validation (inner CV on the training data): accuracy {100 * v['accuracy']:.2f}% vs best single "
                   f"{v['best_single']} {100 * v['best_single_accuracy']:.2f}%, oracle {100 * v['oracle']:.2f}%{gap}")

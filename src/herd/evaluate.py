@@ -172,7 +172,7 @@ def evaluate_matrix(
     best_choice = np.empty(n, dtype=int)
     best_by_fold = []
     methods = [(name, p) for name in routers for p in policies]
-    router_choice = {(name, p.name): np.empty(n, dtype=int) for name, p in methods}
+    router_choice = {(name, p.label): np.empty(n, dtype=int) for name, p in methods}
     router_secs = dict.fromkeys(router_choice, 0.0)
     tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
     fitted_notes: dict[str, list[str]] = {}
@@ -203,11 +203,11 @@ def evaluate_matrix(
                         validation = getattr(router, "validation_scores_", None)
                     if validation is None:
                         validation = out_of_fold_scores(proto, train, seed)
-                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs)
-                    tuned[(name, p.name)].append(p.summary())
+                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models)
+                    tuned[(name, p.label)].append(p.summary())
                 t0 = time.perf_counter()
-                router_choice[(name, p.name)][te] = p.choose(scores, model_costs)
-                router_secs[(name, p.name)] += score_secs + time.perf_counter() - t0
+                router_choice[(name, p.label)][te] = p.choose(scores, model_costs)
+                router_secs[(name, p.label)] += score_secs + time.perf_counter() - t0
             if sweep:
                 for w, weight in enumerate(COST_WEIGHTS):
                     sweep_choice[name][w, te] = CostAware(weight).choose(scores, model_costs)
@@ -281,10 +281,13 @@ def evaluate_matrix(
     for name, said in fitted_notes.items():
         notes.append(f"{name}, per fold: {', '.join(said)}")
     for name, p in methods:
-        if tuned[(name, p.name)]:
-            notes.append(f"{name} ({p.name}), tuned per fold by inner CV: {', '.join(tuned[(name, p.name)])}")
-        rows.append(row(f"{name} ({p.name})", "router", choice=router_choice[(name, p.name)],
-                        router_ms=1000.0 * router_secs[(name, p.name)] / n, **curve_stats.get(name, {})))
+        if tuned[(name, p.label)]:
+            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {', '.join(tuned[(name, p.label)])}")
+        if getattr(p, "max_share", None) is not None and p.model in m.models:
+            share = float(np.mean(router_choice[(name, p.label)] == m.models.index(p.model)))
+            notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
+        rows.append(row(f"{name} ({p.label})", "router", choice=router_choice[(name, p.label)],
+                        router_ms=1000.0 * router_secs[(name, p.label)] / n, **curve_stats.get(name, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 

@@ -35,6 +35,7 @@ class ArgMax:
     """Pick the model most likely to be right; ties go to the cheaper model."""
 
     name = "argmax"
+    label = "argmax"
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
         return _argmax_cheapest(scores, _known_costs(model_costs, scores.shape[1]))
@@ -76,6 +77,10 @@ class CostAware:
         ]
         return Decision(choice, reasons)
 
+    @property
+    def label(self) -> str:
+        return f"cost-aware:{self.cost_weight:g}"
+
     def __repr__(self) -> str:
         return f"CostAware(cost_weight={self.cost_weight:g})"
 
@@ -99,7 +104,8 @@ class SafeArgMax:
     def __init__(self, margin: float | None = None):
         self.margin = margin
 
-    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None) -> SafeArgMax:
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None) -> SafeArgMax:
         """Pick the anchor (best model on ``labels``) and, if unset, the margin, on validation scores."""
         costs = _known_costs(model_costs, labels.shape[1])
         acc = labels.mean(axis=0)
@@ -136,6 +142,10 @@ class SafeArgMax:
         ]
         return Decision(choice, reasons)
 
+    @property
+    def label(self) -> str:
+        return "safe" if self.margin is None else f"safe:{self.margin:g}"
+
     def summary(self) -> str:
         """The fitted choice, for reports."""
         return f"margin={self.margin_:g}"
@@ -144,12 +154,86 @@ class SafeArgMax:
         return f"SafeArgMax(margin={self.margin})"
 
 
-POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware}
+# Cost weights searched when calibrating a budget: 0, then log-spaced up to "cost is all that matters".
+BUDGET_WEIGHTS = np.concatenate([[0.0], np.logspace(-4, 3, 141)])
+
+
+class Budget:
+    """Cost-aware routing calibrated to a budget: the smallest cost weight whose choices on
+    validation scores spend at most ``max_cost`` USD per query on average, or send at most
+    ``max_share`` of queries to ``model`` (RouteLLM's calibration, for N models).
+
+    ``fit`` calibrates on held-out scores of training queries; the realized figures on new
+    queries are what evaluation reports. If no weight meets the target, the cheapest
+    behaviour (the largest weight) is used and ``met_`` is False.
+    """
+
+    name = "budget"
+
+    def __init__(self, max_cost: float | None = None, max_share: float | None = None, model: str | None = None):
+        if (max_cost is None) == (max_share is None):
+            raise ValueError("Budget needs exactly one of max_cost (USD per query) or max_share (with model)")
+        if max_share is not None and (model is None or not 0 <= max_share <= 1):
+            raise ValueError("Budget(max_share=...) needs a model name and a share in [0, 1]")
+        self.max_cost = max_cost
+        self.max_share = max_share
+        self.model = model
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None) -> Budget:
+        costs = _known_costs(model_costs, scores.shape[1])
+        if self.max_share is not None:
+            if models is None or self.model not in models:
+                raise ValueError(f"budget: model {self.model!r} is not in the pool {models}")
+            target = models.index(self.model)
+        for w in BUDGET_WEIGHTS:
+            choice = CostAware(w).choose(scores, model_costs)
+            spent = costs[choice].mean() if self.max_cost is not None else float(np.mean(choice == target))
+            if spent <= (self.max_cost if self.max_cost is not None else self.max_share) + 1e-12:
+                self.cost_weight_, self.met_ = float(w), True
+                break
+        else:
+            self.cost_weight_, self.met_ = float(BUDGET_WEIGHTS[-1]), False
+        self.validation_spent_ = float(spent)
+        return self
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(self, "cost_weight_"):
+            raise RuntimeError("Budget is not fitted: call fit() on validation scores first")
+        return CostAware(self.cost_weight_).choose(scores, model_costs)
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        inner = CostAware(self.cost_weight_).decide(scores, models, model_costs)
+        target = f"${self.max_cost:g}/query" if self.max_cost is not None else f"<= {self.max_share:.0%} to {self.model}"
+        return Decision(inner.choice, [f"{r} (weight calibrated to {target})" for r in inner.reasons])
+
+    def summary(self) -> str:
+        return f"cost_weight={self.cost_weight_:.4g}{'' if self.met_ else ' (target not reachable)'}"
+
+    @property
+    def label(self) -> str:
+        return f"budget:{self.max_cost:g}" if self.max_cost is not None else f"budget:{self.model}:{self.max_share:g}"
+
+    def __repr__(self) -> str:
+        if self.max_cost is not None:
+            return f"Budget(max_cost={self.max_cost:g})"
+        return f"Budget(max_share={self.max_share:g}, model={self.model!r})"
+
+
+POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget}
 
 
 def make_policy(spec: str):
-    """'argmax', 'safe', 'safe:0.1' (fixed margin) or 'cost-aware:0.2' (cost weight)."""
+    """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
+    'budget:0.002' (USD per query) or 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4)."""
     name, _, arg = spec.partition(":")
+    if name == "budget":
+        model, _, share = arg.rpartition(":")
+        try:
+            value = float(share)
+        except ValueError:
+            raise ValueError(f"policy {spec!r}: give budget:USD_PER_QUERY or budget:MODEL:SHARE") from None
+        return Budget(max_share=value, model=model) if model else Budget(max_cost=value)
     if name not in POLICIES:
         raise ValueError(f"unknown policy {spec!r}; choose from {sorted(POLICIES)} (e.g. 'safe', 'cost-aware:0.2')")
     if not arg:
