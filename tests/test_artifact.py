@@ -106,3 +106,34 @@ def test_route_bad_query_file(tmp_path, trained, content, message):
 def test_route_missing_artifact(tmp_path):
     r = herd("route", str(tmp_path), "hello")
     assert r.returncode == 2 and "no manifest.json" in r.stderr
+
+
+def test_eval_a_trained_router_on_held_out_data(tmp_path, frames):
+    import pandas as pd
+
+    q, o, m = frames
+    train_q, test_q = q.iloc[::2], q.iloc[1::2]
+    for name, part in (("train", train_q), ("test", test_q)):
+        d = tmp_path / name
+        d.mkdir()
+        part.to_parquet(d / "queries.parquet")
+        o[o.qid.isin(part.qid)].to_parquet(d / "outcomes.parquet")
+        m.to_csv(d / "models.csv", index=False)
+    r = herd("train", str(tmp_path / "train"), "--router", "logistic", "--min-outcomes", "5", "-o", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    r = herd("eval", str(tmp_path / "test"), "--router", str(tmp_path / "r"), "--min-outcomes", "5",
+             "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "a trained router on held-out data" in r.stdout and "logistic (safe)" in r.stdout
+    assert "WARNING" not in r.stdout
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {x["kind"] for x in doc["results"]} >= {"router", "best-single", "oracle"}
+    # The training data again: flagged as optimistic.
+    r = herd("eval", str(tmp_path / "train"), "--router", str(tmp_path / "r"), "--min-outcomes", "5",
+             "-o", str(tmp_path / "out2"))
+    assert r.returncode == 0 and "WARNING: 45 of these 45 queries were in the router's training data" in r.stdout
+    r = herd("eval", str(tmp_path / "test"), "--router", str(tmp_path / "r"), "--models", "big-70b,hist-7b",
+             "--min-outcomes", "5", "-o", str(tmp_path / "out3"))
+    assert r.returncode == 2 and "no outcomes for the router's model(s) ['math-7b']" in r.stderr
+    r = herd("eval", str(tmp_path / "test"), "--router", str(tmp_path / "r"), "--router", "logistic")
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -41,6 +41,7 @@ class TrainedRouter:
     models: list[str]
     model_costs: np.ndarray
     manifest: dict
+    train_keys: frozenset = frozenset()  # "source/benchmark/qid" of every training query
 
     def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
         scores = self.router.predict_scores(texts)
@@ -90,14 +91,18 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         },
         "validation": validation,
     }
-    return TrainedRouter(router, policy, list(m.models), costs, manifest)
+    return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m))
+
+
+def query_keys(m: Matrix) -> frozenset:
+    return frozenset(m.keys["source"] + "/" + m.keys["benchmark"] + "/" + m.keys["qid"])
 
 
 def save(trained: TrainedRouter, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = d / STATE
-    joblib.dump({"router": trained.router, "policy": trained.policy}, state)
+    joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys}, state)
     manifest = dict(trained.manifest, state_sha256=_sha256(state))
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return d
@@ -137,7 +142,7 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
     if list(router.models_) != manifest["models"]:
         raise ArtifactError(f"{state}: the fitted router's models differ from the manifest's")
     costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
-    return TrainedRouter(router, policy, manifest["models"], costs, manifest)
+    return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()))
 
 
 def fingerprint(m: Matrix) -> str:

@@ -68,10 +68,15 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
               size_prices, sweep, groups=None) -> None:
     from herd.evaluate import evaluate
     from herd.policies import make_policy
-    from herd.report import console_table, write_report
     from herd.routers import make_router
 
     started = time.perf_counter()
+    dirs = [r for r in routers if (Path(r) / "manifest.json").exists()]
+    if dirs:
+        if len(routers) > 1:
+            _fail("give one trained router directory as --router, or router names, not both or several directories")
+        return _run_eval_trained(dirs[0], data_dir, sources, benchmarks, models, out, json_path, min_outcomes,
+                                 size_prices, sweep, started)
     try:
         named = {name: make_router(name) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
@@ -86,6 +91,29 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
             ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
     except _usage_errors() as e:
         _fail(str(e))
+    _show(ev, out, json_path, started)
+
+
+def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, json_path, min_outcomes, size_prices,
+                      sweep, started) -> None:
+    from herd import artifact
+    from herd.evaluate import evaluate_trained
+
+    try:
+        trained = artifact.load(router_dir)
+        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices)
+        console.print(f"[bold]herd {__version__}[/] evaluating the router in {router_dir} on "
+                      f"{len(data.groups())} benchmark(s) from {path} as held-out data")
+        with console.status("routing"):
+            ev = evaluate_trained(trained, data, sweep=sweep)
+    except _usage_errors() as e:
+        _fail(str(e))
+    _show(ev, out, json_path, started)
+
+
+def _show(ev, out, json_path, started) -> None:
+    from herd.report import console_table, write_report
+
     for b in ev.benchmarks:
         console.print(console_table(b, ev))
         console.print()

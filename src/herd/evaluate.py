@@ -215,6 +215,73 @@ def evaluate_matrix(
     if progress:
         progress(f"{label}: done", total, total)
 
+    notes = [f"{name}, per fold: {', '.join(said)}" for name, said in fitted_notes.items()]
+    routed = []
+    for name, p in methods:
+        key = (name, p.label)
+        if tuned[key]:
+            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {', '.join(tuned[key])}")
+        if getattr(p, "max_share", None) is not None and p.model in m.models:
+            share = float(np.mean(router_choice[key] == m.models.index(p.model)))
+            notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
+        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n))
+    return summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
+
+
+def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluation:
+    """Score a router trained earlier (``herd train``) on the given data as a held-out test set.
+
+    The best single model is the one the router's training data named. Queries the router
+    was trained on are counted and reported, since their figures are optimistic.
+    """
+    from herd.artifact import query_keys
+
+    name = trained.manifest["router"]["name"]
+    label = trained.policy.label
+    best_name = trained.manifest["validation"]["best_single"]
+    results = []
+    for source, benchmark in data.groups():
+        sub = data.filter(source=source, benchmark=benchmark)
+        missing = sorted(set(trained.models) - set(sub.outcomes["model"]))
+        if missing:
+            raise ValueError(f"{source}/{benchmark}: no outcomes for the router's model(s) {missing}; "
+                             "evaluate on data that covers the router's pool")
+        m = sub.matrix(trained.models)
+        t0 = time.perf_counter()
+        scores = trained.router.predict_scores(m.texts)
+        choice = trained.policy.choose(scores, trained.model_costs)
+        ms = 1000.0 * (time.perf_counter() - t0) / m.n_queries
+        sweeps = {name: np.stack([CostAware(w).choose(scores, trained.model_costs) for w in COST_WEIGHTS])} if sweep else {}
+        seen = len(query_keys(m) & trained.train_keys)
+        notes = [f"router trained by `herd train` on {', '.join(trained.manifest['training_data']['groups'])} "
+                 f"({trained.manifest['training_data']['n_queries']} queries); best single = its training data's best"]
+        if seen:
+            notes.append(f"WARNING: {seen} of these {m.n_queries} queries were in the router's training data; "
+                         "its figures here are optimistic")
+        best_choice = np.full(m.n_queries, m.models.index(best_name))
+        results.append(summarize(m, best_choice, [best_name], [Routed(name, f"{name} ({label})", choice, ms)],
+                                 sweeps, {name: scores}, notes))
+    return Evaluation(data.origin, 0, -1, label, results)
+
+
+@dataclass
+class Routed:
+    """One router + policy's out-of-sample choices on a benchmark."""
+
+    router: str
+    method: str
+    choice: np.ndarray
+    router_ms: float | None = None
+
+
+def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], routed: list[Routed],
+              sweeps: dict[str, np.ndarray], scores: dict[str, np.ndarray], notes: list[str]) -> BenchmarkResult:
+    """Every baseline and every routed method's figures on ``m``, where ``best_choice`` is the
+    best single model as chosen on training data, per query."""
+    source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
+    y, cost, lat = m.labels, m.cost, m.latency
+    n, k = y.shape
+    notes = list(notes)
     best_name = Counter(best_by_fold).most_common(1)[0][0]
     best_acc = metrics.accuracy(metrics.picked(y, best_choice))
     oracle_acc = metrics.oracle_accuracy(y)
@@ -240,7 +307,6 @@ def evaluate_matrix(
     rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
     rows.append(row(f"best on test: {m.models[metrics.best_model(y, cost)]}", "best-on-test",
                     choice=np.full(n, metrics.best_model(y, cost))))
-    notes = []
     if m.answers is not None and m.gold is not None:
         vote = metrics.majority_vote(m.answers, m.gold)
         all_cost = np.nansum(cost, axis=1)
@@ -263,9 +329,8 @@ def evaluate_matrix(
 
     # One cost-quality curve per router: the cost-aware sweep does not depend on the policy.
     curves, curve_stats = {}, {}
-    if sweep and cost_range is not None:
-        for name in routers:
-            ch = sweep_choice[name]
+    if cost_range is not None:
+        for name, ch in sweeps.items():
             pts = [(metrics.mean_known(metrics.picked(cost, c))[0], metrics.accuracy(metrics.picked(y, c))) for c in ch]
             curves[name] = pts
             pc, pa = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
@@ -273,21 +338,13 @@ def evaluate_matrix(
                                  "cost_to_match_best_single": metrics.cost_to_match(pc, pa, best_acc)}
     if k == 2:
         strong = m.models.index(best_name)
-        for name in routers:
-            pref = router_scores[name][:, strong] - router_scores[name][:, 1 - strong]
+        for name, sc in scores.items():
+            pref = sc[:, strong] - sc[:, 1 - strong]
             share, pgr = metrics.pgr_curve(pref, y[:, strong], y[:, 1 - strong])
             curve_stats.setdefault(name, {}).update(
                 apgr=metrics.apgr(share, pgr), cpt50=metrics.cpt(share, pgr, 0.5), cpt80=metrics.cpt(share, pgr, 0.8))
-    for name, said in fitted_notes.items():
-        notes.append(f"{name}, per fold: {', '.join(said)}")
-    for name, p in methods:
-        if tuned[(name, p.label)]:
-            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {', '.join(tuned[(name, p.label)])}")
-        if getattr(p, "max_share", None) is not None and p.model in m.models:
-            share = float(np.mean(router_choice[(name, p.label)] == m.models.index(p.model)))
-            notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
-        rows.append(row(f"{name} ({p.label})", "router", choice=router_choice[(name, p.label)],
-                        router_ms=1000.0 * router_secs[(name, p.label)] / n, **curve_stats.get(name, {})))
+    for r in routed:
+        rows.append(row(r.method, "router", choice=r.choice, router_ms=r.router_ms, **curve_stats.get(r.router, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 
@@ -305,6 +362,8 @@ def evaluate_matrix(
         cost_range=cost_range,
         notes=notes,
     )
+
+
 
 
 def _mean_costs(cost: np.ndarray) -> np.ndarray:

@@ -71,9 +71,14 @@ def footnotes(b: BenchmarkResult) -> list[str]:
     return notes
 
 
+def _protocol(ev: Evaluation) -> str:
+    if ev.folds == 0:
+        return "a trained router on held-out data"
+    return f"{ev.folds}-fold CV by query (seed {ev.seed})"
+
+
 def _title(b: BenchmarkResult, ev: Evaluation) -> str:
-    return (f"{b.source} / {b.benchmark}: {b.n_queries} queries, {len(b.models)} models, "
-            f"{ev.folds}-fold CV by query (seed {ev.seed})")
+    return f"{b.source} / {b.benchmark}: {b.n_queries} queries, {len(b.models)} models, {_protocol(ev)}"
 
 
 def curve_summary(b: BenchmarkResult) -> str | None:
@@ -230,9 +235,11 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
     page = _HTML.format(
         title=html.escape(f"herd evaluation: {ev.dataset}"),
         intro=html.escape(
-            f"{len(ev.benchmarks)} benchmark(s), {ev.folds}-fold cross-validation by query, seed {ev.seed}, "
-            f"router policy {ev.policy}. Every figure is out-of-fold: each query is scored by a router "
-            "trained without it; 'best single (train)' is chosen on each fold's training split."
+            f"{len(ev.benchmarks)} benchmark(s), {_protocol(ev)}, router policy {ev.policy}. "
+            + ("The router and the best single model were chosen on the router's own training data."
+               if ev.folds == 0 else
+               "Every figure is out-of-fold: each query is scored by a router trained without it; "
+               "'best single (train)' is chosen on each fold's training split.")
         ),
         body="\n".join(sections),
     )
