@@ -133,8 +133,9 @@ JsonOpt = typer.Option(None, "--json", help="Also write metrics.json here (defau
 MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
 SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
-PolicyOpt = typer.Option(None, "--policy", help="Policy or policies: argmax, safe (margin tuned by inner CV), "
-                         "safe:MARGIN, cost-aware:WEIGHT. Default: argmax,safe.")
+POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY "
+               "or budget:MODEL:SHARE")
+PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
 
@@ -145,7 +146,8 @@ def eval_cmd(
     source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to keep; repeat or comma-separate."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to keep."),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Model(s) to keep."),
-    router: Optional[list[str]] = typer.Option(None, "--router", help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}); see `herd routers`."),
+    router: Optional[list[str]] = typer.Option(None, "--router", help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}; see `herd routers`), "
+                                         "or one directory from `herd train` to score on this data as held-out."),
     policy: Optional[list[str]] = PolicyOpt,
     folds: int = FoldsOpt,
     seed: int = SeedOpt,
@@ -173,8 +175,7 @@ def demo(
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
     _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES,
-              folds, seed, out, None,
-              20, size_prices, True, groups=DEMO_GROUPS)
+              folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS)
 
 
 @app.command()
@@ -185,7 +186,7 @@ def train(
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to train on."),
     models: Optional[list[str]] = typer.Option(None, "--models", help="Pool models (default: all in the data)."),
     router: str = typer.Option("auto", "--router", help="Router name; see `herd routers`."),
-    policy: str = typer.Option("safe", "--policy", help="argmax, safe, safe:MARGIN or cost-aware:WEIGHT."),
+    policy: str = typer.Option("safe", "--policy", help=f"One of: {POLICY_HELP}."),
     out: str = typer.Option(..., "--out", "-o", help="Directory to write the router artifact to."),
     seed: int = SeedOpt,
     min_outcomes: int = MinOpt,
