@@ -42,7 +42,7 @@ def test_loads_offline_from_a_local_copy(tmp_path):
     assert out.stdout.strip() == "(1, 384)"
 
 
-EMBED_ROUTERS = ["knn", "mf", "regression", "cluster", "rf", "mlp", "auto"]
+EMBED_ROUTERS = ["knn", "mf", "regression", "cluster", "rf", "mlp", "ensemble", "auto"]
 
 
 @pytest.mark.parametrize("name", EMBED_ROUTERS)

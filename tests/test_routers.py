@@ -125,13 +125,24 @@ def test_make_policy():
 def test_auto_picks_a_candidate_by_inner_cv(toy):
     train, test = toy.split(0.3, seed=0)
     r = AutoRouter(candidates=("knn-tfidf", "logistic")).fit(train)
-    assert r.chosen_ in ("knn-tfidf", "logistic")
-    assert set(r.cv_results_) == {"knn-tfidf", "logistic"}
+    assert r.chosen_ in ("knn-tfidf", "logistic", "ensemble")
+    assert set(r.cv_results_) == {"knn-tfidf", "logistic", "ensemble"}
     assert r.validation_scores_.shape == (len(train.queries), 3)
     best = max(r.cv_results_.values(), key=lambda v: v["accuracy"])["accuracy"]
     assert r.cv_results_[r.chosen_]["accuracy"] == best
     s = r.predict_scores(test.queries.text.tolist())
     np.testing.assert_array_equal(s, r.router_.predict_scores(test.queries.text.tolist()))
+
+
+def test_ensemble_is_the_mean_of_its_members(toy):
+    from herd.routers import EnsembleRouter
+
+    train, test = toy.split(0.3, seed=0)
+    texts = test.queries.text.tolist()
+    e = EnsembleRouter(("knn-tfidf", "logistic")).fit(train)
+    expected = (make_router("knn-tfidf").fit(train).predict_scores(texts)
+                + make_router("logistic").fit(train).predict_scores(texts)) / 2
+    np.testing.assert_allclose(e.predict_scores(texts), expected)
 
 
 def test_auto_skips_embedding_candidates_without_the_extra(toy, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from herd.routers.auto import AutoRouter
+from herd.routers.auto import AutoRouter, EnsembleRouter
 from herd.routers.base import FeatureRouter, Router
 from herd.routers.cluster import ClusterRouter
 from herd.routers.knn import KNNRouter
@@ -12,7 +12,8 @@ from herd.routers.mf import MFRouter
 
 # name -> (class, default parameters, description)
 ROUTERS: dict[str, tuple[type[Router], dict, str]] = {
-    "auto": (AutoRouter, {}, "picks the best of knn, logistic, mf, regression, cluster by inner CV on the training split"),
+    "auto": (AutoRouter, {}, "picks the best of knn, logistic, mf, regression, cluster and their mean by inner CV on the training split"),
+    "ensemble": (EnsembleRouter, {}, "the mean of the knn, logistic and mf routers' scores"),
     "knn": (KNNRouter, {"features": "embed"}, "k nearest training queries in MiniLM embedding space, shrunk to model priors"),
     "knn-tfidf": (KNNRouter, {"features": "tfidf"}, "k nearest training queries by TF-IDF cosine, shrunk to model priors"),
     "logistic": (LogisticRouter, {}, "TF-IDF + one logistic classifier per model (SelectLLM's separate classifiers)"),
@@ -35,5 +36,5 @@ def make_router(name: str, **params) -> Router:
     return cls(**{**defaults, **params})
 
 
-__all__ = ["ROUTERS", "DESCRIPTIONS", "AutoRouter", "ClusterRouter", "FeatureRouter", "ForestRouter", "KNNRouter",
+__all__ = ["ROUTERS", "DESCRIPTIONS", "AutoRouter", "EnsembleRouter", "ClusterRouter", "FeatureRouter", "ForestRouter", "KNNRouter",
            "LogisticRouter", "MFRouter", "MLPRouter", "RegressionRouter", "Router", "make_router"]

@@ -11,6 +11,7 @@ from herd.routers.base import Router
 
 DEFAULT_CANDIDATES = ("knn", "logistic", "mf", "regression", "cluster")
 INNER_FOLDS = 3
+ENSEMBLE = "ensemble"
 
 
 def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS) -> np.ndarray:
@@ -21,10 +22,40 @@ def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INN
     return out
 
 
+class EnsembleRouter(Router):
+    """The mean of its member routers' scores: averaging estimators of different kinds
+    smooths each one's errors."""
+
+    def __init__(self, members: tuple[str, ...] = ("knn", "logistic", "mf")):
+        self.members = members
+
+    def prepare(self, texts, progress=None):
+        from herd.routers import make_router
+
+        for name in self.members:
+            make_router(name).prepare(texts, progress=progress)
+
+    def _fit(self, texts, y):
+        raise NotImplementedError  # fit() is overridden: members fit on the Matrix
+
+    def fit(self, data) -> EnsembleRouter:
+        from herd.routers import make_router
+
+        m = data.matrix() if hasattr(data, "matrix") else data
+        self.routers_ = [make_router(name).fit(m) for name in self.members]
+        self.models_ = self.routers_[0].models_
+        self.prior_ = self.routers_[0].prior_
+        return self
+
+    def _predict(self, texts):
+        return np.mean([r.predict_scores(texts) for r in self.routers_], axis=0)
+
+
 class AutoRouter(Router):
     """Fits each candidate router on inner folds of the training data, keeps the one whose
     argmax choice is right most often on the held-out inner folds (ties: lower Brier score),
-    and refits it on all the training data.
+    and refits it on all the training data. The mean of all candidates (an ensemble) is a
+    candidate too, scored on the same out-of-fold predictions at no extra cost.
 
     ``validation_scores_`` keeps the winner's out-of-fold scores on the training queries, so a
     policy can be tuned on them without another round of fitting. Candidates needing sentence
@@ -52,22 +83,27 @@ class AutoRouter(Router):
         y = m.labels
         rows = np.arange(len(y))
         self.cv_results_ = {}
-        best = None
+        fitted: dict[str, np.ndarray] = {}
         for name, proto in self._protos().items():
             try:
-                oof = out_of_fold_scores(proto, m, self.seed)
+                fitted[name] = out_of_fold_scores(proto, m, self.seed)
             except EmbeddingsUnavailable:
                 self.cv_results_[name] = {"skipped": "embed extra not installed"}
-                continue
+        if not fitted:
+            raise ValueError(f"auto: no candidate router could be fitted ({self.cv_results_})")
+        if len(fitted) > 1:
+            fitted[ENSEMBLE] = np.mean(list(fitted.values()), axis=0)
+        best = None
+        for name, oof in fitted.items():
             acc = float(y[rows, oof.argmax(axis=1)].mean())
             brier = float(np.mean((oof - y) ** 2))
             self.cv_results_[name] = {"accuracy": acc, "brier": brier}
             if best is None or (acc, -brier) > (best[0], -best[1]):
                 best = (acc, brier, name, oof)
-        if best is None:
-            raise ValueError(f"auto: no candidate router could be fitted ({self.cv_results_})")
         _, _, self.chosen_, self.validation_scores_ = best
-        self.router_ = self._protos()[self.chosen_].fit(m)
+        members = tuple(n for n in fitted if n != ENSEMBLE)
+        proto = EnsembleRouter(members) if self.chosen_ == ENSEMBLE else self._protos()[self.chosen_]
+        self.router_ = proto.fit(m)
         self.models_ = self.router_.models_
         self.prior_ = self.router_.prior_
         return self
@@ -76,4 +112,6 @@ class AutoRouter(Router):
         return self.router_.predict_scores(texts)
 
     def summary(self) -> str:
+        if self.chosen_ == ENSEMBLE:
+            return f"chose the mean of {'+'.join(self.router_.members)}"
         return f"chose {self.chosen_}"
