@@ -94,15 +94,17 @@ class SafeArgMax:
     predicted P(correct) beats the anchor's by more than ``margin``.
 
     ``margin=None`` tunes it with ``fit`` on held-out scores of training queries (out-of-fold
-    within the training split): the margin with the highest accuracy there, the larger margin
-    on ties. Since an infinite margin is a candidate and is exactly the best single model, the
-    policy only leaves that model where doing so paid off on validation data.
+    within the training split): among the margins whose gain over the anchor on those queries
+    is significant (paired one-sided z >= ``min_z``, 1.645 = the 5% level), the one with the
+    highest accuracy, the larger margin on ties; if none is, an infinite margin, which is
+    exactly the best single model. Small validation sets thus rarely leave the anchor on noise.
     """
 
     name = "safe"
 
-    def __init__(self, margin: float | None = None):
+    def __init__(self, margin: float | None = None, min_z: float = 1.645):
         self.margin = margin
+        self.min_z = min_z
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
             models: list[str] | None = None) -> SafeArgMax:
@@ -111,12 +113,20 @@ class SafeArgMax:
         acc = labels.mean(axis=0)
         top = np.flatnonzero(acc >= acc.max() - 1e-12)
         self.anchor_ = int(top[np.argmin(costs[top])])
-        grid = MARGIN_GRID if self.margin is None else (self.margin,)
         rows = np.arange(len(labels))
-        results = [(labels[rows, self._choose(scores, costs, m)].mean(), m) for m in grid]
-        best = max(a for a, _ in results)
-        self.margin_ = max(m for a, m in results if a >= best - 1e-12)
-        self.validation_accuracy_ = float(best)
+        anchor = labels[:, self.anchor_]
+        if self.margin is not None:
+            self.margin_ = float(self.margin)
+        else:
+            results = [(float(np.inf), anchor.mean())]
+            for m in MARGIN_GRID[:-1]:
+                gain = labels[rows, self._choose(scores, costs, m)] - anchor
+                se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+                if gain.mean() > 0 and gain.mean() >= self.min_z * se:
+                    results.append((m, anchor.mean() + gain.mean()))
+            best = max(a for _, a in results)
+            self.margin_ = max(m for m, a in results if a >= best - 1e-12)
+        self.validation_accuracy_ = float(labels[rows, self._choose(scores, costs, self.margin_)].mean())
         return self
 
     def _choose(self, scores, costs, margin) -> np.ndarray:
