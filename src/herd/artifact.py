@@ -50,7 +50,7 @@ class TrainedRouter:
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
     """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both."""
-    costs = np.array([np.nan if c is None else c for c in (metrics.mean_known(m.cost[:, j])[0] for j in range(len(m.models)))])
+    costs = metrics.mean_cost_per_model(m.cost)
     router.fit(m)
     oof = getattr(router, "validation_scores_", None)
     if oof is None:

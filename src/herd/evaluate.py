@@ -184,7 +184,7 @@ def evaluate_matrix(
         best_choice[te] = b
         best_by_fold.append(m.models[b])
         train = m.take(tr)
-        model_costs = _mean_costs(cost[tr])
+        model_costs = metrics.mean_cost_per_model(cost[tr])
         test_texts = [m.texts[i] for i in te]
         for name, proto in routers.items():
             if progress:
@@ -317,7 +317,7 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     else:
         notes.append("majority vote: not computed, the data has no per-model answers")
 
-    single_costs = _mean_costs(cost)
+    single_costs = metrics.mean_cost_per_model(cost)
     priced_idx = np.flatnonzero(~np.isnan(single_costs))
     cost_range = None
     single_aiq = None
@@ -364,12 +364,6 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     )
 
 
-
-
-def _mean_costs(cost: np.ndarray) -> np.ndarray:
-    """Each model's mean known cost per query; NaN for a model with no known cost."""
-    out = [metrics.mean_known(cost[:, j])[0] for j in range(cost.shape[1])]
-    return np.array([np.nan if c is None else c for c in out])
 
 
 def _mean_or_none(a: np.ndarray) -> float | None:

@@ -34,6 +34,12 @@ def mean_known(values: np.ndarray) -> tuple[float | None, float]:
     return float(values[known].mean()), float(known.mean())
 
 
+def mean_cost_per_model(cost: np.ndarray) -> np.ndarray:
+    """Each model's mean known cost per query; NaN for a model with no known cost."""
+    out = [mean_known(cost[:, j])[0] for j in range(cost.shape[1])]
+    return np.array([np.nan if c is None else c for c in out])
+
+
 def oracle_choice(correct: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Per query, the cheapest model that is right (by score); if none is, the cheapest model.
 
@@ -56,10 +62,9 @@ def oracle_accuracy(correct: np.ndarray) -> float:
 
 def random_expected(correct: np.ndarray, cost: np.ndarray) -> tuple[float, float | None]:
     """Expected accuracy and cost of picking a model uniformly at random for each query."""
-    acc = float(correct.mean())
-    per_model_cost = [mean_known(cost[:, j])[0] for j in range(cost.shape[1])]
-    known = [c for c in per_model_cost if c is not None]
-    return acc, (float(np.mean(known)) if known else None)
+    per_model = mean_cost_per_model(cost)
+    known = per_model[~np.isnan(per_model)]
+    return float(correct.mean()), (float(known.mean()) if len(known) else None)
 
 
 def model_accuracies(correct: np.ndarray) -> np.ndarray:
