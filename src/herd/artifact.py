@@ -80,7 +80,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
                    "fitted": router.summary() if hasattr(router, "summary") else None},
         "policy": {"name": policy.name, "spec": policy.label, "repr": repr(policy),
                    "fitted": policy.summary() if hasattr(policy, "summary") else None},
-        "features": getattr(router, "features", "tfidf"),
+        "features": getattr(router, "features", None),
         "models": list(m.models),
         "model_costs_usd": [None if np.isnan(c) else float(c) for c in costs],
         "training_data": {

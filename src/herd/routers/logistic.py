@@ -6,11 +6,10 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
-from herd.features import tfidf_vectorizer
-from herd.routers.base import Router
+from herd.routers.base import FeatureRouter
 
 
-class LogisticRouter(Router):
+class LogisticRouter(FeatureRouter):
     """P(correct | query, model j) from an L2-regularized logistic regression per model.
 
     Fractional outcomes (scores in [0, 1]) are fitted exactly: each query enters twice, as a
@@ -18,15 +17,15 @@ class LogisticRouter(Router):
     always wrong) in training gets its training rate.
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 200, seed: int = 0):
+    def __init__(self, C: float = 1.0, max_iter: int = 200, features: str = "tfidf", seed: int = 0):
         self.C = C
         self.max_iter = max_iter
+        self.features = features
         self.seed = seed
 
     def _fit(self, texts, y):
-        self.vectorizer_ = tfidf_vectorizer().fit(texts)
-        x = self.vectorizer_.transform(texts)
-        xx = sp.vstack([x, x]).tocsr()
+        x = self._featurize(texts, fit=True)
+        xx = sp.vstack([x, x]).tocsr() if sp.issparse(x) else np.vstack([x, x])
         labels = np.r_[np.ones(len(texts)), np.zeros(len(texts))]
         # All models' weights in one matrix, so routing is one sparse product, not one call per model.
         self.coef_ = np.zeros((x.shape[1], y.shape[1]))
@@ -45,5 +44,5 @@ class LogisticRouter(Router):
             self.intercept_[j] = clf.intercept_[0]
 
     def _predict(self, texts):
-        z = np.asarray(self.vectorizer_.transform(texts) @ self.coef_) + self.intercept_
+        z = np.asarray(self._featurize(texts) @ self.coef_) + self.intercept_
         return 1.0 / (1.0 + np.exp(-z))
