@@ -35,9 +35,6 @@ class EnsembleRouter(Router):
         for name in self.members:
             make_router(name).prepare(texts, progress=progress)
 
-    def _fit(self, texts, y):
-        raise NotImplementedError  # fit() is overridden: members fit on the Matrix
-
     def fit(self, data) -> EnsembleRouter:
         from herd.routers import make_router
 
