@@ -194,3 +194,25 @@ def test_budget_unreachable_and_bad_specs():
         Budget(max_share=0.3, model="x").fit(scores, labels, costs, ["dear", "cheap"])
     with pytest.raises(ValueError, match="budget:USD_PER_QUERY"):
         make_policy("budget:lots")
+
+
+def test_random_likely_picks_among_predicted_correct_with_a_seed():
+    from herd.policies import RandomLikely
+
+    scores = np.array([[0.9, 0.8, 0.1]] * 200 + [[0.2, 0.3, 0.1]])
+    a, b = RandomLikely(seed=1).choose(scores), RandomLikely(seed=1).choose(scores)
+    np.testing.assert_array_equal(a, b)
+    assert set(a[:200]) == {0, 1} and a[200] == 1  # none likely: argmax
+    assert "random pick among 2 model(s)" in RandomLikely().decide(scores[:1], list("abc")).reasons[0]
+
+
+def test_sorted_takes_the_cheapest_predicted_correct():
+    from herd.policies import CheapestLikely
+
+    scores = np.array([[0.9, 0.6, 0.4], [0.9, 0.4, 0.3], [0.2, 0.3, 0.1]])
+    costs = np.array([10.0, 2.0, 1.0])
+    assert CheapestLikely().choose(scores, costs).tolist() == [1, 0, 1]
+    assert CheapestLikely(0.35).choose(scores, costs).tolist() == [2, 1, 1]
+    assert make_policy("sorted:0.7").threshold == 0.7 and make_policy("random-likely").threshold == 0.5
+    d = CheapestLikely().decide(scores, list("abc"), costs)
+    assert d.reasons[0] == "cheapest model with P >= 0.5: b (P=0.60)" and d.reasons[2].startswith("no model has P >= 0.5")

@@ -133,8 +133,8 @@ JsonOpt = typer.Option(None, "--json", help="Also write metrics.json here (defau
 MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
 SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
-POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY "
-               "or budget:MODEL:SHARE")
+POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
+               "budget:MODEL:SHARE, random-likely[:T] or sorted[:T]")
 PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 

@@ -230,12 +230,77 @@ class Budget:
         return f"Budget(max_share={self.max_share:g}, model={self.model!r})"
 
 
-POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget}
+class RandomLikely:
+    """SelectLLM's Random policy: a seeded uniform pick among the models predicted correct
+    (P >= ``threshold``); if none is, the argmax."""
+
+    name = "random-likely"
+
+    def __init__(self, threshold: float = 0.5, seed: int = 0):
+        self.threshold = threshold
+        self.seed = seed
+
+    @property
+    def label(self) -> str:
+        return f"random-likely:{self.threshold:g}"
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        likely = scores >= self.threshold
+        draw = np.random.default_rng(self.seed).random(scores.shape)
+        choice = np.argmax(np.where(likely, draw, -1.0), axis=1)
+        none = ~likely.any(axis=1)
+        choice[none] = ArgMax().choose(scores[none], model_costs)
+        return choice
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        choice = self.choose(scores, model_costs)
+        reasons = [
+            f"random pick among {int((s >= self.threshold).sum())} model(s) with P >= {self.threshold:g}: {models[c]}"
+            if (s >= self.threshold).any() else f"no model has P >= {self.threshold:g}; " + _argmax_reason(s, c, models)
+            for s, c in zip(scores, choice)
+        ]
+        return Decision(choice, reasons)
+
+
+class CheapestLikely:
+    """SelectLLM's Sorted policy with models sorted by price: the cheapest model predicted
+    correct (P >= ``threshold``); if none is, the argmax."""
+
+    name = "sorted"
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+
+    @property
+    def label(self) -> str:
+        return f"sorted:{self.threshold:g}"
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        costs = _known_costs(model_costs, scores.shape[1])
+        likely = scores >= self.threshold
+        choice = np.argmin(np.where(likely, costs[None, :], np.inf), axis=1)
+        none = ~likely.any(axis=1)
+        choice[none] = _argmax_cheapest(scores[none], costs)
+        return choice
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        choice = self.choose(scores, model_costs)
+        reasons = [
+            f"cheapest model with P >= {self.threshold:g}: {models[c]} (P={s[c]:.2f})"
+            if s[c] >= self.threshold else f"no model has P >= {self.threshold:g}; " + _argmax_reason(s, c, models)
+            for s, c in zip(scores, choice)
+        ]
+        return Decision(choice, reasons)
+
+
+POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
+            "random-likely": RandomLikely, "sorted": CheapestLikely}
 
 
 def make_policy(spec: str):
     """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
-    'budget:0.002' (USD per query) or 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4)."""
+    'budget:0.002' (USD per query), 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4),
+    'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct))."""
     name, _, arg = spec.partition(":")
     if name == "budget":
         model, _, share = arg.rpartition(":")
