@@ -57,6 +57,8 @@ def test_logistic_handles_fractional_and_constant_labels(frames):
 
 def test_registry_and_clone():
     assert set(ROUTERS) >= {"knn", "knn-tfidf", "logistic"}
+    for name in ROUTERS:  # `herd train --seed` passes a seed to every router
+        assert make_router(name, seed=3).seed == 3
     with pytest.raises(ValueError, match="unknown router 'nope'"):
         make_router("nope")
     r = clone(make_router("knn-tfidf", k=7))

@@ -78,7 +78,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         return _run_eval_trained(dirs[0], data_dir, sources, benchmarks, models, out, json_path, min_outcomes,
                                  size_prices, sweep, started)
     try:
-        named = {name: make_router(name) for name in routers}
+        named = {name: make_router(name, seed=seed) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
         path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups)
         console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s) from {path}")

@@ -26,20 +26,21 @@ class EnsembleRouter(Router):
     """The mean of its member routers' scores: averaging estimators of different kinds
     smooths each one's errors."""
 
-    def __init__(self, members: tuple[str, ...] = ("knn", "logistic", "mf")):
+    def __init__(self, members: tuple[str, ...] = ("knn", "logistic", "mf"), seed: int = 0):
         self.members = members
+        self.seed = seed
 
     def prepare(self, texts, progress=None):
         from herd.routers import make_router
 
         for name in self.members:
-            make_router(name).prepare(texts, progress=progress)
+            make_router(name, seed=self.seed).prepare(texts, progress=progress)
 
     def fit(self, data) -> EnsembleRouter:
         from herd.routers import make_router
 
         m = data.matrix() if hasattr(data, "matrix") else data
-        self.routers_ = [make_router(name).fit(m) for name in self.members]
+        self.routers_ = [make_router(name, seed=self.seed).fit(m) for name in self.members]
         self.models_ = self.routers_[0].models_
         self.prior_ = self.routers_[0].prior_
         return self
@@ -66,7 +67,7 @@ class AutoRouter(Router):
     def _protos(self):
         from herd.routers import make_router
 
-        return {name: make_router(name) for name in self.candidates}
+        return {name: make_router(name, seed=self.seed) for name in self.candidates}
 
     def prepare(self, texts, progress=None):
         for proto in self._protos().values():
@@ -99,7 +100,7 @@ class AutoRouter(Router):
                 best = (acc, brier, name, oof)
         _, _, self.chosen_, self.validation_scores_ = best
         members = tuple(n for n in fitted if n != ENSEMBLE)
-        proto = EnsembleRouter(members) if self.chosen_ == ENSEMBLE else self._protos()[self.chosen_]
+        proto = EnsembleRouter(members, self.seed) if self.chosen_ == ENSEMBLE else self._protos()[self.chosen_]
         self.router_ = proto.fit(m)
         self.models_ = self.router_.models_
         self.prior_ = self.router_.prior_
