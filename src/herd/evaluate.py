@@ -305,8 +305,8 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     rows.append(row("random", "random", acc=r_acc, cost_value=r_cost, coverage=float(priced.mean()),
                     estimated=bool(m.cost_estimated.any()), latency=_mean_or_none(lat)))
     rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
-    rows.append(row(f"best on test: {m.models[metrics.best_model(y, cost)]}", "best-on-test",
-                    choice=np.full(n, metrics.best_model(y, cost))))
+    on_test = metrics.best_model(y, cost)
+    rows.append(row(f"best on test: {m.models[on_test]}", "best-on-test", choice=np.full(n, on_test)))
     if m.answers is not None and m.gold is not None:
         vote = metrics.majority_vote(m.answers, m.gold)
         all_cost = np.nansum(cost, axis=1)

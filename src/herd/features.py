@@ -195,7 +195,7 @@ class Featurizer:
         if "embed" in self.kind:
             parts.append(shared_embedder().embed(texts))
         if self.kind == "tfidf":
-            return normalize(self.tfidf_.transform(texts))
+            return self.tfidf_.transform(texts)  # rows are already unit length (norm="l2")
         if "svd" in self.kind:
             parts.append(normalize(self.svd_.transform(self.tfidf_.transform(texts))).astype(np.float32))
         return parts[0] if len(parts) == 1 else np.hstack(parts) / np.sqrt(len(parts))

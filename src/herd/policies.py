@@ -110,9 +110,7 @@ class SafeArgMax:
             models: list[str] | None = None) -> SafeArgMax:
         """Pick the anchor (best model on ``labels``) and, if unset, the margin, on validation scores."""
         costs = _known_costs(model_costs, labels.shape[1])
-        acc = labels.mean(axis=0)
-        top = np.flatnonzero(acc >= acc.max() - 1e-12)
-        self.anchor_ = int(top[np.argmin(costs[top])])
+        self.anchor_ = int(_argmax_cheapest(labels.mean(axis=0)[None, :], costs)[0])
         rows = np.arange(len(labels))
         anchor = labels[:, self.anchor_]
         if self.margin is not None:

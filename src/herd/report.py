@@ -81,31 +81,35 @@ def _title(b: BenchmarkResult, ev: Evaluation) -> str:
     return f"{b.source} / {b.benchmark}: {b.n_queries} queries, {len(b.models)} models, {_protocol(ev)}"
 
 
+def _router_rows(b: BenchmarkResult, field: str) -> dict[str, MethodResult]:
+    """The first row of each router (under any policy) whose ``field`` is set: per-router
+    figures such as AIQ and APGR do not depend on the policy."""
+    out: dict[str, MethodResult] = {}
+    for r in b.rows:
+        if r.kind == "router" and getattr(r, field) is not None:
+            out.setdefault(r.method.split(" ")[0], r)
+    return out
+
+
 def curve_summary(b: BenchmarkResult) -> str | None:
     if b.single_aiq is None:
         return None
     parts = [f"single models {b.single_aiq:.4f}"]
-    seen = set()
-    for r in b.rows:
-        name = r.method.split(" ")[0]
-        if r.kind == "router" and r.aiq is not None and name not in seen:
-            seen.add(name)
-            match = "never" if r.cost_to_match_best_single is None else f"${r.cost_to_match_best_single:.3g}"
-            parts.append(f"{name} {r.aiq:.4f} (matches best single at {match}/query)")
+    for name, r in _router_rows(b, "aiq").items():
+        match = ("never matches best single" if r.cost_to_match_best_single is None
+                 else f"matches best single at ${r.cost_to_match_best_single:.3g}/query")
+        parts.append(f"{name} {r.aiq:.4f} ({match})")
     lo, hi = b.cost_range
     return f"cost-quality AIQ over ${lo:.3g}-${hi:.3g}/query: " + "; ".join(parts)
 
 
 def two_model_summary(b: BenchmarkResult) -> str | None:
     """RouteLLM's APGR and CPT for two-model pools."""
-    parts, seen = [], set()
-    for r in b.rows:
-        name = r.method.split(" ")[0]
-        if r.kind == "router" and r.apgr is not None and name not in seen:
-            seen.add(name)
-            c50 = "n/a" if r.cpt50 is None else f"{100 * r.cpt50:.1f}%"
-            c80 = "n/a" if r.cpt80 is None else f"{100 * r.cpt80:.1f}%"
-            parts.append(f"{name} APGR {r.apgr:.3f}, CPT(50%) {c50}, CPT(80%) {c80}")
+    parts = []
+    for name, r in _router_rows(b, "apgr").items():
+        c50 = "n/a" if r.cpt50 is None else f"{100 * r.cpt50:.1f}%"
+        c80 = "n/a" if r.cpt80 is None else f"{100 * r.cpt80:.1f}%"
+        parts.append(f"{name} APGR {r.apgr:.3f}, CPT(50%) {c50}, CPT(80%) {c80}")
     if not parts:
         return None
     return f"two-model routing, strong model {b.rows[0].best_single} (a random router has APGR 0.5): " + "; ".join(parts)
