@@ -42,10 +42,23 @@ class TrainedRouter:
     model_costs: np.ndarray
     manifest: dict
     train_keys: frozenset = frozenset()  # "source/benchmark/qid" of every training query
+    # Out-of-fold scores and outcomes of the training queries: what any other policy is tuned on.
+    validation_scores: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
 
     def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
         scores = self.router.predict_scores(texts)
         return scores, self.policy.decide(scores, self.models, self.model_costs)
+
+    def fit_policy(self, policy):
+        """A copy of ``policy`` tuned on this router's validation scores (policies without
+        ``fit`` are returned as they are)."""
+        if not hasattr(policy, "fit"):
+            return policy
+        if self.validation_scores is None:
+            raise ArtifactError(f"policy {policy.label!r} is tuned on validation scores, which this router directory "
+                                "does not keep; retrain it with this herd's `herd train`")
+        return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models)
 
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
@@ -91,7 +104,8 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         },
         "validation": validation,
     }
-    return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m))
+    return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m),
+                         np.asarray(oof, np.float32), np.asarray(y, np.float32))
 
 
 def query_keys(m: Matrix) -> frozenset:
@@ -102,7 +116,8 @@ def save(trained: TrainedRouter, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = d / STATE
-    joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys}, state)
+    joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys,
+                 "validation_scores": trained.validation_scores, "validation_labels": trained.validation_labels}, state)
     manifest = dict(trained.manifest, state_sha256=_sha256(state))
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return d
@@ -142,7 +157,8 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
     if list(router.models_) != manifest["models"]:
         raise ArtifactError(f"{state}: the fitted router's models differ from the manifest's")
     costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
-    return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()))
+    return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()),
+                         obj.get("validation_scores"), obj.get("validation_labels"))
 
 
 def fingerprint(m: Matrix) -> str:

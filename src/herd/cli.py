@@ -292,6 +292,56 @@ def _read_queries(path: str) -> tuple[list, list[str]]:
 
 
 @app.command()
+def serve(
+    pool: str = typer.Argument(..., help="Pool file (YAML): models, router, policies."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
+    api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line; "
+                                                "keys in HERD_API_KEYS (comma-separated) also count. No keys: no auth."),
+    graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds in-flight requests get to finish "
+                                           "after SIGTERM/Ctrl-C."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Run the OpenAI-compatible routing gateway.
+
+    \b
+    herd train ../shared/data --source zeroeval --benchmark gsm8k --router logistic -o router
+    herd serve pool.yaml --port 8000
+    curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{"model": "herd", "messages": [{"role": "user", "content": "What is 17 * 23?"}]}'
+
+    Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
+    the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
+    """
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, read_api_keys
+
+    try:
+        keys = read_api_keys(api_keys_file)
+        app_ = build_app(pool, keys)  # validate everything before any worker starts
+    except OSError as e:
+        _fail(f"{e.filename}: {e.strerror}")
+    except _usage_errors() as e:
+        _fail(str(e))
+    err.print(f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
+              f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
+    options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    if workers == 1:
+        uvicorn.run(app_, **options)
+        return
+    os.environ[ENV_POOL] = str(Path(pool).resolve())
+    if api_keys_file:
+        os.environ[ENV_KEYS_FILE] = str(Path(api_keys_file).resolve())
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="herd-metrics-"))
+    uvicorn.run("herd.gateway.app:app_from_env", factory=True, workers=workers, **options)
+
+
+@app.command()
 def routers() -> None:
     """List the routers herd can train."""
     from herd.routers import DESCRIPTIONS

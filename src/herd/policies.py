@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,6 +319,23 @@ def make_policy(spec: str):
     except ValueError:
         raise ValueError(f"policy {spec!r}: {arg!r} is not a number") from None
     return POLICIES[name](value)
+
+
+def policy_from_config(spec: str | dict):
+    """A policy from a config entry: a spec string as for ``make_policy`` or a mapping such as
+    ``{name: cost-aware, cost_weight: 0.2}`` whose other keys are the policy's parameters."""
+    if isinstance(spec, str):
+        return make_policy(spec)
+    params = dict(spec)
+    name = params.pop("name", None)
+    if name not in POLICIES:
+        raise ValueError(f"policy needs 'name', one of {sorted(POLICIES)}; got {name!r}")
+    cls = POLICIES[name]
+    accepted = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"policy {name!r} takes {accepted or 'no parameters'}, not {unknown}")
+    return cls(**params)
 
 
 def _argmax_reason(scores: np.ndarray, chosen: int, models: list[str]) -> str:

@@ -1,0 +1,333 @@
+"""The OpenAI-compatible gateway: route, call, fall back, and say what was done.
+
+Nothing a later request needs is kept per request in this process (the conversation in each
+request is the whole state), so replicas behind any load balancer behave as one. Circuit
+breakers are each process's own view of backend health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from herd import __version__
+from herd.gateway import telemetry as tm
+from herd.gateway.backends import Backend, Outcome
+from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
+from herd.gateway.errors import GatewayError, error_body, error_response
+from herd.gateway.selection import Plan, Selector
+from herd.pool import PoolConfig, load_pool
+
+log = logging.getLogger("herd.gateway")
+ENV_POOL, ENV_KEYS, ENV_KEYS_FILE = "HERD_POOL", "HERD_API_KEYS", "HERD_API_KEYS_FILE"
+
+
+def read_api_keys(keys_file: str | Path | None = None) -> list[str]:
+    """Keys from ``HERD_API_KEYS`` (comma-separated) and a file (one per line, # comments)."""
+    keys = [k.strip() for k in os.environ.get(ENV_KEYS, "").split(",") if k.strip()]
+    if keys_file:
+        lines = Path(keys_file).read_text().splitlines()
+        keys += [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+    return keys
+
+
+class Gateway:
+    def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None):
+        self.pool = pool
+        self.selector = selector
+        self.keys = [k.encode() for k in api_keys or []]
+        self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
+
+    def check_key(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        # Compare with every key, whatever matches, so timing says nothing about which key is close.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'" if not given
+                               else "incorrect API key", code="invalid_api_key")
+
+    async def read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> GatewayError:
+        return GatewayError(413, f"request body is larger than {self.pool.gateway.max_body_mb:g} MB", code="body_too_large")
+
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.check_key(request)
+        req = parse_chat(await self.read_body(request))
+        routed = req.model not in self.backends
+        # Scoring a query is CPU work (features, maybe an embedding): keep it off the event loop.
+        plan = await run_in_threadpool(self.selector.plan, req) if routed else self.selector.plan(req)
+        request.state.route = route = req.model if routed else "direct"
+        if routed:
+            tm.CHOICES.labels(plan.candidates[0]).inc()
+        tm.IN_FLIGHT.inc()
+        try:
+            answer = self._stream if req.stream else self._complete
+            return await _unless_disconnected(request, answer(req, plan, route, started))
+        finally:
+            tm.IN_FLIGHT.dec()
+
+    async def _dispatch(self, req: ChatRequest, plan: Plan) -> tuple[str, Outcome, list[dict]]:
+        """Call the candidates in order, retrying each on transient failures, until one answers."""
+        attempts: list[dict] = []
+        for rank, name in enumerate(plan.candidates):
+            backend = self.backends[name]
+            for retry in range(backend.config.retries + 1):
+                if not backend.circuit.allow():
+                    attempts.append({"model": name, "outcome": "skipped: circuit open"})
+                    break
+                t0 = time.perf_counter()
+                outcome = await backend.call(req.body, req.stream)
+                seconds = time.perf_counter() - t0
+                attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
+                tm.BACKEND_SECONDS.labels(name).observe(seconds)
+                if outcome.kind in ("ok", "client"):
+                    return name, outcome, attempts
+                tm.ATTEMPT_ERRORS.labels(name, outcome.detail).inc()
+                if outcome.kind != "retry" or retry == backend.config.retries:
+                    break
+                await asyncio.sleep(backend.backoff(retry, outcome.retry_after))
+            if rank < len(plan.candidates) - 1:
+                tm.FALLBACKS.labels(name).inc()
+        chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
+        raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
+                           headers={"x-herd-attempts": str(_calls(attempts))})
+
+    def _meta(self, plan: Plan, name: str, attempts: list[dict], cost: float | None = None) -> dict:
+        return {"model": name, "chosen": plan.candidates[0], **plan.describe(), "attempts": attempts,
+                "cost_usd": cost}
+
+    def _headers(self, plan: Plan, name: str, attempts: list[dict]) -> dict:
+        reason = plan.reason.replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:400]
+        headers = {"x-herd-model": name, "x-herd-reason": reason, "x-herd-attempts": str(_calls(attempts))}
+        if plan.policy:
+            headers["x-herd-policy"] = plan.policy
+        return headers
+
+    async def _complete(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
+        name, outcome, attempts = await self._dispatch(req, plan)
+        headers = self._headers(plan, name, attempts)
+        if outcome.kind == "client":
+            tm.REQUESTS.labels(route, str(outcome.status)).inc()
+            return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
+                            headers=headers)
+        data = outcome.data
+        usage = data.get("usage") or {}
+        cost = self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        data["model"] = name
+        data["herd"] = self._meta(plan, name, attempts, cost)
+        tm.ANSWERS.labels(name).inc()
+        tm.REQUESTS.labels(route, "200").inc()
+        tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        return Response(json.dumps(data), media_type="application/json", headers=headers)
+
+    async def _stream(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
+        name, outcome, attempts = await self._dispatch(req, plan)
+        headers = self._headers(plan, name, attempts)
+        if outcome.kind == "client":
+            tm.REQUESTS.labels(route, str(outcome.status)).inc()
+            return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
+                            headers=headers)
+        meta = self._meta(plan, name, attempts)
+        tm.ANSWERS.labels(name).inc()
+
+        async def relay():
+            counts = {"chars": 0, "prompt": None, "completion": None}
+            status = "200"
+            try:
+                yield _rewrite(outcome.first_event, name, counts, meta)
+                async for event in outcome.events:
+                    yield _rewrite(event, name, counts)
+            except httpx.HTTPError as e:
+                # Bytes already reached the client, so no fallback: end the stream with an error event.
+                status = "502"
+                tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
+                message = f"backend {name} broke the stream after it began ({type(e).__name__})"
+                yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
+            finally:
+                await outcome.response.aclose()
+                completion = counts["completion"] or counts["chars"] / CHARS_PER_TOKEN_COST
+                self._account(name, counts["prompt"] or req.prompt_tokens_estimate(), completion)
+                tm.REQUESTS.labels(route, status).inc()
+                tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+        return StreamingResponse(relay(), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+
+    def _account(self, name: str, prompt, completion) -> float | None:
+        model = self.pool.model(name)
+        prompt, completion = float(prompt or 0), float(completion or 0)
+        tm.TOKENS.labels(name, "prompt").inc(prompt)
+        tm.TOKENS.labels(name, "completion").inc(completion)
+        cost = model.cost(prompt, completion)
+        if cost is not None:
+            tm.COST.labels(name).inc(cost)
+        return cost
+
+    def models(self) -> dict:
+        data = [{"id": r, "object": "model", "created": 0, "owned_by": "herd"} for r in self.selector.route_names]
+        data += [{"id": m.name, "object": "model", "created": 0, "owned_by": "pool", "tags": list(m.tags),
+                  "context_window": m.context_window} for m in self.pool.models]
+        return {"object": "list", "data": data}
+
+    def health(self) -> tuple[dict, int]:
+        models = {name: b.health() for name, b in self.backends.items()}
+        up = sum(h["state"] != "open" for h in models.values())
+        status = "ok" if up == len(models) else ("degraded" if up else "down")
+        router = self.selector.trained.manifest["router"]["name"] if self.selector.trained else None
+        return {"status": status, "version": __version__, "router": router, "models": models}, 200 if up else 503
+
+    async def close(self) -> None:
+        await asyncio.gather(*(b.close() for b in self.backends.values()))
+
+
+def _calls(attempts: list[dict]) -> int:
+    return sum("ms" in a for a in attempts)
+
+
+def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) -> bytes:
+    """Relay one SSE event: the answering model's pool name in ``model``, herd's metadata in the
+    first chunk, and the token counts noted on the way."""
+    text = event.decode("utf-8", "replace")
+    if not text.startswith("data:"):
+        return event
+    payload = text[5:].strip()
+    if not payload.startswith("{"):
+        return event
+    try:
+        chunk = json.loads(payload)
+    except json.JSONDecodeError:
+        return event
+    if "model" in chunk:
+        chunk["model"] = name
+    if meta is not None:
+        chunk["herd"] = meta
+    for choice in chunk.get("choices") or []:
+        content = (choice.get("delta") or {}).get("content")
+        if isinstance(content, str):
+            counts["chars"] += len(content)
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        counts["prompt"], counts["completion"] = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def _as_openai_error(outcome: Outcome) -> bytes:
+    try:
+        body = json.loads(outcome.body)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            return outcome.body
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    text = outcome.body.decode("utf-8", "replace")[:500]
+    return json.dumps(error_body(outcome.status, f"backend refused the request: {text}")).encode()
+
+
+async def _unless_disconnected(request: Request, work) -> Response:
+    """Run ``work``; if the client goes away first, cancel it (and so the backend call)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        tm.REQUESTS.labels("disconnected", "499").inc()
+        return Response(status_code=499)
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None) -> FastAPI:
+    gateway = Gateway(pool, selector, api_keys)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(selector.warm_up)
+        yield
+        await gateway.close()
+
+    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, e: GatewayError):
+        tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
+        return e.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException):
+        message = {404: f"no route {request.url.path}; herd serves /v1/chat/completions, /v1/models, /health, /metrics",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return error_response(e.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, f"internal error in herd ({type(e).__name__}); see the server log")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await gateway.chat(request)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        gateway.check_key(request)
+        return gateway.models()
+
+    @app.get("/health")
+    async def health():
+        body, status = gateway.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = tm.exposition()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def build_app(pool_path: str | Path, api_keys: list[str] | None = None) -> FastAPI:
+    pool, router_dir = load_pool(pool_path)
+    return create_app(pool, Selector.from_config(pool, router_dir), api_keys)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: the pool file and key file come from the environment."""
+    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)))

@@ -1,0 +1,203 @@
+"""One pool model's backend: its HTTP client, a bound on calls in flight, and a circuit breaker.
+
+A call ends in one of four ways (``Outcome.kind``): ``ok``; ``retry`` (connection failed, 408,
+429, 5xx: try again after a backoff, then fall back); ``fallback`` (timed out, or the backend
+refused herd's credentials or model id: no point retrying it); ``client`` (any other 4xx: the
+request itself is wrong, so every backend would refuse it and the error goes back to the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from herd.pool import GatewaySettings, ModelConfig
+
+RETRY_STATUS = {408, 409, 429}
+FALLBACK_STATUS = {401, 403, 404}
+
+
+@dataclass
+class Outcome:
+    kind: str  # ok | retry | fallback | client
+    detail: str  # e.g. "ok", "http 503", "connect error", "read timeout"
+    status: int | None = None
+    response: httpx.Response | None = None  # open when a stream succeeded
+    body: bytes = b""  # failures: the backend's error body
+    data: dict | None = None  # non-stream success: the parsed answer
+    retry_after: float | None = None
+    first_event: bytes = b""  # streams: the first SSE event, read before committing
+    events: object = None  # streams: async iterator over the remaining SSE events
+
+
+@dataclass
+class Circuit:
+    """Closed until ``failures`` calls in a row fail; then open for ``cooldown_s``; then one trial
+    call (half-open) closes it again or reopens it."""
+
+    failures: int
+    cooldown_s: float
+    consecutive: int = 0
+    opened_at: float | None = None
+    trial: bool = False
+    opens: int = field(default=0)
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if time.monotonic() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self.trial:
+            self.trial = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.consecutive, self.opened_at, self.trial = 0, None, False
+
+    def failed(self) -> None:
+        self.consecutive += 1
+        if self.trial or self.consecutive >= self.failures:
+            if self.opened_at is None or self.trial:
+                self.opens += 1
+            self.opened_at, self.trial = time.monotonic(), False
+
+
+class Backend:
+    def __init__(self, config: ModelConfig, settings: GatewaySettings):
+        self.config = config
+        self.settings = settings
+        headers = {"content-type": "application/json"}
+        key = config.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self.client = httpx.AsyncClient(
+            base_url=config.base_url, headers=headers,
+            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
+            limits=httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency),
+        )
+        self.slots = asyncio.Semaphore(config.max_concurrency)
+        self.circuit = Circuit(settings.circuit_failures, settings.circuit_cooldown_s)
+        self.in_flight = 0
+        self.calls = 0
+        self.last_error: str | None = None
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full-jitter exponential backoff; a Retry-After header sets the floor."""
+        cap = self.settings.max_backoff_s
+        delay = random.uniform(0, min(cap, self.settings.backoff_s * 2 ** attempt))
+        return min(cap, max(delay, retry_after or 0.0))
+
+    async def call(self, body: dict, stream: bool) -> Outcome:
+        """One call. For a stream that succeeds, the response stays open and the first SSE event
+        has been read, so a failure before the first byte can still fall back."""
+        payload = json.dumps({**body, "model": self.config.backend_model}).encode()
+        async with self.slots:
+            self.in_flight += 1
+            self.calls += 1
+            try:
+                outcome = await self._send(payload, stream)
+            except asyncio.CancelledError:
+                self.circuit.trial = False  # a cancelled trial call proves nothing either way
+                raise
+            finally:
+                self.in_flight -= 1
+        if outcome.kind in ("ok", "client"):
+            self.circuit.succeeded()
+        else:
+            self.circuit.failed()
+            self.last_error = outcome.detail
+        return outcome
+
+    async def _send(self, payload: bytes, stream: bool) -> Outcome:
+        request = self.client.build_request("POST", "/chat/completions", content=payload)
+        response = None
+        try:
+            response = await self.client.send(request, stream=stream)
+            if response.status_code != 200:
+                body = await response.aread()
+                await response.aclose()
+                return _http_failure(response, body)
+            if not stream:
+                try:
+                    data = json.loads(response.content)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return Outcome("retry", "answer is not JSON", 200)
+                if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+                    return Outcome("retry", "answer has no choices", 200)
+                return Outcome("ok", "ok", 200, data=data)
+            events = sse_events(response)
+            first = await anext(events, None)
+            if first is None:
+                await response.aclose()
+                return Outcome("retry", "stream ended before any data", 200)
+            return Outcome("ok", "ok", 200, response=response, first_event=first, events=events)
+        except httpx.TimeoutException as e:
+            kind = "retry" if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)) else "fallback"
+            return await _closed(response, Outcome(kind, f"{type(e).__name__.lower().replace('timeout', ' timeout')}"))
+        except httpx.TransportError as e:
+            return await _closed(response, Outcome("retry", f"connection error ({type(e).__name__})"))
+        except asyncio.CancelledError:
+            if response is not None:
+                await response.aclose()
+            raise
+
+    def health(self) -> dict:
+        c = self.circuit
+        return {"state": c.state, "consecutive_failures": c.consecutive, "times_opened": c.opens,
+                "in_flight": self.in_flight, "calls": self.calls, "last_error": self.last_error}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def _closed(response: httpx.Response | None, outcome: Outcome) -> Outcome:
+    if response is not None:
+        await response.aclose()
+    return outcome
+
+
+def _http_failure(response: httpx.Response, body: bytes) -> Outcome:
+    status = response.status_code
+    detail = f"http {status}"
+    if status in RETRY_STATUS or status >= 500:
+        retry_after = None
+        try:
+            retry_after = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            pass
+        return Outcome("retry", detail, status, body=body, retry_after=retry_after)
+    if status in FALLBACK_STATUS:
+        return Outcome("fallback", detail, status, body=body)
+    return Outcome("client", detail, status, body=body)
+
+
+async def sse_events(response: httpx.Response):
+    """Server-sent events of a response, each as the raw bytes of its lines plus the blank line."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        while True:
+            end = _event_end(buffer)
+            if end < 0:
+                break
+            event, buffer = buffer[:end], buffer[end:]
+            yield event
+    if buffer.strip():
+        yield buffer
+
+
+def _event_end(buffer: bytes) -> int:
+    """Index just past the first event's terminating blank line, or -1."""
+    ends = [i + len(sep) for sep in (b"\n\n", b"\r\n\r\n") if (i := buffer.find(sep)) >= 0]
+    return min(ends) if ends else -1

@@ -1,0 +1,167 @@
+"""A chat-completions request as herd sees it: the fields it checks, the text the router reads,
+the size it estimates, and the herd options it strips before forwarding. Everything else in the
+body reaches the backend untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from herd.gateway.errors import GatewayError
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# How many recent user turns the router reads; the last one is what is being asked.
+ROUTER_TURNS = 3
+# Conservative for the context-window check (real tokenizers give ~4 chars per token in English),
+# so a conversation near the limit goes to a bigger window rather than to a truncation error.
+CHARS_PER_TOKEN_WINDOW = 3.0
+CHARS_PER_TOKEN_COST = 4.0
+TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class HerdOptions:
+    """Per-request constraints, from the body's ``herd`` object or ``metadata`` keys ``herd_*``."""
+
+    max_cost_usd: float | None = None
+    tags: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"max_cost_usd": self.max_cost_usd, "tags": list(self.tags), "exclude": list(self.exclude)}
+
+
+@dataclass
+class ChatRequest:
+    body: dict  # what is forwarded (herd options removed)
+    model: str
+    stream: bool
+    router_text: str
+    prompt_chars: int
+    n_messages: int
+    max_tokens: int | None
+    options: HerdOptions = field(default_factory=HerdOptions)
+
+    def window_tokens(self) -> int:
+        """Tokens the conversation may need, prompt plus requested completion, estimated high."""
+        prompt = math.ceil(self.prompt_chars / CHARS_PER_TOKEN_WINDOW) + TOKENS_PER_MESSAGE * self.n_messages
+        return prompt + (self.max_tokens or 0)
+
+    def prompt_tokens_estimate(self) -> float:
+        return self.prompt_chars / CHARS_PER_TOKEN_COST + TOKENS_PER_MESSAGE * self.n_messages
+
+
+def parse_chat(raw: bytes) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, "'model' is required: 'herd', 'herd:<policy>' or a pool model's name", param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise GatewayError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream")
+    for key in ("n", "max_tokens", "max_completion_tokens"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise GatewayError(400, f"'{key}' must be a positive integer, got {json.dumps(v)}", param=key)
+    for key in ("temperature", "top_p"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise GatewayError(400, f"'{key}' must be a number, got {json.dumps(v)}", param=key)
+    texts, users = _read_messages(body.get("messages"))
+    options = _options(body)
+    router_text = "\n".join(users[-ROUTER_TURNS:])
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    return ChatRequest(body=body, model=model, stream=stream, router_text=router_text,
+                       prompt_chars=sum(map(len, texts)), n_messages=len(texts), max_tokens=max_tokens, options=options)
+
+
+def _read_messages(messages) -> tuple[list[str], list[str]]:
+    if not isinstance(messages, list) or not messages:
+        raise GatewayError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
+    texts, users = [], []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise GatewayError(400, f"{where} must be an object, got {type(m).__name__}", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise GatewayError(400, f"{where}.role must be one of {sorted(ROLES)}, got {json.dumps(role)}", param=f"{where}.role")
+        text = _content_text(m.get("content"), where)
+        texts.append(text)
+        if role == "user":
+            users.append(text)
+    if not users:
+        raise GatewayError(400, "'messages' has no user turn to answer", param="messages")
+    return texts, users
+
+
+def _content_text(content, where: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise GatewayError(400, f"{where}.content[{j}] must be an object", param=f"{where}.content")
+            if isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    raise GatewayError(400, f"{where}.content must be a string or a list of parts, got {type(content).__name__}",
+                       param=f"{where}.content")
+
+
+def _options(body: dict) -> HerdOptions:
+    """Pop herd's own options so backends never see them."""
+    raw = body.pop("herd", None)
+    if raw is None:
+        raw = {}
+    elif not isinstance(raw, dict):
+        raise GatewayError(400, "'herd' must be an object such as {\"max_cost_usd\": 0.01, \"private\": true}", param="herd")
+    meta = body.get("metadata")
+    if isinstance(meta, dict):
+        for key in [k for k in meta if isinstance(k, str) and k.startswith("herd_")]:
+            value = meta.pop(key)
+            raw.setdefault(key.removeprefix("herd_"), _from_metadata(key, value))
+        if not meta:
+            body.pop("metadata")
+    unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude"}
+    if unknown:
+        raise GatewayError(400, f"unknown herd option(s) {sorted(unknown)}; known: max_cost_usd, tags, private, exclude", param="herd")
+    cost = raw.get("max_cost_usd")
+    if cost is not None and (not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 0):
+        raise GatewayError(400, f"herd.max_cost_usd must be a number >= 0, got {json.dumps(cost)}", param="herd.max_cost_usd")
+    tags = _str_list(raw.get("tags", []), "herd.tags")
+    private = raw.get("private", False)
+    if not isinstance(private, bool):
+        raise GatewayError(400, f"herd.private must be a boolean, got {json.dumps(private)}", param="herd.private")
+    if private and "on_prem" not in tags:
+        tags.append("on_prem")
+    return HerdOptions(max_cost_usd=cost, tags=tuple(tags), exclude=tuple(_str_list(raw.get("exclude", []), "herd.exclude")))
+
+
+def _from_metadata(key: str, value):
+    """Metadata values are strings: 'true', '0.01', 'a,b'."""
+    if not isinstance(value, str):
+        return value
+    if key == "herd_private":
+        return value.strip().lower() in ("1", "true", "yes")
+    if key == "herd_max_cost_usd":
+        try:
+            return float(value)
+        except ValueError:
+            raise GatewayError(400, f"metadata.herd_max_cost_usd must be a number, got {value!r}", param="metadata") from None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _str_list(value, param: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise GatewayError(400, f"{param} must be a list of strings, got {json.dumps(value)}", param=param)
+    return list(value)

@@ -1,0 +1,155 @@
+"""Which models may answer a request, which one should, and in what order to fall back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from herd import artifact
+from herd.gateway.chat import ChatRequest
+from herd.gateway.errors import GatewayError
+from herd.policies import policy_from_config
+from herd.pool import PoolConfig, PoolError
+
+DEFAULT = "herd"
+
+
+@dataclass
+class Plan:
+    candidates: list[str]  # call order: the choice first, then the fallbacks
+    reason: str
+    policy: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    ineligible: dict[str, str] = field(default_factory=dict)
+    router_ms: float = 0.0
+
+    def describe(self) -> dict:
+        return {"policy": self.policy, "reason": self.reason, "scores": self.scores,
+                "ineligible": self.ineligible, "router_ms": round(self.router_ms, 3)}
+
+
+class Selector:
+    """Routes with a trained router and named policies; without a router, the pool's order is
+    the order of preference."""
+
+    def __init__(self, pool: PoolConfig, trained: artifact.TrainedRouter | None = None,
+                 policies: dict[str, object] | None = None):
+        self.pool = pool
+        self.trained = trained
+        self.policies = policies or {}
+        self.names = pool.names
+        if trained is not None:
+            self.router_models = list(trained.models)
+            self.scored = [m for m in self.router_models if m in set(self.names)]
+            self.unscored = [m for m in self.names if m not in set(self.router_models)]
+
+    @classmethod
+    def from_config(cls, pool: PoolConfig, router_dir: Path | None) -> Selector:
+        if router_dir is None:
+            if pool.policy is not None or pool.policies:
+                raise PoolError("the pool file sets a policy but no router; add 'router: DIR' (from `herd train`)")
+            return cls(pool)
+        try:
+            trained = artifact.load(router_dir)
+        except artifact.ArtifactError as e:
+            raise PoolError(f"router: {e}") from None
+        if not set(trained.models) & set(pool.names):
+            raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}; "
+                            "pool model names must match the names in the router's training data")
+        policies = {}
+        for name, spec in [(DEFAULT, pool.policy), *((f"{DEFAULT}:{k}", v) for k, v in pool.policies.items())]:
+            try:
+                policies[name] = trained.policy if spec in (None, "trained") else trained.fit_policy(policy_from_config(spec))
+            except (ValueError, TypeError) as e:
+                raise PoolError(f"policy {name!r}: {e}") from None
+        return cls(pool, trained, policies)
+
+    def warm_up(self) -> None:
+        """Load the router's features (e.g. the embedding model) before the first request."""
+        if self.trained is not None:
+            self.trained.router.predict_scores(["warm-up"])
+
+    @property
+    def route_names(self) -> list[str]:
+        return list(self.policies) if self.trained is not None else [DEFAULT]
+
+    def plan(self, req: ChatRequest) -> Plan:
+        ineligible = {m.name: why for m in self.pool.models if (why := self._ineligible(m, req))}
+        if req.model in self.names:
+            if req.model in ineligible:
+                raise GatewayError(400, f"model {req.model!r} cannot take this request: {ineligible[req.model]}",
+                                   param="model", code="model_not_eligible")
+            return Plan([req.model], "requested by name", ineligible=ineligible)
+        if req.model != DEFAULT and req.model not in self.policies:
+            raise GatewayError(404, f"model {req.model!r} is not served here; use one of {self.route_names + self.names}",
+                               param="model", code="model_not_found")
+        eligible = [m for m in self.names if m not in ineligible]
+        if not eligible:
+            detail = "; ".join(f"{k}: {v}" for k, v in ineligible.items())
+            raise GatewayError(400, f"no model in the pool can take this request ({detail})", code="no_eligible_model")
+        if self.trained is None:
+            return Plan(eligible, "no router configured: first eligible model in the pool's order", ineligible=ineligible)
+        return self._route(req, self.policies[req.model], ineligible)
+
+    def _route(self, req: ChatRequest, policy, ineligible: dict[str, str]) -> Plan:
+        started = time.perf_counter()
+        scores = self.trained.router.predict_scores([req.router_text])[0]
+        router_ms = (time.perf_counter() - started) * 1000
+        models = self.router_models
+        ok = np.array([m in set(self.scored) and m not in ineligible for m in models])
+        unscored = [m for m in self.unscored if m not in ineligible]
+        shown = {m: round(float(s), 4) for m, s in zip(models, scores) if m in set(self.scored)}
+        plan = Plan([], "", getattr(policy, "label", None), shown, ineligible, router_ms)
+        if not ok.any():
+            plan.candidates, plan.reason = unscored, "no model the router scores is eligible: first eligible model in the pool's order"
+            return plan
+        costs = self._costs(req, models, ok)
+        anchor = getattr(policy, "anchor_", None)
+        if anchor is not None and not ok[anchor]:
+            first = _best(scores, costs, ok)
+            plan.reason = (f"best single model {models[anchor]} cannot take this request "
+                           f"({ineligible.get(models[anchor], 'not in the pool')}); "
+                           f"highest P(correct) among eligible: {models[first]} {scores[first]:.2f}")
+        else:
+            decision = policy.decide(np.where(ok, scores, -np.inf)[None, :], models, costs)
+            first, plan.reason = int(decision.choice[0]), decision.reasons[0]
+        rest = sorted((i for i in np.flatnonzero(ok) if i != first), key=lambda i: (-scores[i], costs[i]))
+        plan.candidates = [models[first]] + [models[i] for i in rest] + unscored
+        return plan
+
+    def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
+        """This request's estimated cost on each model from the pool's prices; where an eligible
+        model has no price, the router's per-query means from its training data for all."""
+        est = np.array([self.estimate_cost(self.pool.model(m), req) if m in set(self.scored) else np.nan
+                        for m in models], float)
+        return est if not np.isnan(est[ok]).any() else self.trained.model_costs
+
+    def estimate_cost(self, m, req: ChatRequest) -> float:
+        cost = m.cost(req.prompt_tokens_estimate(), req.max_tokens or self.pool.gateway.default_output_tokens)
+        return np.nan if cost is None else cost
+
+    def _ineligible(self, m, req: ChatRequest) -> str | None:
+        o = req.options
+        if m.name in o.exclude:
+            return "excluded by the request"
+        missing = [t for t in o.tags if t not in m.tags]
+        if missing:
+            return f"lacks tag(s) {missing}"
+        if m.context_window is not None and req.window_tokens() > m.context_window:
+            return f"needs ~{req.window_tokens()} tokens, context window is {m.context_window}"
+        if o.max_cost_usd is not None:
+            cost = self.estimate_cost(m, req)
+            if np.isnan(cost):
+                return "no price in the pool file, so the cost ceiling cannot be checked"
+            if cost > o.max_cost_usd:
+                return f"estimated ${cost:.2g} exceeds the ceiling ${o.max_cost_usd:g}"
+        return None
+
+
+def _best(scores: np.ndarray, costs: np.ndarray, ok: np.ndarray) -> int:
+    masked = np.where(ok, scores, -np.inf)
+    top = masked >= masked.max() - 1e-12
+    return int(np.argmin(np.where(top, np.nan_to_num(costs, nan=np.inf), np.inf)))

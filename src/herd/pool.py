@@ -1,0 +1,153 @@
+"""The pool file: which models herd may call, where, at what price, and how to route among them.
+
+One YAML file serves ``herd serve`` (and any command that calls models). Errors name the file,
+the line and the field, e.g. ``pool.yaml:7: models[1].price_in_per_mtok: Input should be a
+valid number``. API keys never live in the file: a model names the environment variable that
+holds its key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class PoolError(ValueError):
+    """A pool file that cannot be used; the message names the file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, description="name used by the router and the outcome data")
+    base_url: str = Field(description="OpenAI-compatible API root, e.g. http://127.0.0.1:8081/v1")
+    model: Optional[str] = Field(None, description="model id at the backend; default: name")
+    api_key_env: Optional[str] = Field(None, description="environment variable holding the API key")
+    price_in_per_mtok: Optional[float] = Field(None, ge=0)
+    price_out_per_mtok: Optional[float] = Field(None, ge=0)
+    context_window: Optional[int] = Field(None, gt=0, description="tokens, prompt plus completion")
+    tags: tuple[str, ...] = ()
+    timeout_s: float = Field(60.0, gt=0, description="read timeout per call")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_concurrency: int = Field(64, gt=0, description="calls in flight to this backend at most")
+    retries: int = Field(2, ge=0, description="retries on connect errors, 429 and 5xx before falling back")
+    prompt_style: Literal["chat", "completion"] = "chat"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def backend_model(self) -> str:
+        return self.model or self.name
+
+    def api_key(self) -> Optional[str]:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> Optional[float]:
+        """USD for one call, or None when a price is unknown."""
+        if self.price_in_per_mtok is None or self.price_out_per_mtok is None:
+            return None
+        return (prompt_tokens * self.price_in_per_mtok + completion_tokens * self.price_out_per_mtok) / 1e6
+
+
+PolicySpec = Union[str, dict]
+
+
+class GatewaySettings(_Strict):
+    circuit_failures: int = Field(5, gt=0, description="consecutive failures that open a backend's circuit")
+    circuit_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit rests before one trial call")
+    backoff_s: float = Field(0.2, ge=0, description="base of the jittered exponential backoff between retries")
+    max_backoff_s: float = Field(5.0, ge=0)
+    max_body_mb: float = Field(8.0, gt=0, description="larger request bodies get 413")
+    default_output_tokens: int = Field(256, gt=0, description="completion length assumed for cost estimates without max_tokens")
+
+
+class PoolConfig(_Strict):
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    router: Optional[str] = Field(None, description="directory written by `herd train`; relative to the pool file")
+    policy: Optional[PolicySpec] = Field(None, description="default policy; default: the one trained into the router")
+    policies: dict[str, PolicySpec] = Field(default_factory=dict, description="named policies, called as model 'herd:NAME'")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PoolConfig:
+        seen = set()
+        for i, m in enumerate(self.models):
+            if m.name in seen:
+                raise ValueError(f"models[{i}].name: {m.name!r} appears twice")
+            if m.name == "herd" or m.name.startswith("herd:"):
+                raise ValueError(f"models[{i}].name: {m.name!r} is reserved for routing")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        return next(m for m in self.models if m.name == name)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+def load_pool(path: str | Path) -> tuple[PoolConfig, Path]:
+    """Read and validate a pool file. Returns the config and the router directory resolved
+    against the file's folder (or None)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise PoolError(f"{p}: cannot read the pool file ({e.strerror or e})") from None
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise PoolError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(raw, dict):
+        raise PoolError(f"{p}: expected a mapping with a 'models' list at the top, got {type(raw).__name__}")
+    try:
+        config = PoolConfig.model_validate(raw)
+    except ValidationError as e:
+        raise PoolError("\n".join(_describe(p, root, err) for err in e.errors())) from None
+    for i, m in enumerate(config.models):
+        if m.api_key_env and m.api_key_env not in os.environ:
+            line = _line(root, ("models", i, "api_key_env"))
+            raise PoolError(f"{p}:{line}: models[{i}].api_key_env: environment variable {m.api_key_env} is not set")
+    router = (p.parent / config.router).resolve() if config.router else None
+    return config, router
+
+
+def _describe(path: Path, root, err: dict) -> str:
+    loc = tuple(err["loc"])
+    field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "(top level)"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling)"
+    got = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(err.get("input"), (dict, list)) else f" (got {err.get('input')!r})"
+    return f"{path}:{_line(root, loc)}: {field}: {message}{got}"
+
+
+def _line(node, loc: tuple) -> int:
+    """1-based line of the deepest YAML node along ``loc`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+            if node is None:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line

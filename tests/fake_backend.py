@@ -1,0 +1,241 @@
+"""A small, fast fake OpenAI-compatible chat backend for fault injection in tests and benchmarks.
+
+It answers ``POST /v1/chat/completions`` (plain or streamed) with "NAME: <last user message>" and can
+fail on purpose: error statuses, 429s, delays, and connections dropped before or in the middle of a
+stream. ``GET /stats`` tells what it received. Use ``make_app`` in-process, or ``start_backend`` to run
+it as a real subprocess::
+
+    with start_backend(name="small", fail_rate=0.5) as b:
+        openai.OpenAI(base_url=b.url, api_key="x").chat.completions.create(...)
+        b.stats()["requests"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import httpx
+
+
+def _text(content) -> str:
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _error(message: str, type_: str = "server_error") -> dict:
+    return {"error": {"message": message, "type": type_, "param": None, "code": None}}
+
+
+async def _drop(send) -> None:
+    """Close the connection without a (complete) response. Under uvicorn the transport is closed and
+    the app returns once uvicorn has noticed, so it neither sends a 500 nor logs an error; under
+    another server this raises, which at least breaks the response."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionAbortedError("fake backend: dropping the connection")
+    transport.close()
+    for _ in range(3):  # let connection_lost run, so uvicorn marks the request as disconnected
+        await asyncio.sleep(0)
+
+
+def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
+             drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0):
+    """The raw ASGI app of one fake backend serving the model ``name``."""
+    rng = random.Random(seed)
+    stats = {"requests": 0, "last_body": None, "last_headers": {}}
+
+    async def reply(send, code: int, obj, headers=()) -> None:
+        body = json.dumps(obj).encode()
+        await send({"type": "http.response.start", "status": code,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def chat(receive, send, headers: dict) -> None:
+        raw = b""
+        while True:
+            msg = await receive()
+            raw += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        stats["requests"] += 1
+        stats["last_headers"] = headers
+        try:
+            body = json.loads(raw)
+            assert isinstance(body, dict)
+        except Exception:
+            return await reply(send, 400, _error("request body is not a JSON object", "invalid_request_error"))
+        stats["last_body"] = body
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if rng.random() < fail_rate:
+            return await reply(send, status, _error(f"{name}: injected failure"))
+        if rng.random() < rate_limit_rate:
+            return await reply(send, 429, _error(f"{name}: injected rate limit", "rate_limit_error"),
+                               [(b"retry-after", b"0")])
+
+        messages = body.get("messages") or []
+        user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        text = f"{name}: {_text(user[-1].get('content')) if user else ''}"
+        prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
+        usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": max(1, len(text) // 4)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": body.get("model", name)}
+
+        if not body.get("stream"):
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                       for i in range(int(body.get("n") or 1))]
+            return await reply(send, 200, {**base, "object": "chat.completion", "choices": choices, "usage": usage})
+
+        if drop_before_first_byte:
+            return await _drop(send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        if first_byte_delay_s:
+            await asyncio.sleep(first_byte_delay_s)
+        k = max(1, int(chunks))
+        step = -(-len(text) // k)  # ceil
+        pieces = [text[i * step:(i + 1) * step] for i in range(k)]
+        events = [{"choices": [{"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": p},
+                                "finish_reason": None}]} for i, p in enumerate(pieces)]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({"choices": [], "usage": usage})
+        for i, ev in enumerate(events):
+            if i == 1 and drop_mid_stream:
+                return await _drop(send)
+            data = json.dumps({**base, "object": "chat.completion.chunk", **ev})
+            await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            return await send({"type": "lifespan.shutdown.complete"})
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "POST" and path == "/v1/chat/completions":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            return await chat(receive, send, headers)
+        if method == "GET" and path == "/v1/models":
+            return await reply(send, 200, {"object": "list", "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "fake"}]})
+        if method == "GET" and path == "/health":
+            return await reply(send, 200, {"ok": True})
+        if method == "GET" and path == "/stats":
+            return await reply(send, 200, stats)
+        await reply(send, 404, _error(f"no route {method} {scope['path']}", "invalid_request_error"))
+
+    app.stats = stats
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BackendProcess:
+    """A fake backend running in a subprocess; stop it with ``.stop()``/``.kill()`` or use ``with``."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, name: str, stderr_file):
+        self.proc, self.port, self.name, self._stderr = proc, port, name, stderr_file
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    def stats(self) -> dict:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=5, trust_env=False).json()
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_backend(port: int | None = None, name: str = "fake", **kwargs) -> BackendProcess:
+    """Run this file as a subprocess on ``port`` (a free one if None) and wait until it is healthy.
+    ``kwargs`` are ``make_app``'s options, e.g. ``fail_rate=0.3, drop_mid_stream=True``."""
+    port = port or free_port()
+    flags = {"delay_s": "--delay", "first_byte_delay_s": "--first-byte-delay"}
+    cmd = [sys.executable, os.path.abspath(__file__), "--port", str(port), "--name", name]
+    for key, value in kwargs.items():
+        flag = flags.get(key, "--" + key.replace("_", "-"))
+        if isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
+    stderr = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could fill up and block the server
+    backend = BackendProcess(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr), port, name, stderr)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if backend.proc.poll() is not None:
+            raise RuntimeError(f"fake backend {name} exited with {backend.proc.returncode}:\n{backend.stderr()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False).status_code == 200:
+                return backend
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    backend.kill()
+    raise RuntimeError(f"fake backend {name} not healthy on port {port} after 15 s:\n{backend.stderr()}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--name", required=True)
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--status", type=int, default=500)
+    p.add_argument("--rate-limit-rate", type=float, default=0.0)
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--first-byte-delay", type=float, default=0.0)
+    p.add_argument("--drop-mid-stream", action="store_true")
+    p.add_argument("--drop-before-first-byte", action="store_true")
+    p.add_argument("--chunks", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
+                   a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed)
+    import importlib.util
+    import uvicorn
+    has = importlib.util.find_spec
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False,
+                loop="uvloop" if has("uvloop") else "asyncio", http="httptools" if has("httptools") else "auto")
+
+
+if __name__ == "__main__":
+    main()
