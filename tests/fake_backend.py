@@ -199,18 +199,27 @@ def start_backend(port: int | None = None, name: str = "fake", **kwargs) -> Back
             cmd += [flag, str(value)]
     stderr = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could fill up and block the server
     backend = BackendProcess(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr), port, name, stderr)
-    deadline = time.monotonic() + 15
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health", backend.proc, backend.stderr)
+    except RuntimeError:
+        backend.kill()
+        raise
+    return backend
+
+
+def wait_until_up(health_url: str, proc: subprocess.Popen, stderr=lambda: "", timeout: float = 30) -> None:
+    """Poll ``health_url`` until it answers 200; fail with the process's stderr if it exits first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if backend.proc.poll() is not None:
-            raise RuntimeError(f"fake backend {name} exited with {backend.proc.returncode}:\n{backend.stderr()}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"{health_url}: process exited with {proc.returncode}:\n{stderr()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False).status_code == 200:
-                return backend
+            if httpx.get(health_url, timeout=1, trust_env=False).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.05)
-    backend.kill()
-    raise RuntimeError(f"fake backend {name} not healthy on port {port} after 15 s:\n{backend.stderr()}")
+    raise RuntimeError(f"{health_url}: not healthy after {timeout:g} s:\n{stderr()}")
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -163,19 +163,21 @@ class Gateway:
 
         async def relay():
             counts = {"chars": 0, "prompt": None, "completion": None}
-            status = "200"
+            status, finished = "200", False
             try:
                 yield _rewrite(outcome.first_event, name, counts, meta)
                 async for event in outcome.events:
                     yield _rewrite(event, name, counts)
-            except httpx.HTTPError as e:
+                finished = True
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 # Bytes already reached the client, so no fallback: end the stream with an error event.
                 status = "502"
                 tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
                 message = f"backend {name} broke the stream after it began ({type(e).__name__})"
                 yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
             finally:
-                await outcome.response.aclose()
+                # A finished stream hands its connection back; a broken or abandoned one is closed.
+                outcome.response.release() if finished else outcome.response.close()
                 completion = counts["completion"] or counts["chars"] / CHARS_PER_TOKEN_COST
                 self._account(name, counts["prompt"] or req.prompt_tokens_estimate(), completion)
                 tm.REQUESTS.labels(route, status).inc()

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from herd.pool import GatewaySettings, ModelConfig
 
@@ -27,7 +27,7 @@ class Outcome:
     kind: str  # ok | retry | fallback | client
     detail: str  # e.g. "ok", "http 503", "connect error", "read timeout"
     status: int | None = None
-    response: httpx.Response | None = None  # open when a stream succeeded
+    response: aiohttp.ClientResponse | None = None  # open when a stream succeeded
     body: bytes = b""  # failures: the backend's error body
     data: dict | None = None  # non-stream success: the parsed answer
     retry_after: float | None = None
@@ -77,20 +77,27 @@ class Backend:
     def __init__(self, config: ModelConfig, settings: GatewaySettings):
         self.config = config
         self.settings = settings
-        headers = {"content-type": "application/json"}
+        self.url = f"{config.base_url}/chat/completions"
+        self.headers = {"content-type": "application/json"}
         key = config.api_key()
         if key:
-            headers["authorization"] = f"Bearer {key}"
-        self.client = httpx.AsyncClient(
-            base_url=config.base_url, headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency),
-        )
+            self.headers["authorization"] = f"Bearer {key}"
+        self.session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.circuit = Circuit(settings.circuit_failures, settings.circuit_cooldown_s)
         self.in_flight = 0
         self.calls = 0
         self.last_error: str | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout_s,
+                                              sock_read=self.config.timeout_s),
+                headers=self.headers, auto_decompress=True, trust_env=False,
+            )
+        return self.session
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff; a Retry-After header sets the floor."""
@@ -120,17 +127,18 @@ class Backend:
         return outcome
 
     async def _send(self, payload: bytes, stream: bool) -> Outcome:
-        request = self.client.build_request("POST", "/chat/completions", content=payload)
         response = None
         try:
-            response = await self.client.send(request, stream=stream)
-            if response.status_code != 200:
-                body = await response.aread()
-                await response.aclose()
+            response = await self._session().post(self.url, data=payload)
+            if response.status != 200:
+                body = await response.read()
+                response.release()
                 return _http_failure(response, body)
             if not stream:
+                raw = await response.read()
+                response.release()
                 try:
-                    data = json.loads(response.content)
+                    data = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     return Outcome("retry", "answer is not JSON", 200)
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
@@ -139,17 +147,18 @@ class Backend:
             events = sse_events(response)
             first = await anext(events, None)
             if first is None:
-                await response.aclose()
+                response.close()
                 return Outcome("retry", "stream ended before any data", 200)
             return Outcome("ok", "ok", 200, response=response, first_event=first, events=events)
-        except httpx.TimeoutException as e:
-            kind = "retry" if isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)) else "fallback"
-            return await _closed(response, Outcome(kind, f"{type(e).__name__.lower().replace('timeout', ' timeout')}"))
-        except httpx.TransportError as e:
-            return await _closed(response, Outcome("retry", f"connection error ({type(e).__name__})"))
+        except aiohttp.ConnectionTimeoutError:
+            return _closed(response, Outcome("retry", "connect timeout"))
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+            return _closed(response, Outcome("fallback", "read timeout"))
+        except aiohttp.ClientError as e:
+            return _closed(response, Outcome("retry", f"connection error ({type(e).__name__})"))
         except asyncio.CancelledError:
             if response is not None:
-                await response.aclose()
+                response.close()
             raise
 
     def health(self) -> dict:
@@ -158,17 +167,18 @@ class Backend:
                 "in_flight": self.in_flight, "calls": self.calls, "last_error": self.last_error}
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()
 
 
-async def _closed(response: httpx.Response | None, outcome: Outcome) -> Outcome:
+def _closed(response: aiohttp.ClientResponse | None, outcome: Outcome) -> Outcome:
     if response is not None:
-        await response.aclose()
+        response.close()
     return outcome
 
 
-def _http_failure(response: httpx.Response, body: bytes) -> Outcome:
-    status = response.status_code
+def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
+    status = response.status
     detail = f"http {status}"
     if status in RETRY_STATUS or status >= 500:
         retry_after = None
@@ -182,10 +192,10 @@ def _http_failure(response: httpx.Response, body: bytes) -> Outcome:
     return Outcome("client", detail, status, body=body)
 
 
-async def sse_events(response: httpx.Response):
+async def sse_events(response: aiohttp.ClientResponse):
     """Server-sent events of a response, each as the raw bytes of its lines plus the blank line."""
     buffer = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.content.iter_any():
         buffer += chunk
         while True:
             end = _event_end(buffer)
