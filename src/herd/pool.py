@@ -32,7 +32,7 @@ class ModelConfig(_Strict):
     price_in_per_mtok: Optional[float] = Field(None, ge=0)
     price_out_per_mtok: Optional[float] = Field(None, ge=0)
     context_window: Optional[int] = Field(None, gt=0, description="tokens, prompt plus completion")
-    tags: tuple[str, ...] = ()
+    tags: list[str] = Field(default_factory=list)
     timeout_s: float = Field(60.0, gt=0, description="read timeout per call")
     connect_timeout_s: float = Field(5.0, gt=0)
     max_concurrency: int = Field(64, gt=0, description="calls in flight to this backend at most")
@@ -73,7 +73,7 @@ class GatewaySettings(_Strict):
 
 
 class PoolConfig(_Strict):
-    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    models: list[ModelConfig] = Field(min_length=1)
     router: Optional[str] = Field(None, description="directory written by `herd train`; relative to the pool file")
     policy: Optional[PolicySpec] = Field(None, description="default policy; default: the one trained into the router")
     policies: dict[str, PolicySpec] = Field(default_factory=dict, description="named policies, called as model 'herd:NAME'")

@@ -1,0 +1,79 @@
+"""Real processes on loopback for the gateway tests: `herd serve` under uvicorn, beside the fake
+backends of fake_backend.py, and a router trained on the toy outcome table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from fake_backend import free_port, wait_until_up
+
+from herd import artifact
+from herd.data import Outcomes
+from herd.policies import ArgMax
+from herd.routers import make_router
+
+
+def train_toy_router(directory: Path) -> Path:
+    """A logistic router over the toy topics: math-7b for math, hist-7b for history, big-70b else."""
+    from conftest import make_frames
+
+    m = Outcomes.from_frames(*make_frames()).matrix()
+    return artifact.save(artifact.train("logistic", make_router("logistic"), ArgMax(), m), directory)
+
+
+def pool_yaml(models: list[dict], router: str | None = None, gateway: dict | None = None, **extra) -> str:
+    """A pool file from plain dicts (JSON is YAML)."""
+    import json
+
+    config = {"models": models, **({"router": router} if router else {}), **extra}
+    config["gateway"] = {"backoff_s": 0.01, "max_backoff_s": 0.05, **(gateway or {})}
+    return json.dumps(config, indent=1)
+
+
+class GatewayProcess:
+    def __init__(self, proc: subprocess.Popen, port: int, log):
+        self.proc, self.port, self._log = proc, port, log
+        self.root = f"http://127.0.0.1:{port}"
+        self.url = f"{self.root}/v1"
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_gateway(pool_file: Path, *args: str, env: dict | None = None) -> GatewayProcess:
+    """`herd serve POOL` on a free loopback port, waited on until /health answers."""
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    cmd = [sys.executable, "-m", "herd", "serve", str(pool_file), "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    gw = GatewayProcess(proc, port, log)
+    try:
+        wait_until_up(f"{gw.root}/health", proc, gw.log)
+    except RuntimeError:
+        gw.stop()
+        raise
+    return gw

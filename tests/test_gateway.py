@@ -1,0 +1,202 @@
+"""`herd serve` as users run it: a real uvicorn process on loopback, real backend processes, and the
+official openai SDK as the client (sync, async, streaming). Fake backends only inject faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from fake_backend import start_backend
+from servers import pool_yaml, start_gateway, train_toy_router
+
+MATH = "add the numbers math question number 7"
+HISTORY = "which emperor ruled rome history question number 3"
+MODELS = ["math-7b", "hist-7b", "big-70b"]
+
+
+def model_entry(name: str, backend, **extra) -> dict:
+    return {"name": name, "base_url": backend.url, "price_in_per_mtok": 1.0, "price_out_per_mtok": 2.0, **extra}
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory):
+    return train_toy_router(tmp_path_factory.mktemp("router") / "router")
+
+
+@pytest.fixture(scope="module")
+def healthy(router_dir, tmp_path_factory):
+    """Three healthy backends behind one gateway; big-70b has a backend id of its own."""
+    backends = {name: start_backend(name=name) for name in MODELS}
+    models = [model_entry("math-7b", backends["math-7b"], tags=["open", "on_prem"]),
+              model_entry("hist-7b", backends["hist-7b"], tags=["open", "on_prem"], context_window=512),
+              model_entry("big-70b", backends["big-70b"], model="vendor/big-70b-instruct",
+                          price_in_per_mtok=5.0, price_out_per_mtok=15.0)]
+    pool = tmp_path_factory.mktemp("pool") / "pool.yaml"
+    pool.write_text(pool_yaml(models, str(router_dir), policies={"cheap": "cost-aware:5"}, gateway={"max_body_mb": 0.05}))
+    gw = start_gateway(pool)
+    yield gw, backends
+    gw.stop()
+    for b in backends.values():
+        b.stop()
+
+
+def client(gw, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url, api_key=kw.pop("api_key", "unused"), max_retries=0, **kw)
+
+
+def test_routes_by_topic_and_says_why(healthy):
+    gw, backends = healthy
+    raw = client(gw).chat.completions.with_raw_response.create(model="herd", messages=ask(MATH))
+    answer = raw.parse()
+    assert answer.model == "math-7b" and answer.choices[0].message.content == f"math-7b: {MATH}"
+    assert raw.headers["x-herd-model"] == "math-7b" and raw.headers["x-herd-attempts"] == "1"
+    assert "highest predicted P(correct)" in raw.headers["x-herd-reason"]
+    herd = answer.model_extra["herd"]
+    assert herd["chosen"] == "math-7b" and herd["attempts"] == [{"model": "math-7b", "outcome": "ok", "ms": herd["attempts"][0]["ms"]}]
+    assert set(herd["scores"]) == set(MODELS) and max(herd["scores"], key=herd["scores"].get) == "math-7b"
+    assert herd["cost_usd"] > 0
+    history = client(gw).chat.completions.create(model="herd", messages=ask(HISTORY))
+    assert history.model == "hist-7b"
+
+
+def test_fields_pass_through_untouched_and_backend_ids_are_used(healthy):
+    gw, backends = healthy
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    answer = client(gw).chat.completions.create(
+        model="big-70b", messages=ask("hello"), n=2, temperature=0.3, max_tokens=20, stop=["\n\n"], tools=tools,
+        extra_body={"herd": {"exclude": ["math-7b"]}, "top_k": 5})
+    assert answer.model == "big-70b" and len(answer.choices) == 2
+    sent = backends["big-70b"].stats()["last_body"]
+    assert sent["model"] == "vendor/big-70b-instruct" and "herd" not in sent
+    assert sent["tools"] == tools and sent["stop"] == ["\n\n"] and sent["n"] == 2 and sent["top_k"] == 5
+    assert sent["temperature"] == 0.3 and sent["max_tokens"] == 20
+
+
+def test_streaming_relays_chunks_with_herd_metadata_first(healthy):
+    gw, _ = healthy
+    chunks = list(client(gw).chat.completions.create(model="herd", messages=ask(MATH), stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert chunks[0].model_extra["herd"]["chosen"] == "math-7b"
+    assert all(c.model == "math-7b" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"math-7b: {MATH}"
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_async_clients_in_parallel(healthy):
+    gw, _ = healthy
+
+    async def run():
+        async with openai.AsyncOpenAI(base_url=gw.url, api_key="unused", max_retries=0) as c:
+            plain = [c.chat.completions.create(model="herd", messages=ask(q)) for q in [MATH, HISTORY] * 10]
+            answers = await asyncio.gather(*plain)
+            stream = await c.chat.completions.create(model="herd:cheap", messages=ask(HISTORY), stream=True)
+            parts = [chunk async for chunk in stream]
+        return answers, parts
+
+    answers, parts = asyncio.run(run())
+    assert [a.model for a in answers] == ["math-7b", "hist-7b"] * 10
+    assert parts[0].model_extra["herd"]["policy"] == "cost-aware:5"
+
+
+def test_constraints_from_the_request(healthy):
+    gw, _ = healthy
+    c = client(gw)
+    private = c.chat.completions.create(model="herd", messages=ask("write a python function code question"),
+                                        extra_body={"herd": {"private": True}})
+    assert private.model in {"math-7b", "hist-7b"}
+    assert "lacks tag(s) ['on_prem']" in private.model_extra["herd"]["ineligible"]["big-70b"]
+    long = c.chat.completions.create(model="herd", messages=ask(HISTORY + " " + "word " * 500))
+    assert long.model != "hist-7b"  # beyond its 512-token window
+    via_metadata = c.chat.completions.create(model="herd", messages=ask(MATH), metadata={"herd_exclude": "math-7b"})
+    assert via_metadata.model != "math-7b"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="herd", messages=ask(MATH), extra_body={"herd": {"tags": ["gpu-free"]}})
+    assert e.value.code == "no_eligible_model"
+
+
+def test_discovery_health_and_metrics(healthy):
+    gw, _ = healthy
+    ids = [m.id for m in client(gw).models.list()]
+    assert ids == ["herd", "herd:cheap", *MODELS]
+    health = httpx.get(f"{gw.root}/health").json()
+    assert health["status"] == "ok" and set(health["models"]) == set(MODELS) and health["router"] == "logistic"
+    client(gw).chat.completions.create(model="herd", messages=ask(MATH))
+    text = httpx.get(f"{gw.root}/metrics").text
+    for series in ('herd_requests_total{route="herd",status="200"}', 'herd_choices_total{model="math-7b"}',
+                   'herd_answers_total{model="math-7b"}', 'herd_tokens_total{kind="completion",model="math-7b"}',
+                   'herd_cost_usd_total{model="math-7b"}', "herd_request_seconds_bucket", "herd_backend_seconds_bucket"):
+        assert series in text
+
+
+@pytest.mark.parametrize("send, status, words", [
+    (dict(content=b"{nope"), 400, "not valid JSON"),
+    (dict(json={"model": "herd", "messages": "hi"}), 400, "'messages' must be a non-empty list"),
+    (dict(json={"model": "gpt-9", "messages": ask("x")}), 404, "is not served here"),
+    (dict(json={"model": "herd", "messages": ask("x" * 60_000)}), 413, "larger than 0.05 MB"),
+    (dict(json={"model": "herd", "messages": ask("x"), "stream": "yes"}), 400, "'stream' must be a boolean"),
+])
+def test_bad_input_gets_openai_errors_not_500s(healthy, send, status, words):
+    gw, _ = healthy
+    r = httpx.post(f"{gw.url}/chat/completions", **send)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"] and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_unknown_routes_and_methods(healthy):
+    gw, _ = healthy
+    assert httpx.get(f"{gw.url}/chat/completions").status_code == 405
+    r = httpx.get(f"{gw.url}/embeddings")
+    assert r.status_code == 404 and "herd serves /v1/chat/completions" in r.json()["error"]["message"]
+    assert "Traceback" not in gw.log()
+
+
+def test_api_keys(router_dir, tmp_path):
+    with start_backend(name="math-7b") as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b)]))
+        keys = tmp_path / "keys.txt"
+        keys.write_text("# team keys\nsk-file-key\n")
+        with start_gateway(pool, "--api-keys-file", str(keys), env={"HERD_API_KEYS": "sk-env-one,sk-env-two"}) as gw:
+            for key in ("sk-env-two", "sk-file-key"):
+                assert client(gw, api_key=key).chat.completions.create(model="herd", messages=ask("hi")).model == "math-7b"
+            with pytest.raises(openai.AuthenticationError) as e:
+                client(gw, api_key="sk-wrong").chat.completions.create(model="herd", messages=ask("hi"))
+            assert e.value.code == "invalid_api_key"
+            r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi")})
+            assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
+            assert httpx.get(f"{gw.url}/models").status_code == 401
+            assert httpx.get(f"{gw.root}/health").status_code == 200  # probes need no key
+            log = gw.log()
+        assert "sk-env-one" not in log and "sk-file-key" not in log and "sk-wrong" not in log
+
+
+def test_backend_api_key_is_sent_but_never_shown(router_dir, tmp_path):
+    with start_backend(name="math-7b") as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b, api_key_env="HERD_TEST_BACKEND_KEY")]))
+        with start_gateway(pool, env={"HERD_TEST_BACKEND_KEY": "sk-backend-secret"}) as gw:
+            raw = client(gw).chat.completions.with_raw_response.create(model="herd", messages=ask("hi"))
+            assert b.stats()["last_headers"]["authorization"] == "Bearer sk-backend-secret"
+            shown = raw.text + json.dumps(dict(raw.headers)) + httpx.get(f"{gw.root}/health").text
+            assert "sk-backend-secret" not in shown + httpx.get(f"{gw.root}/metrics").text
+        assert "sk-backend-secret" not in gw.log()
+
+
+def test_bad_pool_file_fails_at_start_with_line_and_field(tmp_path):
+    import subprocess
+    import sys
+
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("models:\n  - name: a\n    base_url: http://127.0.0.1:9/v1\n    timeout_s: soon\n")
+    r = subprocess.run([sys.executable, "-m", "herd", "serve", str(pool)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pool.yaml:4: models[0].timeout_s: Input should be a valid number" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,173 @@
+"""The gateway's parts without a server: request checks, eligibility, routing order, circuit breaker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from herd import artifact
+from herd.data import Outcomes
+from herd.gateway.backends import Circuit
+from herd.gateway.chat import parse_chat
+from herd.gateway.errors import GatewayError
+from herd.gateway.selection import Selector
+from herd.policies import ArgMax
+from herd.pool import PoolConfig, PoolError
+from herd.routers import make_router
+
+MATH_Q = "add the numbers math question number 3"
+
+
+def chat(**fields) -> bytes:
+    body = {"model": "herd", "messages": [{"role": "user", "content": MATH_Q}], **fields}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("raw, status, text", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "'model' is required"),
+    (json.dumps({"model": "herd"}).encode(), 400, "'messages' must be a non-empty list"),
+    (json.dumps({"model": "herd", "messages": []}).encode(), 400, "'messages' must be a non-empty list"),
+    (json.dumps({"model": "herd", "messages": ["hi"]}).encode(), 400, "messages[0] must be an object"),
+    (json.dumps({"model": "herd", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "messages[0].role"),
+    (json.dumps({"model": "herd", "messages": [{"role": "user", "content": 5}]}).encode(), 400, "messages[0].content"),
+    (json.dumps({"model": "herd", "messages": [{"role": "system", "content": "be brief"}]}).encode(), 400, "no user turn"),
+    (chat(stream="yes"), 400, "'stream' must be a boolean"),
+    (chat(max_tokens=0), 400, "'max_tokens' must be a positive integer"),
+    (chat(n="2"), 400, "'n' must be a positive integer"),
+    (chat(temperature="hot"), 400, "'temperature' must be a number"),
+    (chat(herd=[1]), 400, "'herd' must be an object"),
+    (chat(herd={"max_cost": 1}), 400, "unknown herd option(s) ['max_cost']"),
+    (chat(herd={"max_cost_usd": -1}), 400, "herd.max_cost_usd must be a number >= 0"),
+    (chat(herd={"private": "yes"}), 400, "herd.private must be a boolean"),
+    (chat(metadata={"herd_max_cost_usd": "lots"}), 400, "metadata.herd_max_cost_usd must be a number"),
+])
+def test_bad_requests_say_what_is_wrong(raw, status, text):
+    with pytest.raises(GatewayError) as e:
+        parse_chat(raw)
+    assert e.value.status == status and text in e.value.message
+    body = json.loads(e.value.response().body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_request_keeps_unknown_fields_and_strips_herd_options():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    req = parse_chat(chat(tools=tools, stop=["\n"], seed=7, herd={"private": True, "exclude": "big-70b"},
+                          metadata={"herd_max_cost_usd": "0.5", "team": "a"}))
+    assert req.body["tools"] == tools and req.body["stop"] == ["\n"] and req.body["seed"] == 7
+    assert "herd" not in req.body and req.body["metadata"] == {"team": "a"}
+    assert req.options.tags == ("on_prem",) and req.options.exclude == ("big-70b",) and req.options.max_cost_usd == 0.5
+
+
+def test_router_reads_recent_user_turns_last():
+    messages = [{"role": "system", "content": "you are helpful"}, {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {}}]}]
+    req = parse_chat(json.dumps({"model": "herd", "messages": messages, "max_tokens": 100}).encode())
+    assert req.router_text == "first\nsecond"
+    assert req.window_tokens() > 100 and req.n_messages == 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import make_frames
+
+    m = Outcomes.from_frames(*make_frames()).matrix()
+    return artifact.train("logistic", make_router("logistic"), ArgMax(), m)
+
+
+def pool(**overrides) -> PoolConfig:
+    models = [
+        {"name": "math-7b", "base_url": "http://127.0.0.1:1/v1", "tags": ["open", "on_prem"], "context_window": 64,
+         "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.1},
+        {"name": "hist-7b", "base_url": "http://127.0.0.1:2/v1", "tags": ["open", "on_prem"],
+         "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.2},
+        {"name": "big-70b", "base_url": "http://127.0.0.1:3/v1", "price_in_per_mtok": 5, "price_out_per_mtok": 15},
+        {"name": "extra", "base_url": "http://127.0.0.1:4/v1"},
+    ]
+    return PoolConfig.model_validate({"models": models, **overrides})
+
+
+def test_routes_to_the_topic_expert_with_fallbacks_in_score_order(trained):
+    sel = Selector(pool(), trained, {"herd": trained.policy})
+    plan = sel.plan(parse_chat(chat()))
+    assert plan.candidates[0] == "math-7b" and "highest predicted P(correct)" in plan.reason
+    assert plan.candidates[-1] == "extra"  # not scored by the router: last resort
+    scored = [plan.scores[m] for m in plan.candidates[1:3]]
+    assert scored == sorted(scored, reverse=True)
+    assert set(plan.scores) == {"math-7b", "hist-7b", "big-70b"}
+
+
+def test_constraints_are_never_violated(trained):
+    sel = Selector(pool(), trained, {"herd": trained.policy})
+    long = chat(messages=[{"role": "user", "content": MATH_Q + " " + "x" * 400}])
+    plan = sel.plan(parse_chat(long))
+    assert "math-7b" not in plan.candidates and "context window is 64" in plan.ineligible["math-7b"]
+    private = sel.plan(parse_chat(chat(herd={"private": True})))
+    assert set(private.candidates) <= {"math-7b", "hist-7b"} and "lacks tag(s) ['on_prem']" in private.ineligible["big-70b"]
+    cheap = sel.plan(parse_chat(chat(herd={"max_cost_usd": 0.001}, max_tokens=100)))
+    assert "big-70b" in cheap.ineligible and "extra" in cheap.ineligible and "big-70b" not in cheap.candidates
+    excluded = sel.plan(parse_chat(chat(herd={"exclude": ["math-7b"]})))
+    assert excluded.candidates[0] != "math-7b"
+    with pytest.raises(GatewayError) as e:
+        sel.plan(parse_chat(chat(herd={"tags": ["gpu-free"]})))
+    assert e.value.status == 400 and e.value.code == "no_eligible_model"
+    with pytest.raises(GatewayError) as e:
+        sel.plan(parse_chat(chat(model="big-70b", herd={"private": True})))
+    assert e.value.status == 400 and "lacks tag" in e.value.message
+    with pytest.raises(GatewayError) as e:
+        sel.plan(parse_chat(chat(model="gpt-5")))
+    assert e.value.status == 404 and e.value.code == "model_not_found"
+
+
+def test_named_models_bypass_routing(trained):
+    plan = Selector(pool(), trained, {"herd": trained.policy}).plan(parse_chat(chat(model="big-70b")))
+    assert plan.candidates == ["big-70b"] and plan.reason == "requested by name"
+
+
+def test_policies_from_the_pool_file_are_tuned_on_the_routers_validation_scores(tmp_path, trained):
+    artifact.save(trained, tmp_path / "router")
+    cfg = pool(router="router", policy="safe", policies={"thrifty": {"name": "cost-aware", "cost_weight": 5},
+                                                         "budget": "budget:0.0001"})
+    sel = Selector.from_config(cfg, tmp_path / "router")
+    assert sel.route_names == ["herd", "herd:thrifty", "herd:budget"]
+    assert sel.policies["herd"].anchor_ == trained.models.index("big-70b")  # fitted: the best single model
+    assert sel.plan(parse_chat(chat(model="herd:thrifty"))).candidates[0] != "big-70b"
+    with pytest.raises(PoolError, match="policy 'herd': policy needs 'name'"):
+        Selector.from_config(pool(router="router", policy={"cost_weight": 1}), tmp_path / "router")
+    with pytest.raises(PoolError, match="sets a policy but no router"):
+        Selector.from_config(pool(policy="argmax"), None)
+
+
+def test_safe_policy_whose_anchor_is_ineligible_takes_the_best_eligible(tmp_path, trained):
+    artifact.save(trained, tmp_path / "router")
+    sel = Selector.from_config(pool(router="router", policy="safe:0.99"), tmp_path / "router")
+    plan = sel.plan(parse_chat(chat(herd={"private": True})))
+    assert plan.candidates[0] == "math-7b" and "best single model big-70b cannot take this request" in plan.reason
+
+
+def test_without_a_router_the_pool_order_is_the_preference():
+    plan = Selector(pool()).plan(parse_chat(chat()))
+    assert plan.candidates == ["math-7b", "hist-7b", "big-70b", "extra"]
+
+
+def test_circuit_opens_after_consecutive_failures_and_tries_once_after_cooldown():
+    c = Circuit(failures=3, cooldown_s=0.05)
+    for _ in range(2):
+        c.failed()
+    assert c.allow() and c.state == "closed"
+    c.succeeded()
+    for _ in range(3):
+        c.failed()
+    assert c.state == "open" and not c.allow()
+    time.sleep(0.06)
+    assert c.state == "half-open" and c.allow() and not c.allow()  # one trial call at a time
+    c.failed()
+    assert c.state == "open" and c.opens == 2
+    time.sleep(0.06)
+    assert c.allow()
+    c.succeeded()
+    assert c.state == "closed" and c.allow()
