@@ -1,0 +1,159 @@
+"""Reliability under injected faults: retries, fallbacks, circuit breakers, broken streams,
+timeouts, disconnects and shutdown. Every server is a real process on loopback."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from fake_backend import start_backend
+from servers import pool_yaml, start_gateway, train_toy_router
+
+MATH = "add the numbers math question number 7"
+
+
+def ask(text: str = MATH) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def router_dir(tmp_path_factory):
+    return train_toy_router(tmp_path_factory.mktemp("router") / "router")
+
+
+def serve(tmp_path, router_dir, first: dict, second: dict | None = None, gateway: dict | None = None, **pool_extra):
+    """math-7b (the router's first choice for MATH) on a backend with ``first``'s faults, and
+    big-70b, the fallback, on one with ``second``'s. Returns (gateway, first, second)."""
+    b1 = start_backend(name="math-7b", **first)
+    b2 = start_backend(name="big-70b", **(second or {}))
+    models = [{"name": "math-7b", "base_url": b1.url, "retries": pool_extra.pop("retries", 2), **pool_extra},
+              {"name": "big-70b", "base_url": b2.url}]
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(pool_yaml(models, str(router_dir), gateway=gateway))
+    return start_gateway(pool), b1, b2
+
+
+@pytest.fixture
+def stack(request, tmp_path, router_dir):
+    started = []
+
+    def make(*args, **kwargs):
+        parts = serve(tmp_path, router_dir, *args, **kwargs)
+        started.extend(parts)
+        return parts
+
+    yield make
+    for part in started:
+        part.stop()
+
+
+def sdk(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=30)
+
+
+def test_5xx_is_retried_then_falls_back(stack):
+    gw, b1, b2 = stack({"fail_rate": 1.0, "status": 503})
+    answer = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert answer.model == "big-70b"
+    attempts = answer.model_extra["herd"]["attempts"]
+    assert [(a["model"], a["outcome"]) for a in attempts] == [("math-7b", "http 503")] * 3 + [("big-70b", "ok")]
+    assert b1.stats()["requests"] == 3  # one call and two retries
+    assert 'herd_fallbacks_total{from_model="math-7b"} 1.0' in httpx.get(f"{gw.root}/metrics").text
+
+
+def test_429_is_retried_on_the_same_model(stack):
+    gw, b1, _ = stack({"rate_limit_rate": 0.5, "seed": 3}, retries=6)
+    models = set()
+    for _ in range(6):
+        answer = sdk(gw).chat.completions.create(model="herd", messages=ask())
+        outcomes = [a["outcome"] for a in answer.model_extra["herd"]["attempts"]]
+        models.add(answer.model)
+        assert outcomes[-1] == "ok" and set(outcomes[:-1]) <= {"http 429"}
+    assert models == {"math-7b"} and b1.stats()["requests"] > 6  # some calls were retried
+
+
+def test_4xx_is_not_retried_and_reaches_the_client(stack):
+    gw, b1, b2 = stack({"fail_rate": 1.0, "status": 422})
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert b1.stats()["requests"] == 1 and b2.stats()["requests"] == 0
+
+
+def test_dead_backend_falls_back_and_its_circuit_opens(stack):
+    gw, b1, _ = stack({}, gateway={"circuit_failures": 3, "circuit_cooldown_s": 60}, retries=0)
+    b1.kill()
+    first = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert first.model == "big-70b" and first.model_extra["herd"]["attempts"][0]["outcome"].startswith("connection error")
+    for _ in range(3):
+        last = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert last.model_extra["herd"]["attempts"][0] == {"model": "math-7b", "outcome": "skipped: circuit open"}
+    health = httpx.get(f"{gw.root}/health")
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert health.json()["models"]["math-7b"]["state"] == "open"
+
+
+def test_named_model_that_is_down_is_a_clear_503(stack):
+    gw, b1, _ = stack({"fail_rate": 1.0})
+    with pytest.raises(openai.InternalServerError) as e:
+        sdk(gw).chat.completions.create(model="math-7b", messages=ask())
+    assert e.value.status_code == 503 and "no eligible model answered (math-7b: http 500" in e.value.message
+    assert e.value.response.headers["x-herd-attempts"] == "3"
+
+
+def test_read_timeout_falls_back(stack):
+    gw, _, _ = stack({"delay_s": 3.0}, timeout_s=0.3)
+    started = time.perf_counter()
+    answer = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert answer.model == "big-70b" and answer.model_extra["herd"]["attempts"][0]["outcome"] == "read timeout"
+    assert time.perf_counter() - started < 2.5
+
+
+def test_stream_dropped_before_first_byte_falls_back(stack):
+    gw, _, _ = stack({"drop_before_first_byte": True}, retries=0)
+    chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+    herd = chunks[0].model_extra["herd"]
+    assert herd["model"] == "big-70b" and herd["attempts"][0]["outcome"].startswith("connection error")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"big-70b: {MATH}"
+
+
+def test_stream_broken_midway_ends_with_an_error_not_a_silent_cut(stack):
+    gw, _, b2 = stack({"drop_mid_stream": True})
+    stream = sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True)
+    first = next(stream)
+    assert first.model == "math-7b"
+    with pytest.raises(openai.APIError, match="broke the stream"):
+        list(stream)
+    assert b2.stats()["requests"] == 0  # bytes had reached the client: no fallback
+
+
+def test_client_disconnect_cancels_the_backend_call(stack):
+    gw, b1, _ = stack({"delay_s": 5.0})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask()}, timeout=0.5)
+    deadline = time.monotonic() + 3
+    while httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    health = httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]
+    assert health["in_flight"] == 0 and health["state"] == "closed"  # cancelled, not counted as a failure
+
+
+def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
+    gw, _, _ = stack({"delay_s": 1.0})
+    result = {}
+
+    def call():
+        result["answer"] = sdk(gw).chat.completions.create(model="herd", messages=ask())
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.4)
+    gw.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=10)
+    assert result["answer"].model == "math-7b"
+    # uvicorn re-raises the signal once shutdown is complete, so the exit status says SIGTERM.
+    assert gw.proc.wait(timeout=10) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in gw.log() and "Traceback" not in gw.log()
