@@ -200,3 +200,16 @@ def test_bad_pool_file_fails_at_start_with_line_and_field(tmp_path):
     r = subprocess.run([sys.executable, "-m", "herd", "serve", str(pool)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "pool.yaml:4: models[0].timeout_s: Input should be a valid number" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_workers_share_the_port_and_metrics_add_up(router_dir, tmp_path):
+    with start_backend(name="math-7b") as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b)], str(router_dir)))
+        with start_gateway(pool, "--workers", "2") as gw:
+            c = client(gw)
+            for _ in range(40):
+                assert c.chat.completions.create(model="herd", messages=ask(MATH)).model == "math-7b"
+            for _ in range(4):  # whichever worker answers the scrape, it counts every worker's requests
+                text = httpx.get(f"{gw.root}/metrics").text
+                assert 'herd_requests_total{route="herd",status="200"} 40.0' in text

@@ -315,6 +315,7 @@ def serve(
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
     """
     import os
+    import shutil
     import tempfile
 
     import uvicorn
@@ -337,8 +338,14 @@ def serve(
     os.environ[ENV_POOL] = str(Path(pool).resolve())
     if api_keys_file:
         os.environ[ENV_KEYS_FILE] = str(Path(api_keys_file).resolve())
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="herd-metrics-"))
-    uvicorn.run("herd.gateway.app:app_from_env", factory=True, workers=workers, **options)
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="herd-metrics-")
+    try:
+        uvicorn.run("herd.gateway.app:app_from_env", factory=True, workers=workers, **options)
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 @app.command()
