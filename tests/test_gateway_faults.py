@@ -130,10 +130,11 @@ def test_stream_broken_midway_ends_with_an_error_not_a_silent_cut(stack):
     assert b2.stats()["requests"] == 0  # bytes had reached the client: no fallback
 
 
-def test_client_disconnect_cancels_the_backend_call(stack):
-    gw, b1, _ = stack({"delay_s": 5.0})
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_cancels_the_backend_call(stack, stream):
+    gw, b1, _ = stack({"first_byte_delay_s": 5.0} if stream else {"delay_s": 5.0})
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask()}, timeout=0.5)
+        httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask(), "stream": stream}, timeout=0.5)
     deadline = time.monotonic() + 3
     while httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)

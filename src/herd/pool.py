@@ -90,9 +90,6 @@ class PoolConfig(_Strict):
             seen.add(m.name)
         return self
 
-    def model(self, name: str) -> ModelConfig:
-        return next(m for m in self.models if m.name == name)
-
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.models]

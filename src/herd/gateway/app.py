@@ -91,11 +91,15 @@ class Gateway:
         if routed:
             tm.CHOICES.labels(plan.candidates[0]).inc()
         tm.IN_FLIGHT.inc()
+        streaming = False
         try:
             answer = self._stream if req.stream else self._complete
-            return await _unless_disconnected(request, answer(req, plan, route, started))
+            response = await _unless_disconnected(request, answer(req, plan, route, started))
+            streaming = isinstance(response, _Relay)  # it counts itself out when it closes
+            return response
         finally:
-            tm.IN_FLIGHT.dec()
+            if not streaming:
+                tm.IN_FLIGHT.dec()
 
     async def _dispatch(self, req: ChatRequest, plan: Plan) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
@@ -161,33 +165,34 @@ class Gateway:
         meta = self._meta(plan, name, attempts)
         tm.ANSWERS.labels(name).inc()
 
+        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False}
+
         async def relay():
-            counts = {"chars": 0, "prompt": None, "completion": None}
-            status, finished = "200", False
             try:
-                yield _rewrite(outcome.first_event, name, counts, meta)
+                yield _rewrite(outcome.first_event, name, state, meta)
                 async for event in outcome.events:
-                    yield _rewrite(event, name, counts)
-                finished = True
+                    yield _rewrite(event, name, state)
+                state["finished"] = True
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 # Bytes already reached the client, so no fallback: end the stream with an error event.
-                status = "502"
+                state["status"] = "502"
                 tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
                 message = f"backend {name} broke the stream after it began ({type(e).__name__})"
                 yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
-            finally:
-                # A finished stream hands its connection back; a broken or abandoned one is closed.
-                outcome.response.release() if finished else outcome.response.close()
-                completion = counts["completion"] or counts["chars"] / CHARS_PER_TOKEN_COST
-                self._account(name, counts["prompt"] or req.prompt_tokens_estimate(), completion)
-                tm.REQUESTS.labels(route, status).inc()
-                tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
 
-        return StreamingResponse(relay(), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+        def close() -> None:
+            # A finished stream hands its connection back; a broken or abandoned one is closed.
+            outcome.response.release() if state["finished"] else outcome.response.close()
+            completion = state["completion"] or state["chars"] / CHARS_PER_TOKEN_COST
+            self._account(name, state["prompt"] or req.prompt_tokens_estimate(), completion)
+            tm.REQUESTS.labels(route, state["status"] if state["finished"] or state["status"] != "200" else "499").inc()
+            tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            tm.IN_FLIGHT.dec()
+
+        return _Relay(relay(), close, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
     def _account(self, name: str, prompt, completion) -> float | None:
-        model = self.pool.model(name)
+        model = self.backends[name].config
         prompt, completion = float(prompt or 0), float(completion or 0)
         tm.TOKENS.labels(name, "prompt").inc(prompt)
         tm.TOKENS.labels(name, "completion").inc(completion)
@@ -211,6 +216,22 @@ class Gateway:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
+
+
+class _Relay(StreamingResponse):
+    """A relayed stream whose ``close`` runs once however it ends: finished, broken, or
+    abandoned by the client, even before its first chunk."""
+
+    def __init__(self, events, close, **kwargs):
+        super().__init__(events, **kwargs)
+        self._close = close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+            self._close()
 
 
 def _calls(attempts: list[dict]) -> int:

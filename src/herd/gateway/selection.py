@@ -41,6 +41,7 @@ class Selector:
         self.trained = trained
         self.policies = policies or {}
         self.names = pool.names
+        self.by_name = {m.name: m for m in pool.models}
         if trained is not None:
             self.router_models = list(trained.models)
             self.scored = [m for m in self.router_models if m in set(self.names)]
@@ -123,7 +124,7 @@ class Selector:
     def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
         """This request's estimated cost on each model from the pool's prices; where an eligible
         model has no price, the router's per-query means from its training data for all."""
-        est = np.array([self.estimate_cost(self.pool.model(m), req) if m in set(self.scored) else np.nan
+        est = np.array([self.estimate_cost(self.by_name[m], req) if m in set(self.scored) else np.nan
                         for m in models], float)
         return est if not np.isnan(est[ok]).any() else self.trained.model_costs
 
