@@ -93,8 +93,7 @@ class Gateway:
         tm.IN_FLIGHT.inc()
         streaming = False
         try:
-            answer = self._stream if req.stream else self._complete
-            response = await _unless_disconnected(request, answer(req, plan, route, started))
+            response = await _unless_disconnected(request, self._answer(req, plan, route, started))
             streaming = isinstance(response, _Relay)  # it counts itself out when it closes
             return response
         finally:
@@ -138,33 +137,27 @@ class Gateway:
             headers["x-herd-policy"] = plan.policy
         return headers
 
-    async def _complete(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
+    async def _answer(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
         name, outcome, attempts = await self._dispatch(req, plan)
         headers = self._headers(plan, name, attempts)
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
             return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
                             headers=headers)
+        tm.ANSWERS.labels(name).inc()
+        if req.stream:
+            return self._relay(req, route, started, name, outcome, self._meta(plan, name, attempts), headers)
         data = outcome.data
         usage = data.get("usage") or {}
         cost = self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
         data["model"] = name
         data["herd"] = self._meta(plan, name, attempts, cost)
-        tm.ANSWERS.labels(name).inc()
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         return Response(json.dumps(data), media_type="application/json", headers=headers)
 
-    async def _stream(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
-        name, outcome, attempts = await self._dispatch(req, plan)
-        headers = self._headers(plan, name, attempts)
-        if outcome.kind == "client":
-            tm.REQUESTS.labels(route, str(outcome.status)).inc()
-            return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
-                            headers=headers)
-        meta = self._meta(plan, name, attempts)
-        tm.ANSWERS.labels(name).inc()
-
+    def _relay(self, req: ChatRequest, route: str, started: float, name: str, outcome: Outcome, meta: dict,
+               headers: dict) -> Response:
         state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False}
 
         async def relay():
