@@ -51,8 +51,12 @@ async def _drop(send) -> None:
 
 
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
-             drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0):
-    """The raw ASGI app of one fake backend serving the model ``name``."""
+             drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
+             keepalive_first=False, odd_json=False, context_tokens=0):
+    """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
+    stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
+    valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
+    ``context_tokens`` > 0 refuses longer prompts with OpenAI's context_length_exceeded 400."""
     rng = random.Random(seed)
     stats = {"requests": 0, "last_body": None, "last_headers": {}}
 
@@ -92,6 +96,13 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
         usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if context_tokens and usage["prompt_tokens"] > context_tokens:
+            error = _error(f"{name}: this model's maximum context length is {context_tokens} tokens",
+                           "invalid_request_error")
+            error["error"]["code"] = "context_length_exceeded"
+            return await reply(send, 400, error)
+        if odd_json:
+            usage = [usage["prompt_tokens"], "many"]
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.get("model", name)}
 
@@ -104,6 +115,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
             return await _drop(send)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        if keepalive_first:
+            await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
         if first_byte_delay_s:
             await asyncio.sleep(first_byte_delay_s)
         k = max(1, int(chunks))
@@ -114,9 +127,13 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({"choices": [], "usage": usage})
+        if odd_json:
+            events.insert(1, {"choices": {"index": 0}, "usage": "none"})
         for i, ev in enumerate(events):
             if i == 1 and drop_mid_stream:
                 return await _drop(send)
+            if i and chunk_delay_s:
+                await asyncio.sleep(chunk_delay_s)
             data = json.dumps({**base, "object": "chat.completion.chunk", **ev})
             await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
@@ -189,7 +206,7 @@ def start_backend(port: int | None = None, name: str = "fake", **kwargs) -> Back
     """Run this file as a subprocess on ``port`` (a free one if None) and wait until it is healthy.
     ``kwargs`` are ``make_app``'s options, e.g. ``fail_rate=0.3, drop_mid_stream=True``."""
     port = port or free_port()
-    flags = {"delay_s": "--delay", "first_byte_delay_s": "--first-byte-delay"}
+    flags = {"delay_s": "--delay", "first_byte_delay_s": "--first-byte-delay", "chunk_delay_s": "--chunk-delay"}
     cmd = [sys.executable, os.path.abspath(__file__), "--port", str(port), "--name", name]
     for key, value in kwargs.items():
         flag = flags.get(key, "--" + key.replace("_", "-"))
@@ -236,9 +253,14 @@ def main(argv=None) -> None:
     p.add_argument("--drop-before-first-byte", action="store_true")
     p.add_argument("--chunks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-delay", type=float, default=0.0)
+    p.add_argument("--keepalive-first", action="store_true")
+    p.add_argument("--odd-json", action="store_true")
+    p.add_argument("--context-tokens", type=int, default=0)
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
-                   a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed)
+                   a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
+                   a.odd_json, a.context_tokens)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

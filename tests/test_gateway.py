@@ -115,7 +115,9 @@ def test_constraints_from_the_request(healthy):
     assert private.model in {"math-7b", "hist-7b"}
     assert "lacks tag(s) ['on_prem']" in private.model_extra["herd"]["ineligible"]["big-70b"]
     long = c.chat.completions.create(model="herd", messages=ask(HISTORY + " " + "word " * 500))
-    assert long.model != "hist-7b"  # beyond its 512-token window
+    assert long.model != "hist-7b" and "context window is 512" in long.model_extra["herd"]["ineligible"]["hist-7b"]
+    short = c.chat.completions.create(model="herd", messages=ask(HISTORY))
+    assert short.model == "hist-7b"  # the same topic fits: the window, not the topic, ruled it out
     via_metadata = c.chat.completions.create(model="herd", messages=ask(MATH), metadata={"herd_exclude": "math-7b"})
     assert via_metadata.model != "math-7b"
     with pytest.raises(openai.BadRequestError) as e:

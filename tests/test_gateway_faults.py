@@ -158,3 +158,53 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
     # uvicorn re-raises the signal once shutdown is complete, so the exit status says SIGTERM.
     assert gw.proc.wait(timeout=10) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in gw.log() and "Traceback" not in gw.log()
+
+
+def test_streams_hold_their_backend_slot_until_they_end(stack):
+    gw, b1, _ = stack({"chunk_delay_s": 0.3}, max_concurrency=1)
+    results = []
+
+    def call():
+        chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+        results.append(chunks[0].model_extra["herd"])
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["in_flight"] == 1  # bounded, and counted
+    for t in threads:
+        t.join(timeout=20)
+    assert [h["model"] for h in results] == ["math-7b"] * 3  # queued for the slot, not failed over
+    assert all(len(h["attempts"]) == 1 for h in results)
+    assert httpx.get(f"{gw.root}/health").json()["models"]["math-7b"] | {"in_flight": 0, "state": "closed"} == \
+        httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]
+
+
+def test_odd_backend_json_is_relayed_without_errors(stack):
+    gw, _, _ = stack({"odd_json": True})
+    answer = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert answer.model == "math-7b" and answer.choices[0].message.content == f"math-7b: {MATH}"
+    chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if isinstance(c.choices, list) and c.choices) \
+        == f"math-7b: {MATH}"
+    assert "Traceback" not in gw.log()
+
+
+def test_keepalive_comments_do_not_commit_a_stream(stack):
+    gw, _, _ = stack({"keepalive_first": True})
+    chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+    assert chunks[0].model_extra["herd"]["model"] == "math-7b"
+
+
+def test_too_long_for_one_model_goes_to_the_next_and_else_reaches_the_client(stack):
+    gw, b1, b2 = stack({"context_tokens": 50}, {"context_tokens": 500})
+    long = MATH + " " + "word " * 200  # ~260 tokens: too long for math-7b's backend only
+    answer = sdk(gw).chat.completions.create(model="herd", messages=ask(long))
+    assert answer.model == "big-70b"
+    assert answer.model_extra["herd"]["attempts"][0]["outcome"] == "http 400 (too long for this model)"
+    assert b1.stats()["requests"] == 1  # not retried
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk(gw).chat.completions.create(model="herd", messages=ask(MATH + " " + "word " * 3000))
+    assert e.value.code == "context_length_exceeded"
+    assert httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["state"] == "closed"

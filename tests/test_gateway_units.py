@@ -34,7 +34,8 @@ def chat(**fields) -> bytes:
     (json.dumps({"model": "herd", "messages": ["hi"]}).encode(), 400, "messages[0] must be an object"),
     (json.dumps({"model": "herd", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "messages[0].role"),
     (json.dumps({"model": "herd", "messages": [{"role": "user", "content": 5}]}).encode(), 400, "messages[0].content"),
-    (json.dumps({"model": "herd", "messages": [{"role": "system", "content": "be brief"}]}).encode(), 400, "no user turn"),
+    (b'{"model": "herd", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
+    (b'{"model": "herd", "temperature": NaN, "messages": [{"role": "user", "content": "x"}]}', 400, "NaN is not a JSON number"),
     (chat(stream="yes"), 400, "'stream' must be a boolean"),
     (chat(max_tokens=0), 400, "'max_tokens' must be a positive integer"),
     (chat(n="2"), 400, "'n' must be a positive integer"),
@@ -69,6 +70,27 @@ def test_router_reads_recent_user_turns_last():
     req = parse_chat(json.dumps({"model": "herd", "messages": messages, "max_tokens": 100}).encode())
     assert req.router_text == "first\nsecond"
     assert req.window_tokens() > 100 and req.n_messages == 4
+
+
+def test_valid_shapes_that_are_not_plain_user_turns():
+    req = parse_chat(json.dumps({"model": "herd", "stream": None,
+                                 "messages": [{"role": "system", "content": "summarize the ancient dynasty"}]}).encode())
+    assert req.stream is False and req.router_text == "summarize the ancient dynasty"
+
+
+def test_window_estimate_counts_tools_tool_calls_images_and_wide_scripts():
+    base = parse_chat(chat())
+    cjk = parse_chat(chat(messages=[{"role": "user", "content": "数" * 900}]))
+    assert cjk.window_tokens() >= 900  # one token per character, not one per three
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 3000, "parameters": {}}}]
+    assert parse_chat(chat(tools=tools)).window_tokens() >= base.window_tokens() + 1000
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                  "function": {"name": "f", "arguments": "a" * 3000}}]}
+    with_call = parse_chat(chat(messages=[{"role": "user", "content": MATH_Q}, call,
+                                          {"role": "tool", "tool_call_id": "1", "content": "ok"}]))
+    assert with_call.window_tokens() >= 1000
+    image = {"role": "user", "content": [{"type": "text", "text": MATH_Q}, {"type": "image_url", "image_url": {"url": "x"}}]}
+    assert parse_chat(chat(messages=[image])).window_tokens() >= base.window_tokens() + 1000
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +132,10 @@ def test_constraints_are_never_violated(trained):
     assert set(private.candidates) <= {"math-7b", "hist-7b"} and "lacks tag(s) ['on_prem']" in private.ineligible["big-70b"]
     cheap = sel.plan(parse_chat(chat(herd={"max_cost_usd": 0.001}, max_tokens=100)))
     assert "big-70b" in cheap.ineligible and "extra" in cheap.ineligible and "big-70b" not in cheap.candidates
+    assert "hist-7b" in cheap.candidates
+    one = sel._ineligible(sel.by_name["hist-7b"], parse_chat(chat(herd={"max_cost_usd": 0.0001}, max_tokens=100)))
+    ten = sel._ineligible(sel.by_name["hist-7b"], parse_chat(chat(herd={"max_cost_usd": 0.0001}, max_tokens=100, n=10)))
+    assert one is None and "exceeds the ceiling" in ten  # ten completions cost ten times one
     excluded = sel.plan(parse_chat(chat(herd={"exclude": ["math-7b"]})))
     assert excluded.candidates[0] != "math-7b"
     with pytest.raises(GatewayError) as e:

@@ -50,7 +50,7 @@ def test_good_pool_loads(tmp_path, monkeypatch):
     (("price_in_per_mtok: 0.05", "price_in_per_mtok: -1"), "pool.yaml:5: models[0].price_in_per_mtok: Input should be greater than or equal to 0"),
     (("    context_window: 8192", "    context_windw: 8192"), "pool.yaml:7: models[0].context_windw: unknown field"),
     (("base_url: https://api.example.com/v1", "base_url: api.example.com"), "pool.yaml:10: models[1].base_url: must start with http://"),
-    (("  - name: gpt-4o\n", "  - name: llama-3-8b\n"), "models[1].name: 'llama-3-8b' appears twice"),
+    (("  - name: gpt-4o\n", "  - name: llama-3-8b\n"), "pool.yaml:9: models[1].name: 'llama-3-8b' appears twice"),
     (("  - name: gpt-4o\n", "  - name: herd\n"), "'herd' is reserved"),
     (("    base_url: https://api.example.com/v1\n", ""), "pool.yaml:9: models[1].base_url: Field required"),
     (("tags: [open, on_prem]", "tags: [open, on_prem"), "pool.yaml:9: not valid YAML"),

@@ -9,6 +9,7 @@ holds its key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -125,13 +126,19 @@ def load_pool(path: str | Path) -> tuple[PoolConfig, Path]:
 
 
 def _describe(path: Path, root, err: dict) -> str:
-    loc = tuple(err["loc"])
+    loc = tuple(err["loc"]) or _path_in(err["msg"])
     field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "(top level)"
-    message = err["msg"].removeprefix("Value error, ")
+    message = err["msg"].removeprefix("Value error, ").removeprefix(f"{field}: ")
     if err["type"] == "extra_forbidden":
         message = "unknown field (check its spelling)"
     got = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(err.get("input"), (dict, list)) else f" (got {err.get('input')!r})"
     return f"{path}:{_line(root, loc)}: {field}: {message}{got}"
+
+
+def _path_in(message: str) -> tuple:
+    """('models', 1, 'name') from a whole-file check's message that starts 'models[1].name: ...'."""
+    m = re.match(r"(?:Value error, )?(\w+)\[(\d+)\]\.(\w+): ", message)
+    return (m[1], int(m[2]), m[3]) if m else ()
 
 
 def _line(node, loc: tuple) -> int:

@@ -84,6 +84,9 @@ class Gateway:
         started = time.perf_counter()
         self.check_key(request)
         req = parse_chat(await self.read_body(request))
+        if req.options.max_cost_usd is not None and req.max_tokens is None:
+            # The ceiling is checked against this length, so the backend must not write more.
+            req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
         routed = req.model not in self.backends
         # Scoring a query is CPU work (features, maybe an embedding): keep it off the event loop.
         plan = await run_in_threadpool(self.selector.plan, req) if routed else self.selector.plan(req)
@@ -103,6 +106,7 @@ class Gateway:
     async def _dispatch(self, req: ChatRequest, plan: Plan) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
         attempts: list[dict] = []
+        too_long = None
         for rank, name in enumerate(plan.candidates):
             backend = self.backends[name]
             for retry in range(backend.config.retries + 1):
@@ -116,12 +120,19 @@ class Gateway:
                 tm.BACKEND_SECONDS.labels(name).observe(seconds)
                 if outcome.kind in ("ok", "client"):
                     return name, outcome, attempts
+                if outcome.kind == "too_long":
+                    too_long = too_long or (name, outcome)
+                    break
                 tm.ATTEMPT_ERRORS.labels(name, outcome.detail).inc()
                 if outcome.kind != "retry" or retry == backend.config.retries:
                     break
                 await asyncio.sleep(backend.backoff(retry, outcome.retry_after))
             if rank < len(plan.candidates) - 1:
                 tm.FALLBACKS.labels(name).inc()
+        if too_long is not None:  # no model took it: the caller sees why (a 400 or 413 of OpenAI's shape)
+            name, outcome = too_long
+            outcome.kind = "client"
+            return name, outcome, attempts
         chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
         raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
                            headers={"x-herd-attempts": str(_calls(attempts))})
@@ -131,8 +142,8 @@ class Gateway:
                 "cost_usd": cost}
 
     def _headers(self, plan: Plan, name: str, attempts: list[dict]) -> dict:
-        reason = plan.reason.replace("\n", " ").encode("latin-1", "replace").decode("latin-1")[:400]
-        headers = {"x-herd-model": name, "x-herd-reason": reason, "x-herd-attempts": str(_calls(attempts))}
+        headers = {"x-herd-model": _header(name), "x-herd-reason": _header(plan.reason)[:400],
+                   "x-herd-attempts": str(_calls(attempts))}
         if plan.policy:
             headers["x-herd-policy"] = plan.policy
         return headers
@@ -148,7 +159,7 @@ class Gateway:
         if req.stream:
             return self._relay(req, route, started, name, outcome, self._meta(plan, name, attempts), headers)
         data = outcome.data
-        usage = data.get("usage") or {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         cost = self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
         data["model"] = name
         data["herd"] = self._meta(plan, name, attempts, cost)
@@ -166,16 +177,15 @@ class Gateway:
                 async for event in outcome.events:
                     yield _rewrite(event, name, state)
                 state["finished"] = True
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except Exception as e:  # aiohttp's errors, a timeout, or a chunk too malformed to relay
                 # Bytes already reached the client, so no fallback: end the stream with an error event.
                 state["status"] = "502"
                 tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
                 message = f"backend {name} broke the stream after it began ({type(e).__name__})"
                 yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
 
-        def close() -> None:
-            # A finished stream hands its connection back; a broken or abandoned one is closed.
-            outcome.response.release() if state["finished"] else outcome.response.close()
+        async def close() -> None:
+            await self.backends[name].finish(outcome, state["finished"])
             completion = state["completion"] or state["chars"] / CHARS_PER_TOKEN_COST
             self._account(name, state["prompt"] or req.prompt_tokens_estimate(), completion)
             tm.REQUESTS.labels(route, state["status"] if state["finished"] or state["status"] != "200" else "499").inc()
@@ -186,7 +196,7 @@ class Gateway:
 
     def _account(self, name: str, prompt, completion) -> float | None:
         model = self.backends[name].config
-        prompt, completion = float(prompt or 0), float(completion or 0)
+        prompt, completion = _count(prompt), _count(completion)
         tm.TOKENS.labels(name, "prompt").inc(prompt)
         tm.TOKENS.labels(name, "completion").inc(completion)
         cost = model.cost(prompt, completion)
@@ -224,7 +234,17 @@ class _Relay(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
-            self._close()
+            await self._close()
+
+
+def _header(text: str) -> str:
+    """A header value: one line of latin-1."""
+    return " ".join(text.splitlines()).encode("latin-1", "replace").decode("latin-1")
+
+
+def _count(value) -> float:
+    """A token count from a backend, which may send anything."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
 
 
 def _calls(attempts: list[dict]) -> int:
@@ -244,12 +264,16 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
         chunk = json.loads(payload)
     except json.JSONDecodeError:
         return event
+    if not isinstance(chunk, dict):
+        return event
     if "model" in chunk:
         chunk["model"] = name
     if meta is not None:
         chunk["herd"] = meta
-    for choice in chunk.get("choices") or []:
-        content = (choice.get("delta") or {}).get("content")
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str):
             counts["chars"] += len(content)
     usage = chunk.get("usage")

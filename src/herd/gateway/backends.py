@@ -1,9 +1,11 @@
 """One pool model's backend: its HTTP client, a bound on calls in flight, and a circuit breaker.
 
-A call ends in one of four ways (``Outcome.kind``): ``ok``; ``retry`` (connection failed, 408,
-429, 5xx: try again after a backoff, then fall back); ``fallback`` (timed out, or the backend
-refused herd's credentials or model id: no point retrying it); ``client`` (any other 4xx: the
-request itself is wrong, so every backend would refuse it and the error goes back to the caller).
+A call ends in one of five ways (``Outcome.kind``): ``ok``; ``retry`` (connection failed, 408,
+409, 429, 5xx, an unreadable answer: try again after a backoff, then fall back); ``fallback``
+(timed out, or the backend refused herd's credentials or model id: no point retrying it);
+``too_long`` (the backend says the conversation exceeds its context: try a model with a larger
+window, and if none answers, the caller gets this error); ``client`` (any other 4xx: the request
+itself is wrong, so every backend would refuse it and the error goes back to the caller).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class Backend:
         if self.session is None:
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout_s,
+                # sock_connect, not connect: waiting for a pooled connection is not a connect failure.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
                                               sock_read=self.config.timeout_s),
                 headers=self.headers, auto_decompress=True, trust_env=False,
             )
@@ -107,24 +110,40 @@ class Backend:
 
     async def call(self, body: dict, stream: bool) -> Outcome:
         """One call. For a stream that succeeds, the response stays open and the first SSE event
-        has been read, so a failure before the first byte can still fall back."""
+        has been read, so a failure before the first byte can still fall back; the stream holds
+        its slot until ``finish``."""
         payload = json.dumps({**body, "model": self.config.backend_model}).encode()
-        async with self.slots:
-            self.in_flight += 1
-            self.calls += 1
-            try:
-                outcome = await self._send(payload, stream)
-            except asyncio.CancelledError:
+        await self.slots.acquire()
+        self.in_flight += 1
+        self.calls += 1
+        outcome = None
+        try:
+            outcome = await self._send(payload, stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # an answer so malformed that reading it failed: the backend's fault
+            outcome = Outcome("retry", f"unreadable answer ({type(e).__name__})", 200)
+        finally:
+            if outcome is None:
                 self.circuit.trial = False  # a cancelled trial call proves nothing either way
-                raise
-            finally:
-                self.in_flight -= 1
-        if outcome.kind in ("ok", "client"):
+            if outcome is None or outcome.response is None:
+                self._free()
+        if outcome.kind in ("ok", "client", "too_long"):  # the backend is up and answering
             self.circuit.succeeded()
         else:
             self.circuit.failed()
             self.last_error = outcome.detail
         return outcome
+
+    async def finish(self, outcome: Outcome, completed: bool) -> None:
+        """End a relayed stream: a completed one hands its connection back, any other closes it."""
+        await outcome.events.aclose()
+        outcome.response.release() if completed else outcome.response.close()
+        self._free()
+
+    def _free(self) -> None:
+        self.in_flight -= 1
+        self.slots.release()
 
     async def _send(self, payload: bytes, stream: bool) -> Outcome:
         response = None
@@ -146,6 +165,8 @@ class Backend:
                 return Outcome("ok", "ok", 200, data=data)
             events = sse_events(response)
             first = await anext(events, None)
+            while first is not None and not _has_data(first):  # keep-alive comments commit nothing
+                first = await anext(events, None)
             if first is None:
                 response.close()
                 return Outcome("retry", "stream ended before any data", 200)
@@ -156,7 +177,7 @@ class Backend:
             return _closed(response, Outcome("fallback", "read timeout"))
         except aiohttp.ClientError as e:
             return _closed(response, Outcome("retry", f"connection error ({type(e).__name__})"))
-        except asyncio.CancelledError:
+        except BaseException:
             if response is not None:
                 response.close()
             raise
@@ -189,6 +210,9 @@ def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
         return Outcome("retry", detail, status, body=body, retry_after=retry_after)
     if status in FALLBACK_STATUS:
         return Outcome("fallback", detail, status, body=body)
+    if status == 413 or b"context_length" in body or b"context length" in body.lower():
+        # Too long for this model: a model with a larger window may still take it.
+        return Outcome("too_long", f"{detail} (too long for this model)", status, body=body)
     return Outcome("client", detail, status, body=body)
 
 
@@ -205,6 +229,10 @@ async def sse_events(response: aiohttp.ClientResponse):
             yield event
     if buffer.strip():
         yield buffer
+
+
+def _has_data(event: bytes) -> bool:
+    return any(line.startswith(b"data:") for line in event.splitlines())
 
 
 def _event_end(buffer: bytes) -> int:

@@ -18,6 +18,7 @@ ROUTER_TURNS = 3
 CHARS_PER_TOKEN_WINDOW = 3.0
 CHARS_PER_TOKEN_COST = 4.0
 TOKENS_PER_MESSAGE = 4
+TOKENS_PER_IMAGE = 1000  # a high-detail image is ~765 tokens in OpenAI's accounting
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,16 @@ class ChatRequest:
     model: str
     stream: bool
     router_text: str
+    prompt_tokens_high: int
     prompt_chars: int
     n_messages: int
     max_tokens: int | None
+    n: int = 1
     options: HerdOptions = field(default_factory=HerdOptions)
 
     def window_tokens(self) -> int:
         """Tokens the conversation may need, prompt plus requested completion, estimated high."""
-        prompt = math.ceil(self.prompt_chars / CHARS_PER_TOKEN_WINDOW) + TOKENS_PER_MESSAGE * self.n_messages
-        return prompt + (self.max_tokens or 0)
+        return self.prompt_tokens_high + TOKENS_PER_MESSAGE * self.n_messages + (self.max_tokens or 0)
 
     def prompt_tokens_estimate(self) -> float:
         return self.prompt_chars / CHARS_PER_TOKEN_COST + TOKENS_PER_MESSAGE * self.n_messages
@@ -54,15 +56,17 @@ class ChatRequest:
 
 def parse_chat(raw: bytes) -> ChatRequest:
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise GatewayError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise GatewayError(400, f"request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "'model' is required: 'herd', 'herd:<policy>' or a pool model's name", param="model")
-    stream = body.get("stream", False)
+    stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise GatewayError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream")
     for key in ("n", "max_tokens", "max_completion_tokens"):
@@ -75,10 +79,18 @@ def parse_chat(raw: bytes) -> ChatRequest:
             raise GatewayError(400, f"'{key}' must be a number, got {json.dumps(v)}", param=key)
     texts, users = _read_messages(body.get("messages"))
     options = _options(body)
-    router_text = "\n".join(users[-ROUTER_TURNS:])
+    # The router reads what is being asked: the recent user turns, or else the last message with text.
+    router_text = "\n".join(users[-ROUTER_TURNS:]) or next((t for t in reversed(texts) if t), "")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    # Everything the backend will tokenize: messages, tool calls, tool definitions.
+    extra = [json.dumps(m.get("tool_calls") or m.get("function_call")) for m in body["messages"]
+             if m.get("tool_calls") or m.get("function_call")]
+    if body.get("tools") or body.get("functions"):
+        extra.append(json.dumps(body.get("tools") or body.get("functions")))
     return ChatRequest(body=body, model=model, stream=stream, router_text=router_text,
-                       prompt_chars=sum(map(len, texts)), n_messages=len(texts), max_tokens=max_tokens, options=options)
+                       prompt_tokens_high=sum(_tokens_high(t) for t in texts + extra) + TOKENS_PER_IMAGE * _images(body),
+                       prompt_chars=sum(map(len, texts + extra)), n_messages=len(texts), max_tokens=max_tokens,
+                       n=body.get("n") or 1, options=options)
 
 
 def _read_messages(messages) -> tuple[list[str], list[str]]:
@@ -96,8 +108,6 @@ def _read_messages(messages) -> tuple[list[str], list[str]]:
         texts.append(text)
         if role == "user":
             users.append(text)
-    if not users:
-        raise GatewayError(400, "'messages' has no user turn to answer", param="messages")
     return texts, users
 
 
@@ -114,6 +124,22 @@ def _content_text(content, where: str) -> str:
         return "\n".join(parts)
     raise GatewayError(400, f"{where}.content must be a string or a list of parts, got {type(content).__name__}",
                        param=f"{where}.content")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _tokens_high(text: str) -> int:
+    """A high estimate of tokens: ~3 characters per token for ASCII (English runs ~4), one per
+    character beyond it (CJK text runs near one)."""
+    ascii_chars = sum(c < "\x80" for c in text) if not text.isascii() else len(text)
+    return math.ceil(ascii_chars / CHARS_PER_TOKEN_WINDOW) + (len(text) - ascii_chars)
+
+
+def _images(body: dict) -> int:
+    return sum(1 for m in body["messages"] if isinstance(m.get("content"), list)
+               for part in m["content"] if isinstance(part, dict) and part.get("type") in ("image_url", "input_image"))
 
 
 def _options(body: dict) -> HerdOptions:

@@ -129,7 +129,8 @@ class Selector:
         return est if not np.isnan(est[ok]).any() else self.trained.model_costs
 
     def estimate_cost(self, m, req: ChatRequest) -> float:
-        cost = m.cost(req.prompt_tokens_estimate(), req.max_tokens or self.pool.gateway.default_output_tokens)
+        output = (req.max_tokens or self.pool.gateway.default_output_tokens) * req.n
+        cost = m.cost(req.prompt_tokens_estimate(), output)
         return np.nan if cost is None else cost
 
     def _ineligible(self, m, req: ChatRequest) -> str | None:
