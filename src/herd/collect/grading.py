@@ -1,0 +1,248 @@
+"""Answer extraction and grading: pure functions from a model's text to an answer, and from an
+answer and the gold one to right or wrong.
+
+Extraction follows what lm-evaluation-harness's filters do for these tasks: an explicit
+final-answer marker first (GSM8K's ``####``, "The answer is", ``\\boxed{}``), then a fallback
+(the last number; the last standalone choice letter). ``None`` means no answer was found,
+which grades as wrong, never as a failed call.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import string
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Optional
+
+_NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+"
+_MARKERS = (r"####\s*", r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*")
+
+
+def _boxed(text: str) -> Optional[str]:
+    """The contents of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        rest = text[start:].split(None, 1)  # \boxed 5
+        return rest[1].split("$")[0].strip() if len(rest) > 1 else None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
+def canonical_number(text: str) -> Optional[str]:
+    """'1,234.50' -> '1234.5', '$18' -> '18', '3/4' -> '0.75', '-0' -> '0'; None if not a number."""
+    t = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    t = re.sub(r"(?<=\d)(?:%|[a-zA-Z]+)$", "", t)  # trailing units: 18%, 30cm
+    try:
+        value = Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value.denominator == 1:
+        return str(value.numerator)
+    return repr(float(value))
+
+
+def extract_number(text: str) -> Optional[str]:
+    """The final numeric answer: after '####', 'The answer is', or in \\boxed{}; else the last number."""
+    if not text:
+        return None
+    boxed = _boxed(text)
+    if boxed is not None and (n := _first_number(boxed)) is not None:
+        return n
+    for marker in _MARKERS:
+        found = re.findall(marker + f"({_NUMBER})", text, flags=re.IGNORECASE)
+        if found:
+            return canonical_number(found[-1])
+    numbers = re.findall(_NUMBER, text)
+    return canonical_number(numbers[-1]) if numbers else None
+
+
+def _first_number(text: str) -> Optional[str]:
+    m = re.search(_NUMBER, text)
+    return canonical_number(m.group(0)) if m else None
+
+
+def same_number(answer: Optional[str], gold: str) -> bool:
+    if answer is None:
+        return False
+    a, g = canonical_number(answer), canonical_number(gold)
+    if a is None or g is None:
+        return False
+    return math.isclose(float(Fraction(a)), float(Fraction(g)), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def gsm8k_gold(answer: str) -> str:
+    """GSM8K's reference solution ends with '#### <number>'."""
+    return canonical_number(answer.rsplit("####", 1)[-1]) or answer.strip()
+
+
+def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
+    """A multiple-choice letter: 'answer is (B)', 'Answer: B', \\boxed{B}; else the last
+    standalone letter in parentheses or on its own."""
+    if not text:
+        return None
+    cls = f"[{letters}]"
+    boxed = _boxed(text)
+    if boxed is not None and (m := re.fullmatch(rf"\s*\(?({cls})\)?\s*", boxed.replace("\\text{", "").replace("}", ""))):
+        return m.group(1)
+    found = re.findall(rf"answer\s*(?:is|:)?\s*:?\s*\(?\**({cls})\b\)?", text, flags=re.IGNORECASE)
+    if found:
+        return found[-1].upper()
+    found = re.findall(rf"\(({cls})\)", text)
+    if found:
+        return found[-1]
+    found = re.findall(rf"(?:^|\s)({cls})[.):]?\s*$", text.strip(), flags=re.MULTILINE)
+    return found[-1] if found else None
+
+
+def normalize_text(text: str) -> str:
+    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    t = text.lower()
+    t = "".join(c for c in t if c not in set(string.punctuation))
+    t = re.sub(r"\b(a|an|the)\b", " ", t)
+    return " ".join(t.split())
+
+
+def extract_final_line(text: str) -> Optional[str]:
+    """A free-text answer: after 'The answer is', else the last non-empty line."""
+    if not text or not text.strip():
+        return None
+    found = re.findall(r"answer\s*(?:is|:)\s*:?\s*(.+)", text, flags=re.IGNORECASE)
+    if found:
+        return found[-1].strip().rstrip(".")
+    return text.strip().splitlines()[-1].strip()
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text.strip().strip("'\"")
+
+
+def extract_literal(text: str) -> Optional[str]:
+    """A Python value: the contents of a ``` block or after 'answer is'/'==' , else the last line."""
+    if not text or not text.strip():
+        return None
+    block = re.findall(r"```(?:python)?\s*\n?(.*?)```", text, flags=re.DOTALL)
+    if block:
+        text = block[-1]
+    m = re.findall(r"(?:answer\s*(?:is|:)|==)\s*(.+)", text, flags=re.IGNORECASE)
+    if m:
+        return m[-1].strip().rstrip(".")
+    return text.strip().splitlines()[-1].strip()
+
+
+def same_literal(answer: Optional[str], gold: str) -> bool:
+    if answer is None:
+        return False
+    return _literal(answer) == _literal(gold)
+
+
+_LATEX_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^\\circ", "^{\\circ}", "\\%", "%", "\\$", "$")
+
+
+def normalize_latex(text: str) -> str:
+    """Enough LaTeX normalization for MATH-style answers to compare equal when they are."""
+    t = _boxed(text) if "\\boxed" in text or "\\fbox" in text else text
+    t = (t or "").strip()
+    t = re.sub(r"\\text\{\s*([^}]*)\}", r"\1", t)
+    t = re.sub(r"\\(?:mbox|mathrm|textbf)\{\s*([^}]*)\}", r"\1", t)
+    for token in _LATEX_DROP:
+        t = t.replace(token, "")
+    t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\le", "\\leq").replace("\\leqq", "\\leq")
+    t = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", t)  # \frac12
+    t = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", t)
+    t = re.sub(r"^\s*[a-zA-Z]\s*=\s*", "", t)  # x = 5
+    t = re.sub(r"\s*(?:units?|degrees?|cm|inches|dollars|meters)\s*$", "", t)
+    t = t.replace(" ", "").rstrip(".")
+    t = re.sub(r"(\d),(\d{3})(?!\d)", r"\1\2", t)
+    if re.fullmatch(r"\.\d+", t):
+        t = "0" + t
+    return t
+
+
+def _latex_value(t: str) -> Optional[float]:
+    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", t)
+    if m:
+        return (-1 if m.group(1) else 1) * int(m.group(2)) / int(m.group(3)) if int(m.group(3)) else None
+    n = canonical_number(t)
+    return float(Fraction(n)) if n is not None else None
+
+
+def extract_math(text: str) -> Optional[str]:
+    """A MATH-style answer: the last \\boxed{}, else after 'The answer is', else the last $...$."""
+    if not text:
+        return None
+    boxed = _boxed(text)
+    if boxed is not None:
+        return boxed
+    found = re.findall(r"answer\s*(?:is|:)\s*:?\s*\$?([^$\n]+?)\$?\s*\.?\s*$", text, flags=re.IGNORECASE | re.MULTILINE)
+    if found:
+        return found[-1]
+    found = re.findall(r"\$([^$]+)\$", text)
+    return found[-1] if found else None
+
+
+def same_math(answer: Optional[str], gold: str) -> bool:
+    if answer is None:
+        return False
+    a, g = normalize_latex(answer), normalize_latex(gold)
+    if a == g:
+        return True
+    va, vg = _latex_value(a), _latex_value(g)
+    return va is not None and vg is not None and math.isclose(va, vg, rel_tol=1e-6, abs_tol=1e-9)
+
+
+@dataclass(frozen=True)
+class Grader:
+    name: str
+    extract: Callable[[str], Optional[str]]
+    correct: Callable[[Optional[str], str], bool]
+    description: str
+
+
+GRADERS = {
+    "number": Grader("number", extract_number, same_number, "final number (GSM8K style)"),
+    "choice": Grader("choice", extract_choice, lambda a, g: a is not None and a.upper() == g.strip().strip("()").upper(),
+                     "multiple-choice letter A-J"),
+    "exact": Grader("exact", lambda t: t.strip() if t and t.strip() else None,
+                    lambda a, g: a is not None and a == g.strip(), "the whole answer, exactly"),
+    "string": Grader("string", extract_final_line,
+                     lambda a, g: a is not None and normalize_text(a) == normalize_text(g),
+                     "final line, normalized (case, punctuation, articles)"),
+    "literal": Grader("literal", extract_literal, same_literal, "Python literal (CRUXEval style)"),
+    "math": Grader("math", extract_math, same_math, "LaTeX-normalized expression or equal number (MATH style)"),
+}
+
+
+def get_grader(name: str) -> Grader:
+    try:
+        return GRADERS[name]
+    except KeyError:
+        raise ValueError(f"unknown grader {name!r}; choose from {sorted(GRADERS)}") from None
+
+
+def majority(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> Optional[str]:
+    """The most common extracted answer (answers that grade equal count together); ties go to
+    the one seen first; no answers -> None."""
+    groups: list[list[str]] = []
+    for a in answers:
+        if a is None:
+            continue
+        for g in groups:
+            if same(a, g[0]):
+                g.append(a)
+                break
+        else:
+            groups.append([a])
+    return max(groups, key=len)[0] if groups else None
