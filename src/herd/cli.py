@@ -271,7 +271,7 @@ def _read_queries(path: str) -> tuple[list, list[str]]:
 
     ids, texts = [], []
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text().split("\n")  # not splitlines(): JSON strings may hold U+2028
     except OSError as e:
         raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
     for n, line in enumerate(lines, 1):
