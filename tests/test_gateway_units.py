@@ -9,7 +9,7 @@ import pytest
 
 from herd import artifact
 from herd.data import Outcomes
-from herd.gateway.backends import Circuit
+from herd.backends import Circuit
 from herd.gateway.chat import parse_chat
 from herd.gateway.errors import GatewayError
 from herd.gateway.selection import Selector

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from herd import __version__
 from herd.gateway import telemetry as tm
-from herd.gateway.backends import Backend, Outcome
+from herd.backends import Backend, Outcome
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.errors import GatewayError, error_body, error_response
 from herd.gateway.selection import Plan, Selector

@@ -1,4 +1,5 @@
-"""One pool model's backend: its HTTP client, a bound on calls in flight, and a circuit breaker.
+"""One pool model's OpenAI-compatible backend: its HTTP client, a bound on calls in flight, and a
+circuit breaker. The gateway and collection both call models through it.
 
 A call ends in one of five ways (``Outcome.kind``): ``ok``; ``retry`` (connection failed, 408,
 409, 429, 5xx, an unreadable answer: try again after a backoff, then fall back); ``fallback``
@@ -79,7 +80,6 @@ class Backend:
     def __init__(self, config: ModelConfig, settings: GatewaySettings):
         self.config = config
         self.settings = settings
-        self.url = f"{config.base_url}/chat/completions"
         self.headers = {"content-type": "application/json"}
         key = config.api_key()
         if key:
@@ -108,8 +108,8 @@ class Backend:
         delay = random.uniform(0, min(cap, self.settings.backoff_s * 2 ** attempt))
         return min(cap, max(delay, retry_after or 0.0))
 
-    async def call(self, body: dict, stream: bool) -> Outcome:
-        """One call. For a stream that succeeds, the response stays open and the first SSE event
+    async def call(self, body: dict, stream: bool = False, path: str = "/chat/completions") -> Outcome:
+        """One call to ``path`` (``/chat/completions`` or ``/completions``). For a stream that succeeds, the response stays open and the first SSE event
         has been read, so a failure before the first byte can still fall back; the stream holds
         its slot until ``finish``."""
         payload = json.dumps({**body, "model": self.config.backend_model}).encode()
@@ -118,7 +118,7 @@ class Backend:
         self.calls += 1
         outcome = None
         try:
-            outcome = await self._send(payload, stream)
+            outcome = await self._send(self.config.base_url + path, payload, stream)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # an answer so malformed that reading it failed: the backend's fault
@@ -145,10 +145,10 @@ class Backend:
         self.in_flight -= 1
         self.slots.release()
 
-    async def _send(self, payload: bytes, stream: bool) -> Outcome:
+    async def _send(self, url: str, payload: bytes, stream: bool) -> Outcome:
         response = None
         try:
-            response = await self._session().post(self.url, data=payload)
+            response = await self._session().post(url, data=payload)
             if response.status != 200:
                 body = await response.read()
                 response.release()
