@@ -67,7 +67,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
                                 (b"content-length", str(len(body)).encode()), *headers]})
         await send({"type": "http.response.body", "body": body})
 
-    async def chat(receive, send, headers: dict) -> None:
+    async def chat(receive, send, headers: dict, completion: bool = False) -> None:
         raw = b""
         while True:
             msg = await receive()
@@ -94,6 +94,9 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         text = f"{name}: {_text(user[-1].get('content')) if user else ''}"
         prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
+        if completion:  # a base model continuing the prompt: echo its last line
+            prompt = str(body.get("prompt", ""))
+            text, prompt_chars = f"{name}: {prompt.rstrip().splitlines()[-1] if prompt.strip() else ''}", len(prompt)
         usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if context_tokens and usage["prompt_tokens"] > context_tokens:
@@ -106,6 +109,9 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.get("model", name)}
 
+        if completion:
+            choices = [{"index": 0, "text": text, "finish_reason": "stop"}]
+            return await reply(send, 200, {**base, "object": "text_completion", "choices": choices, "usage": usage})
         if not body.get("stream"):
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                        for i in range(int(body.get("n") or 1))]
@@ -146,9 +152,9 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/")
-        if method == "POST" and path == "/v1/chat/completions":
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            return await chat(receive, send, headers)
+            return await chat(receive, send, headers, completion=path == "/v1/completions")
         if method == "GET" and path == "/v1/models":
             return await reply(send, 200, {"object": "list", "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "fake"}]})

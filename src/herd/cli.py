@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from herd import __version__
 
@@ -346,6 +346,134 @@ def serve(
     finally:
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+@app.command()
+def collect(
+    pool: str = typer.Argument(..., help="Pool file (YAML): the models to ask; see README 'Serve'."),
+    task: str = typer.Option(..., "--task", help="gsm8k, SOURCE/BENCHMARK of an outcome dataset with gold answers "
+                             "(e.g. zeroeval/math-l5), or a JSONL file of {\"id\", \"question\", \"answer\"}."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory: the call log and the outcome tables go here."),
+    split: str = typer.Option("test", "--split", help="gsm8k: test or train."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Ask only the first N questions."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N questions."),
+    samples: int = typer.Option(1, "--samples", min=1, help="Answers per question and model; maj@k and the share "
+                                "of samples right are both recorded."),
+    grader: Optional[str] = typer.Option(None, "--grader", help="number, choice, exact, string, literal or math "
+                                         "(default: the task's own; exact for JSONL tasks)."),
+    shots: int = typer.Option(5, "--shots", min=0, help="Few-shot examples for completion-style (base) models."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Directory overriding zcot.txt, "
+                                            "fcot_example.txt and/or fcot_query.txt."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: 0 for one sample, 0.7 for more."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1),
+    models: Optional[list[str]] = typer.Option(None, "--models", help="Only these pool models."),
+    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries of a failing call before it is "
+                                    "recorded as a failure."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing the few-shot examples."),
+    data_dir: Optional[str] = typer.Option(None, "--data", help="Where gsm8k and outcome-dataset tasks are read."),
+) -> None:
+    """Ask every pool model the task's questions, grade the answers, and record outcomes.
+
+    \b
+    herd collect pool.yaml --task gsm8k --limit 500 --samples 10 -o runs/gsm8k
+    herd collect pool.yaml --task my_tasks.jsonl --grader number -o runs/mine
+    herd eval runs/gsm8k
+
+    Every finished call is logged to OUT/calls.jsonl at once; rerunning the same command after
+    Ctrl-C or a crash asks only what is missing. OUT then holds outcomes.parquet, queries.parquet
+    and models.csv in the unified format.
+    """
+    import asyncio
+
+    from herd.collect import recorder
+    from herd.collect.prompts import Prompts
+    from herd.collect.runner import Sampling, run
+    from herd.collect.tasks import TaskError, load_task
+    from herd.pool import load_pool
+
+    try:
+        config, _ = load_pool(pool)
+        chosen = _split_list(models)
+        unknown = sorted(set(chosen or []) - set(config.names))
+        if unknown:
+            _fail(f"--models {unknown} not in the pool {config.names}")
+        pool_models = [m for m in config.models if chosen is None or m.name in chosen]
+        the_task = load_task(task, data_dir=Path(data_dir) if data_dir else None, split=split, limit=limit,
+                             offset=offset, grader=grader)
+        prompts = Prompts.load(templates, shots=shots, seed=seed)
+        sampling = Sampling(samples, temperature, max_tokens, max_retries)
+        run_config = {"task": the_task.name, "split": split, "grader": the_task.grader,
+                      "prompts": prompts.fingerprint(), **sampling.describe()}
+        keys = {m.name: recorder.config_key(run_config, m) for m in pool_models}
+        rec = recorder.Recorder(Path(out), keys)
+    except (TaskError, recorder.RunLocked, *_usage_errors()) as e:
+        _fail(str(e))
+    recorder.write_run_info(Path(out), run_config, keys)
+    aside = rec.set_aside()
+    if aside:
+        err.print(f"[yellow]note:[/] {sum(aside.values())} recorded answers from other settings are set aside, not mixed "
+                  f"in ({', '.join(f'{k}: {v}' for k, v in aside.items())})")
+    n_calls = len(the_task.items) * samples * len(pool_models)
+    already = len(rec.done())
+    console.print(f"{the_task.name}: {len(the_task.items)} questions x {len(pool_models)} models x {samples} sample(s) "
+                  f"= {n_calls} calls; {already} already recorded in {out}")
+    started = time.perf_counter()
+    interrupted = False
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
+        ids = {}
+
+        def on_call(name, tally):
+            if name not in ids:
+                return
+            spent = time.perf_counter() - started
+            rate = (tally.answered + tally.failed) / spent if spent > 0 else 0.0
+            bar.update(ids[name], completed=tally.answered + tally.failed,
+                       info=f"{rate:5.1f}/s {tally.tokens:>8,} tok ${tally.cost:.4f}" + (f" {tally.failed} failed" if tally.failed else ""))
+
+        recorded = rec.done()
+        todo = {m.name: sum((m.name, i.id, s) not in recorded for i in the_task.items for s in range(samples))
+                for m in pool_models}
+        for m in pool_models:
+            ids[m.name] = bar.add_task(m.name, total=todo[m.name], info="")
+        try:
+            tallies = asyncio.run(run(the_task, pool_models, prompts, sampling, rec, on_call))
+        except KeyboardInterrupt:
+            interrupted = True
+    counts = recorder.compact(rec, the_task, pool_models, samples)
+    rec.close()
+    if interrupted:
+        err.print(f"interrupted: what finished is recorded; run the same command to ask the rest")
+        raise typer.Exit(130)
+    _collect_summary(rec, pool_models, tallies, samples)
+    console.print(f"wrote {counts['outcomes']} outcomes on {counts['queries']} questions to {Path(out).resolve()} "
+                  f"in {time.perf_counter() - started:.1f} s; next: herd eval {out}")
+
+
+def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
+    import pandas as pd
+    from rich.table import Table
+
+    outcomes = pd.read_parquet(rec.out / "outcomes.parquet")
+    t = Table(title="collected", show_header=True)
+    scores = ["accuracy"] if samples == 1 else [f"maj@{samples}", "samples right"]
+    for col in ("model", "questions", *scores, "latency s", "tokens out", "cost/query $", "failed calls"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for m in pool_models:
+        o = outcomes[outcomes["model"] == m.name]
+        tally = tallies[m.name]
+
+        def pct(col):
+            return f"{100 * o[col].mean():.1f}%" if len(o) else "-"
+
+        def mean(col, fmt):
+            return format(o[col].mean(), fmt) if o[col].notna().any() else "-"
+
+        t.add_row(m.name, str(len(o)), *([pct("correct")] if samples == 1 else [pct("correct"), pct("share_correct")]),
+                  mean("latency_s", ".2f"), mean("output_tokens", ".0f"), mean("cost_usd", ".2g"),
+                  str(tally.failed) + (f" ({', '.join(tally.errors)})" if tally.errors else ""))
+    console.print(t)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""`herd collect`: ask a pool the questions of a task, grade the answers, record outcomes."""
