@@ -476,6 +476,48 @@ def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
     console.print(t)
 
 
+@app.command("import")
+def import_cmd(
+    kind: str = typer.Argument(..., help="lm-eval, long, routerbench or routellm."),
+    paths: list[str] = typer.Argument(..., help="Files to import (lm-eval: samples_*.jsonl; routellm: *.csv)."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory to write the unified format to."),
+    model: Optional[str] = typer.Option(None, "--model", help="lm-eval: the model's name (default: the folder "
+                                        "lm-eval wrote the samples under)."),
+    filter_name: Optional[str] = typer.Option(None, "--filter", help="lm-eval: which answer filter to keep when a task "
+                                              "has several (default: the first in the file)."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="long: benchmark name when the file has no "
+                                            "benchmark column (default: the file name)."),
+) -> None:
+    """Import outcomes recorded by other tools into herd's unified format, ready for `herd eval`.
+
+    \b
+    herd import lm-eval results/my-model/samples_gsm8k_*.jsonl -o runs/imported
+    herd import long outcomes.csv -o runs/mine          # qid, model, correct, text[, cost_usd, ...]
+    herd import routerbench routerbench_0shot.pkl -o runs/routerbench
+    herd import routellm mmlu/responses/*.csv -o runs/routellm-mmlu
+    """
+    from herd import importers
+
+    files = [Path(p) for p in paths]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        _fail(f"no such file(s): {missing}")
+    readers = {"lm-eval": lambda: importers.lm_eval(files, model, filter_name),
+               "long": lambda: importers.long_table(files[0], benchmark) if len(files) == 1 else _fail("long takes one file"),
+               "routerbench": lambda: importers.routerbench(files[0]) if len(files) == 1 else _fail("routerbench takes one file"),
+               "routellm": lambda: importers.routellm(files)}
+    if kind not in readers:
+        _fail(f"unknown format {kind!r}; choose from {sorted(readers)}")
+    try:
+        frames = readers[kind]()
+    except importers.ImportFileError as e:
+        _fail(str(e))
+    importers.write(Path(out), frames)
+    queries, outcomes, pool = frames
+    console.print(f"imported {len(outcomes)} outcomes: {len(queries)} questions x {len(pool)} models "
+                  f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")
+
+
 @app.command()
 def routers() -> None:
     """List the routers herd can train."""

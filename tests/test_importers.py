@@ -1,0 +1,151 @@
+"""`herd import` on small files in each tool's real format, and on broken ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from herd import importers
+from herd.data import Outcomes
+
+
+def herd(*args):
+    return subprocess.run([sys.executable, "-m", "herd", *args], capture_output=True, text=True, timeout=120)
+
+
+def gsm8k_sample(doc_id: int, flt: str, right: bool) -> dict:
+    question = f"Tom has {doc_id} apples and buys 2 more. How many apples does he have?"
+    return {"doc_id": doc_id, "doc": {"question": question, "answer": f"{doc_id}+2={doc_id + 2}\n#### {doc_id + 2}"},
+            "target": f"{doc_id}+2={doc_id + 2}\n#### {doc_id + 2}",
+            "arguments": {"gen_args_0": {"arg_0": f"Question: {question}\nAnswer:", "arg_1": {"until": ["Question:"]}}},
+            "resps": [[f"He has {doc_id + 2 if right else 0} apples. #### {doc_id + 2 if right else 0}"]],
+            "filtered_resps": [str(doc_id + 2 if right else 0)], "filter": flt, "metrics": ["exact_match"],
+            "doc_hash": "x", "prompt_hash": "y", "target_hash": "z", "exact_match": float(right)}
+
+
+def mmlu_sample(doc_id: int, right: bool) -> dict:
+    return {"doc_id": doc_id, "doc": {"question": f"Which is prime? ({doc_id})", "subject": "math",
+                                      "choices": ["4", "6", "7", "9"], "answer": 2},
+            "target": 2, "arguments": {"gen_args_0": {"arg_0": "Which is prime?\nAnswer:", "arg_1": " A"}},
+            "resps": [[["-2.1", "False"]], [["-1.5", "False"]], [["-0.2", "True"]], [["-3.0", "False"]]],
+            "filtered_resps": [["-2.1", "False"]], "filter": "none", "metrics": ["acc", "acc_norm"],
+            "acc": 1.0 if right else 0.0, "acc_norm": 1.0}
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_lm_eval_samples_from_two_models(tmp_path):
+    files = []
+    for model, skill in (("llama-8b", 0), ("qwen-7b", 1)):
+        rows = [gsm8k_sample(i, flt, (i + skill) % 2 == 0) for i in range(30) for flt in ("strict-match", "flexible-extract")]
+        files.append(write_jsonl(tmp_path / "results" / model / "samples_gsm8k_2025-01-02T03-04-05.123.jsonl", rows))
+        files.append(write_jsonl(tmp_path / "results" / model / "samples_mmlu_math_2025-01-02T03-04-05.123.jsonl",
+                                 [mmlu_sample(i, i % 3 != skill) for i in range(30)]))
+    queries, outcomes, models = importers.lm_eval(files)
+    assert set(models["model"]) == {"llama-8b", "qwen-7b"} and len(outcomes) == 2 * 30 * 2
+    gsm = outcomes[(outcomes["benchmark"] == "gsm8k") & (outcomes["model"] == "llama-8b")]
+    assert gsm["correct"].mean() == 0.5  # one filter kept, not both
+    assert queries.set_index("qid").loc["0"].iloc[0]["text"].startswith("Tom has 0 apples")
+    r = herd("import", "lm-eval", *map(str, files), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    data = Outcomes.load(tmp_path / "out")
+    assert set(data.matrix().models) == {"llama-8b", "qwen-7b"}
+
+
+def test_lm_eval_filter_and_model_options(tmp_path):
+    rows = [gsm8k_sample(0, "strict-match", False), gsm8k_sample(0, "flexible-extract", True)]
+    f = write_jsonl(tmp_path / "x" / "samples_gsm8k.jsonl", rows)
+    _, outcomes, _ = importers.lm_eval([f], model="mine", filter_name="flexible-extract")
+    assert outcomes["model"].tolist() == ["mine"] and outcomes["correct"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("name, lines, message", [
+    ("results.json", ['{"results": {}}'], "not an lm-eval samples file"),
+    ("samples_gsm8k.jsonl", ["{broken"], "line 1: not valid JSON"),
+    ("samples_gsm8k.jsonl", ['{"doc": {}}'], "line 1: no doc_id"),
+    ("samples_gsm8k.jsonl", ['{"doc_id": 0, "doc": {}, "bleu": 3.2}'], "no per-sample right/wrong metric"),
+    ("samples_gsm8k.jsonl", ['{"doc_id": 0, "doc": {}, "acc": 2.0}'], "acc=2.0 is not in [0, 1]"),
+])
+def test_lm_eval_bad_files(tmp_path, name, lines, message):
+    f = tmp_path / name
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(importers.ImportFileError) as e:
+        importers.lm_eval([f])
+    assert message in str(e.value)
+
+
+def test_long_table(tmp_path):
+    rows = [{"qid": q, "model": m, "correct": int((q + len(m)) % 2), "text": f"question {q}", "cost_usd": 0.001}
+            for q in range(25) for m in ("a", "bb")]
+    f = tmp_path / "mine.csv"
+    pd.DataFrame(rows).to_csv(f, index=False)
+    queries, outcomes, models = importers.long_table(f)
+    assert set(outcomes["benchmark"]) == {"mine"} and len(queries) == 25 and outcomes["cost_usd"].notna().all()
+    r = herd("import", "long", str(f), "-o", str(tmp_path / "out"), "--benchmark", "quiz")
+    assert r.returncode == 0, r.stderr
+    assert set(pd.read_parquet(tmp_path / "out" / "outcomes.parquet")["benchmark"]) == {"quiz"}
+    pd.DataFrame([{"qid": 1, "model": "a", "correct": "maybe", "text": "q"}]).to_csv(f, index=False)
+    with pytest.raises(importers.ImportFileError, match="row 2: correct='maybe' is not a number"):
+        importers.long_table(f)
+    pd.DataFrame([{"qid": 1, "model": "a", "correct": 1}]).to_csv(f, index=False)
+    with pytest.raises(importers.ImportFileError, match="no 'text' column"):
+        importers.long_table(f)
+
+
+def test_routerbench_wide_table(tmp_path):
+    models = ["gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"]
+    rows = []
+    for i in range(24):
+        row = {"sample_id": f"mmlu-anatomy.val.{i}", "prompt": f"Anatomy question {i}?", "eval_name": "mmlu-anatomy",
+               "oracle_model_to_route_to": models[i % 2]}
+        for j, m in enumerate(models):
+            row[m] = float((i + j) % 2 == 0)
+            row[f"{m}|model_response"] = "B"
+            row[f"{m}|total_cost"] = 0.01 / (j + 1)
+        rows.append(row)
+    pkl = tmp_path / "routerbench_0shot.pkl"
+    pd.DataFrame(rows).to_pickle(pkl)
+    queries, outcomes, pool = importers.routerbench(pkl)
+    assert list(pool["model"]) == models and len(outcomes) == 48 and outcomes["cost_usd"].max() == 0.01
+    r = herd("import", "routerbench", str(pkl), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    pd.DataFrame([{"sample_id": 1, "prompt": "x"}]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(importers.ImportFileError, match=r"missing RouterBench column\(s\) \['eval_name'\]"):
+        importers.routerbench(tmp_path / "bad.csv")
+
+
+def test_routellm_response_csvs(tmp_path):
+    mmlu = tmp_path / "mmlu_anatomy.csv"
+    pd.DataFrame({"prompt": [f"Q{i}\nA. x\nB. y\nAnswer:" for i in range(22)],
+                  "mixtral-8x7b-instruct-v0.1": [i % 2 == 0 for i in range(22)],
+                  "gpt-4-1106-preview": [True] * 22}).to_csv(mmlu, index=False)
+    gsm = tmp_path / "gsm8k_responses.csv"
+    pd.DataFrame({"prompt": [f"Word problem {i}" for i in range(22)], "mixtral-8x7b-instruct-v0.1": [True] * 22,
+                  "gpt-4-1106-preview": [False] * 22, "mixtral-8x7b-instruct-v0.1_response": ["#### 3"] * 22,
+                  "gpt-4-1106-preview_response": ["3"] * 22}).to_csv(gsm, index=False)
+    queries, outcomes, pool = importers.routellm([mmlu, gsm])
+    assert set(outcomes["benchmark"]) == {"mmlu", "gsm8k"} and len(pool) == 2 and len(outcomes) == 88
+    assert outcomes[outcomes["benchmark"] == "gsm8k"]["output_chars"].notna().all()
+    r = herd("import", "routellm", str(mmlu), str(gsm), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0 and "imported 88 outcomes" in r.stdout, r.stderr
+    bad = tmp_path / "mmlu_bad.csv"
+    pd.DataFrame({"prompt": ["q"], "m": ["perhaps"]}).to_csv(bad, index=False)
+    with pytest.raises(importers.ImportFileError, match="row 2: column 'm' holds 'perhaps'"):
+        importers.routellm([bad])
+
+
+def test_import_command_errors(tmp_path):
+    r = herd("import", "csv", str(tmp_path / "x.csv"), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no such file(s)" in r.stderr
+    f = tmp_path / "x.csv"
+    f.write_text("a\n1\n")
+    r = herd("import", "csv", str(f), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown format 'csv'" in r.stderr and "Traceback" not in r.stderr
