@@ -1,8 +1,10 @@
-"""Real chat requests, plain and streamed, routed by herd to a real local LLM (llama.cpp's server
-with Gemma 3 270M). Needs the [local] extra; skipped without it. The model is tiny, so only the
-plumbing is checked, not the answers."""
+"""A real local LLM (llama.cpp's server with Gemma 3 270M): chat requests, plain and streamed, routed
+through herd to it, and `herd collect` asking it in both prompt styles. Needs the [local] extra;
+skipped without it. The model is tiny, so only the plumbing is checked, not the answers."""
 
 from __future__ import annotations
+
+import json
 
 import openai
 import pytest
@@ -50,3 +52,38 @@ def test_streamed_from_the_local_model(gateway):
     assert all(ch.model == "gemma-3-270m" for ch in chunks)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text.strip() and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_collect_from_the_local_model_in_both_prompt_styles(tmp_path):
+    """GSM8K questions asked of the real local model, chat (ZCoT) and completion (FCoT), then
+    asked again: the second run finds everything recorded."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from test_collect import write_gsm8k
+
+    proc, url = start_local_model()
+    try:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([
+            {"name": "gemma-chat", "base_url": url, "model": "gemma-3-270m", "timeout_s": 120, "max_concurrency": 1},
+            {"name": "gemma-base", "base_url": url, "model": "gemma-3-270m", "prompt_style": "completion",
+             "timeout_s": 120, "max_concurrency": 1},
+        ]))
+        data = write_gsm8k(tmp_path / "data", n_test=4, n_train=6)
+        args = [sys.executable, "-m", "herd", "collect", str(pool), "--task", "gsm8k", "--data", str(data),
+                "--samples", "2", "--shots", "2", "--max-tokens", "48", "-o", str(tmp_path / "run")]
+        first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stderr
+        o = pd.read_parquet(tmp_path / "run" / "outcomes.parquet")
+        assert len(o) == 8 and set(o["model"]) == {"gemma-chat", "gemma-base"} and (o["samples"] == 2).all()
+        assert (o["output_tokens"] > 0).all() and (o["latency_s"] > 0).all()
+        calls = [json.loads(line) for line in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
+        assert len(calls) == 16 and all(c["ok"] and c["text"] for c in calls)
+        again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "16 already recorded" in " ".join(again.stdout.split())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
