@@ -100,15 +100,19 @@ async def run(task: Task, models: list[ModelConfig], prompts: Prompts, sampling:
         if on_call:
             on_call(model.name, tally)
 
-    jobs = []
+    async def worker(model: ModelConfig, todo) -> None:
+        for item, sample in todo:
+            await ask(model, item, sample)
+
+    workers = []
     for model in models:
         todo = [(item, s) for item in task.items for s in range(sampling.samples)
                 if (model.name, item.id, s) not in done]
         tallies[model.name].todo = len(todo)
-        jobs += [ask(model, item, s) for item, s in todo]
+        shared = iter(todo)  # max_concurrency workers per model draw from one queue
+        workers += [worker(model, shared) for _ in range(min(model.max_concurrency, len(todo)))]
     try:
-        # Backends bound their own concurrency; one task per call keeps every backend busy.
-        await asyncio.gather(*jobs)
+        await asyncio.gather(*workers)
     finally:
         await asyncio.gather(*(b.close() for b in backends.values()))
     return tallies
