@@ -267,20 +267,10 @@ def route(
 
 
 def _read_queries(path: str) -> tuple[list, list[str]]:
-    import json
+    from herd.jsonl import read_jsonl
 
     ids, texts = [], []
-    try:
-        lines = Path(path).read_text().split("\n")  # not splitlines(): JSON strings may hold U+2028
-    except OSError as e:
-        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+    for n, rec in read_jsonl(path):
         text = rec.get("text", rec.get("question")) if isinstance(rec, dict) else None
         if not isinstance(text, str):
             raise ValueError(f'{path}, line {n}: needs a string field "text" (or "question")')

@@ -6,11 +6,12 @@ with the file, the line or column, and what is wrong."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 import pandas as pd
+
+from herd.jsonl import read_jsonl
 
 SOURCE = "imported"
 # lm-eval's per-sample metrics that say right (1) or wrong (0), in the order they are preferred.
@@ -47,13 +48,7 @@ def lm_eval(paths: list[Path], model: str | None = None, filter_name: str | None
             raise ImportFileError(f"{path}: not an lm-eval samples file (expected samples_<task>_<date>.jsonl)")
         task, who = m.group(1), model or path.parent.name
         chosen = filter_name
-        for n, line in enumerate(path.read_text().split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                s = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ImportFileError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        for n, s in read_jsonl(path, ImportFileError):
             if not isinstance(s, dict) or "doc_id" not in s:
                 raise ImportFileError(f"{path}, line {n}: no doc_id; is this an lm-eval --log_samples file?")
             flt = s.get("filter")

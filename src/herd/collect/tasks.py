@@ -3,7 +3,6 @@ examples for few-shot prompts that never overlaps the questions being asked."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from herd.collect.grading import get_grader, gsm8k_gold
+from herd.jsonl import read_jsonl
 
 
 class TaskError(ValueError):
@@ -73,22 +73,11 @@ def load_task(spec: str, *, data_dir: Path | None = None, split: str = "test", l
     return Task(task.name, task.source, task.benchmark, task.grader, asked, exemplars)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        lines = path.read_text().split("\n")  # not splitlines(): JSON strings may hold U+2028
-    except OSError as e:
-        raise TaskError(f"{path}: cannot be read ({e.strerror or e})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = read_jsonl(path, TaskError)
+    for n, row in rows:
         if not isinstance(row, dict):
             raise TaskError(f"{path}, line {n}: expected an object")
-        rows.append((n, row))
     return rows
 
 
