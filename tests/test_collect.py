@@ -35,7 +35,7 @@ def herd(*args, **kw):
 
 @pytest.fixture
 def pool(tmp_path):
-    backends = [start_backend(name="chatty", delay_s=0.02),
+    backends = [start_backend(name="chatty", delay_s=0.02, rate_limit_rate=0.2, seed=5),  # 429s with Retry-After: 0
                 start_backend(name="base", delay_s=0.02, fail_rate=0.2, seed=4)]
     path = tmp_path / "pool.yaml"
     path.write_text(f"""models:
@@ -61,6 +61,8 @@ def test_collect_records_grades_and_feeds_eval(tmp_path, pool):
     assert "maj@2" in r.stdout and "next: herd eval" in r.stdout
     o = pd.read_parquet(run / "outcomes.parquet")
     assert len(o) == 50 and set(o["model"]) == {"chatty", "base"} and (o["samples"] == 2).all()
+    log = read_log(run)
+    assert all(c["ok"] for c in log) and any(c["attempts"] > 1 for c in log if c["model"] == "chatty")  # 429s retried
     # The chat model echoes the question, whose last number is i + 1 = the gold answer... for 'what is i + 1?'
     # the last number is 1, so only question 0 is right: grading really happens.
     assert o[o["model"] == "chatty"].set_index("qid").loc["test-0", "correct"] == 1.0
