@@ -112,3 +112,49 @@ def test_tuned_policy_is_fitted_inside_training_folds(dataset_dir):
     assert note.count("margin=") == 3
     # On topic specialists routing pays off in validation too, so the safe policy routes.
     assert b.row("router", "logistic (safe)").accuracy > b.row("best-single").accuracy
+
+
+def test_cascade_on_a_hand_made_table():
+    from herd.policies import Cascade, make_policy
+
+    models = ["small", "big"]
+    # P(correct) for small is high on the first four queries, where small is indeed right.
+    scores = np.array([[0.9, 0.9]] * 4 + [[0.2, 0.9]] * 4)
+    labels = np.array([[1, 1]] * 4 + [[0, 1]] * 4, dtype=float)
+    c = Cascade(models).fit(scores, labels, np.array([0.001, 0.01]), models)
+    assert c.choose(scores).tolist() == [0] * 4 + [1] * 4  # keeps the strong model's accuracy, half owned
+    assert c.validation_accuracy_ == 1.0 and 0.2 < c.threshold_ <= 0.9
+    reasons = c.decide(scores, models).reasons
+    assert "small answers (P=0.90" in reasons[0] and "small P=0.20 below" in reasons[-1] and "big answers" in reasons[-1]
+    fixed = make_policy("cascade:small,big@0.95").fit(scores, labels, None, models)
+    assert fixed.choose(scores).tolist() == [1] * 8 and fixed.label == "cascade:small,big@0.95"
+    with pytest.raises(ValueError, match=r"cascade: model\(s\) \['huge'\] not in the pool"):
+        Cascade(["small", "huge"]).fit(scores, labels, None, models)
+
+
+def test_cascade_in_evaluation_reports_ownership_and_a_threshold_sweep(frames):
+    from herd.policies import Cascade
+
+    q, o, m = frames
+    data = Outcomes.from_frames(q, o, m)
+    ev = evaluate(data, ["logistic"], policy=[Cascade(["hist-7b", "big-70b"])], folds=3, seed=0, sweep=False)
+    b = ev.benchmarks[0]
+    row = b.row("router")
+    assert row.ownership is not None and 0 <= row.ownership <= 1
+    assert b.row("single", "hist-7b").ownership == 1.0 and b.row("single", "big-70b").ownership == 0.0
+    curve = b.cascade_curves["logistic (cascade:hist-7b,big-70b)"]
+    assert curve[-1]["first_model_share"] == 0.0 and curve[0]["first_model_share"] > 0.9
+    assert curve[-1]["accuracy"] == pytest.approx(b.row("single", "big-70b").accuracy)
+    assert "cascade_curves" in ev.to_json()["benchmarks"][0]
+
+
+def test_cli_keeps_a_cascade_whole(tmp_path, dataset_dir):
+    from typer.testing import CliRunner
+
+    from herd.cli import _split_policies, app
+
+    assert _split_policies(["argmax,safe", "cascade:a@x,b@0.5"]) == ["argmax", "safe", "cascade:a@x,b@0.5"]
+    r = CliRunner().invoke(app, ["eval", str(dataset_dir), "--router", "logistic", "--policy",
+                                 "cascade:hist-7b,big-70b", "--no-sweep", "--folds", "3", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "cascade:hist-7b,big-70b" in r.output and (tmp_path / "o" / "toy-mix-cascades.png").exists()

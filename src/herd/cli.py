@@ -34,6 +34,20 @@ def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _split_policies(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Like _split_list, except that a cascade's model list ('cascade:a,b') stays whole: a
+    cascade runs to the end of its option value."""
+    if not values:
+        return None
+    specs = []
+    for item in values:
+        head, sep, cascade = item.partition("cascade:")
+        specs += [v.strip() for v in head.split(",") if v.strip()]
+        if sep:
+            specs.append(sep + cascade.strip())
+    return specs
+
+
 def _usage_errors():
     """The errors a user can fix: reported in one line, never as a traceback."""
     from herd.artifact import ArtifactError
@@ -134,7 +148,8 @@ MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with few
 SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
 POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
-               "budget:MODEL:SHARE, random-likely[:T] or sorted[:T]")
+               "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
+               "by inner CV unless given; give a cascade as its own --policy)")
 PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
@@ -159,7 +174,7 @@ def eval_cmd(
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
-              _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES, folds, seed, out,
+              _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEFAULT_POLICIES, folds, seed, out,
               json_path, min_outcomes, size_prices, sweep)
 
 
@@ -174,7 +189,7 @@ def demo(
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
-    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_list(policy) or DEFAULT_POLICIES,
+    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEFAULT_POLICIES,
               folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS)
 
 

@@ -83,6 +83,7 @@ class Matrix:
     answers: np.ndarray | None = None
     gold: np.ndarray | None = None
     categories: np.ndarray | None = None
+    owned: np.ndarray | None = None  # per model: open weights, so it can be run on one's own hardware
 
     @property
     def n_queries(self) -> int:
@@ -255,7 +256,14 @@ class Outcomes:
             answers=answers,
             gold=q["gold"].to_numpy(object) if "gold" in q else None,
             categories=q["category"].to_numpy(object) if "category" in q else None,
+            owned=self._owned(models),
         )
+
+    def _owned(self, models: list[str]) -> np.ndarray | None:
+        if "open_weights" not in self.models:
+            return None
+        open_ = self.models[self.models["open_weights"].fillna(False).astype(bool)]["model"]
+        return np.isin(models, open_.to_numpy())
 
 
 # ---- helpers ----------------------------------------------------------------------------

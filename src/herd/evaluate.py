@@ -14,7 +14,7 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix, Outcomes
-from herd.policies import ArgMax, CostAware
+from herd.policies import ArgMax, Cascade, CostAware, cascade_thresholds
 from herd.routers import Router, make_router
 from herd.routers.auto import out_of_fold_scores
 
@@ -48,6 +48,7 @@ class MethodResult:
     apgr: float | None = None
     cpt50: float | None = None
     cpt80: float | None = None
+    ownership: float | None = None  # share of queries answered by open-weights models (None: no such data)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class BenchmarkResult:
     estimated_cost_models: list[str]
     best_single_by_fold: list[str]
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # Per cascade method: {threshold, accuracy, cost_usd, ownership} over fixed thresholds.
+    cascade_curves: dict[str, list[dict]] = field(default_factory=dict)
     single_aiq: float | None = None
     cost_range: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
@@ -100,6 +103,7 @@ class Evaluation:
                     "single_aiq": b.single_aiq,
                     "cost_range": b.cost_range,
                     "curves": {k: [list(p) for p in v] for k, v in b.curves.items()},
+                    "cascade_curves": b.cascade_curves,
                     "notes": b.notes,
                 }
                 for b in self.benchmarks
@@ -215,6 +219,8 @@ def evaluate_matrix(
     if progress:
         progress(f"{label}: done", total, total)
 
+    cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, router_scores[name])
+                      for name, p in methods if isinstance(p, Cascade)}
     notes = [f"{name}, per fold: {', '.join(said)}" for name, said in fitted_notes.items()]
     routed = []
     for name, p in methods:
@@ -225,7 +231,26 @@ def evaluate_matrix(
             share = float(np.mean(router_choice[key] == m.models.index(p.model)))
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
         routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n))
-    return summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
+    result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
+    result.cascade_curves = cascade_curves
+    return result
+
+
+def cascade_curve(m: Matrix, cascade: Cascade, scores: np.ndarray) -> list[dict]:
+    """The cascade at every fixed threshold, on out-of-fold scores: what each deferral level
+    buys in accuracy, cost and ownership."""
+    y = m.labels
+    fixed = copy.deepcopy(cascade)
+    fixed.threshold = None
+    fixed.stages_ = [m.models.index(x) for x in cascade.models]
+    points = []
+    for t in cascade_thresholds(scores, fixed.stages_):
+        choice = fixed._choose(scores, t)
+        points.append({"threshold": float(t), "accuracy": metrics.accuracy(metrics.picked(y, choice)),
+                       "cost_usd": metrics.mean_known(metrics.picked(m.cost, choice))[0],
+                       "ownership": None if m.owned is None else float(m.owned[choice].mean()),
+                       "first_model_share": float(np.mean(choice == fixed.stages_[0]))})
+    return points
 
 
 def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluation:
@@ -293,6 +318,8 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
             latency = metrics.mean_known(metrics.picked(lat, choice))[0]
             estimated = bool(m.cost_estimated[np.unique(choice)].any())
         gap = None if kind == "oracle" else metrics.gap_closed(acc, best_acc, oracle_acc)
+        if m.owned is not None and "ownership" not in extra:
+            extra["ownership"] = float(m.owned[choice].mean()) if choice is not None else float(m.owned.mean())
         return MethodResult(
             source, benchmark, method, kind, acc, cost_value, bool(estimated), latency, n, gap, best_name,
             cost_coverage=coverage, **extra,

@@ -292,15 +292,100 @@ class CheapestLikely:
         return Decision(choice, reasons)
 
 
+def cascade_thresholds(scores: np.ndarray, stages: list[int]) -> np.ndarray:
+    """Candidate thresholds, ascending: the percentiles of the earlier models' scores (so every
+    share of queries kept early is reachable, however narrow the scores), then 1.01 (never)."""
+    early = scores[:, stages[:-1]].ravel()
+    return np.append(np.unique(np.quantile(early, np.linspace(0, 1, 101))), 1.01)
+
+
+
+class Cascade:
+    """Ask models in order, cheapest (or owned) first: a model answers if the router's P(correct)
+    for it is at least ``threshold``, else the query moves on to the next; the last one answers
+    whatever remains (Leeroo's and FrugalGPT's deferral, with the router's score as the signal
+    before a model is called, so a deferred model costs nothing).
+
+    ``threshold=None`` tunes it with ``fit`` on held-out scores of training queries: the lowest
+    threshold (the most queries kept by the earlier models) whose accuracy there is at least
+    the last model's own, so the cascade keeps the strong model's accuracy by construction on
+    validation data.
+    """
+
+    name = "cascade"
+
+    def __init__(self, models: list[str] | str, threshold: float | None = None):
+        self.models = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+        if len(self.models) < 2:
+            raise ValueError(f"a cascade needs two models or more, got {self.models}")
+        self.threshold = threshold
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None) -> Cascade:
+        missing = [m for m in self.models if models is None or m not in models]
+        if missing:
+            raise ValueError(f"cascade: model(s) {missing} not in the pool {models}")
+        self.stages_ = [models.index(m) for m in self.models]
+        rows = np.arange(len(labels))
+        if self.threshold is not None:
+            self.threshold_ = float(self.threshold)
+        else:
+            strong = labels[:, self.stages_[-1]].mean()
+            self.threshold_ = float(next(t for t in cascade_thresholds(scores, self.stages_)
+                                         if labels[rows, self._choose(scores, t)].mean() >= strong - 1e-12))
+        self.validation_accuracy_ = float(labels[rows, self._choose(scores, self.threshold_)].mean())
+        return self
+
+    def _choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
+        choice = np.full(len(scores), self.stages_[-1])
+        for stage in reversed(self.stages_[:-1]):
+            choice = np.where(scores[:, stage] >= threshold, stage, choice)
+        return choice
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(self, "stages_"):
+            raise RuntimeError("Cascade is not fitted: call fit() with the pool's models first")
+        return self._choose(scores, self.threshold_)
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        choice = self.choose(scores, model_costs)
+        t, reasons = self.threshold_, []
+        for s, c in zip(scores, choice):
+            passed = [models[i] for i in self.stages_ if i != c and self.stages_.index(i) < self.stages_.index(c)]
+            why = f"{', '.join(f'{p} P={s[models.index(p)]:.2f}' for p in passed)} below {t:g}; " if passed else ""
+            reasons.append(f"cascade: {why}{models[c]} answers" + (f" (P={s[c]:.2f} >= {t:g})" if c != self.stages_[-1] else
+                                                                    " (last in the cascade)"))
+        return Decision(choice, reasons)
+
+    @property
+    def label(self) -> str:
+        return f"cascade:{','.join(self.models)}" + ("" if self.threshold is None else f"@{self.threshold:g}")
+
+    def summary(self) -> str:
+        return f"threshold={self.threshold_:.3g}"
+
+    def __repr__(self) -> str:
+        return f"Cascade(models={self.models}, threshold={self.threshold})"
+
+
 POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
-            "random-likely": RandomLikely, "sorted": CheapestLikely}
+            "random-likely": RandomLikely, "sorted": CheapestLikely, "cascade": Cascade}
 
 
 def make_policy(spec: str):
     """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
     'budget:0.002' (USD per query), 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4),
-    'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct))."""
+    'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct)), 'cascade:small,big'
+    (threshold tuned) or 'cascade:small,big@0.8'."""
     name, _, arg = spec.partition(":")
+    if name == "cascade":
+        models, at, value = arg.rpartition("@")
+        try:
+            return Cascade(models, float(value)) if at else Cascade(arg)
+        except ValueError:
+            if at and not _is_number(value):  # an '@' inside a model name, as in 'Llama-3@together'
+                return Cascade(arg)
+            raise
     if name == "budget":
         model, _, share = arg.rpartition(":")
         try:
@@ -319,6 +404,14 @@ def make_policy(spec: str):
     except ValueError:
         raise ValueError(f"policy {spec!r}: {arg!r} is not a number") from None
     return POLICIES[name](value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def policy_from_config(spec: str | dict):

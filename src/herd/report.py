@@ -115,20 +115,44 @@ def two_model_summary(b: BenchmarkResult) -> str | None:
     return f"two-model routing, strong model {b.rows[0].best_single} (a random router has APGR 0.5): " + "; ".join(parts)
 
 
+def _owned_shown(b: BenchmarkResult) -> bool:
+    """Ownership is worth a column only where some models are open and some are not."""
+    shares = [r.ownership for r in b.rows if r.kind == "single" and r.ownership is not None]
+    return bool(shares) and 0 < sum(shares) < len(shares)
+
+
 def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
     rows, note = shown_rows(b)
+    owned = _owned_shown(b)
     t = Table(title=_title(b, ev), title_justify="left")
     for col, justify in (("method", "left"), ("kind", "left"), ("accuracy %", "right"),
                          ("cost/query", "right"), ("latency s", "right"), ("gap closed", "right")):
         t.add_column(col, justify=justify)
+    if owned:
+        t.add_column("owned %", justify="right")
     for r in rows:
         style = "bold" if r.kind in ("router", "best-single") else None
         t.add_row(r.method, r.kind, fmt_pct(r.accuracy), fmt_cost(r), fmt_latency(r.latency_s),
-                  fmt_gap(r.gap_closed), style=style)
-    caption = [x for x in [note, curve_summary(b), two_model_summary(b)] + footnotes(b) if x]
+                  fmt_gap(r.gap_closed), *([fmt_pct(r.ownership)] if owned else []), style=style)
+    caption = [x for x in [note, curve_summary(b), two_model_summary(b), *cascade_summary(b)] + footnotes(b) if x]
     t.caption = "\n".join(caption)
     t.caption_justify = "left"
     return t
+
+
+def cascade_summary(b: BenchmarkResult) -> list[str]:
+    """Per cascade: the most the first model can answer while matching the last model's accuracy."""
+    lines = []
+    for method, pts in b.cascade_curves.items():
+        last = pts[-1]  # the highest threshold: the last model answers everything
+        keep = [p for p in pts if p["accuracy"] >= last["accuracy"] - 1e-12]
+        best = min(keep, key=lambda p: p["threshold"])
+        owned = "" if best["ownership"] is None else f", {best['ownership']:.0%} owned"
+        close = min((p for p in pts if p["accuracy"] >= last["accuracy"] - 0.01), key=lambda p: p["threshold"])
+        lines.append(f"{method} swept on out-of-fold scores: the first model answers {best['first_model_share']:.0%} of "
+                     f"queries at no loss ({100 * best['accuracy']:.2f}% vs the last model alone "
+                     f"{100 * last['accuracy']:.2f}%){owned}; {close['first_model_share']:.0%} within 1 point")
+    return lines
 
 
 # ---- plots ------------------------------------------------------------------------------
@@ -225,6 +249,33 @@ def _clean(x):
     return x
 
 
+def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
+    """Accuracy against the share answered by the first (owned) model, and against cost, as the
+    deferral threshold moves."""
+    if not b.cascade_curves:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for (method, pts), color in zip(b.cascade_curves.items(), COLORS * 4):
+        share = [100 * (p["ownership"] if p["ownership"] is not None else p["first_model_share"]) for p in pts]
+        acc = [100 * p["accuracy"] for p in pts]
+        left.plot(share, acc, "o-", ms=3, color=color, label=method)
+        cost = [p["cost_usd"] for p in pts]
+        if all(c is not None for c in cost):
+            right.plot(cost, acc, "o-", ms=3, color=color, label=method)
+        left.axhline(acc[-1], color=color, ls=":", lw=1)
+    left.set_xlabel("owned share of queries, % (first model's share where ownership is unknown)")
+    left.set_ylabel("accuracy %")
+    right.set_xlabel("mean cost per query (USD)")
+    right.set_ylabel("accuracy %")
+    left.legend(fontsize=7)
+    fig.suptitle(f"{b.source}/{b.benchmark}: cascades across deferral thresholds (dotted: last model alone)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
     """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +284,8 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
     for b in ev.benchmarks:
         slug = _slug(b)
         images = [p for p in (plot_cost_accuracy(b, out / f"{slug}-cost-accuracy.png"),
-                              plot_model_accuracy(b, out / f"{slug}-models.png")) if p]
+                              plot_model_accuracy(b, out / f"{slug}-models.png"),
+                              plot_cascades(b, out / f"{slug}-cascades.png")) if p]
         written.update({p.stem: p for p in images})
         sections.append(_html_section(b, ev, images))
     page = _HTML.format(
@@ -261,7 +313,8 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
         f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td></tr>"
         for r in rows
     )
-    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b), two_model_summary(b)] + footnotes(b) if x)
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b), two_model_summary(b),
+                                                            *cascade_summary(b)] + footnotes(b) if x)
     imgs = "".join(
         f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         for p in images
