@@ -197,3 +197,13 @@ def test_circuit_opens_after_consecutive_failures_and_tries_once_after_cooldown(
     assert c.allow()
     c.succeeded()
     assert c.state == "closed" and c.allow()
+
+
+def test_a_cascade_in_the_gateway_never_picks_an_ineligible_model(tmp_path, trained):
+    artifact.save(trained, tmp_path / "router")
+    sel = Selector.from_config(pool(router="router", policies={"owned": "cascade:hist-7b,big-70b"}), tmp_path / "router")
+    assert sel.plan(parse_chat(chat(model="herd:owned", messages=[{"role": "user", "content": "which emperor ruled rome"}]))
+                    ).candidates[0] == "hist-7b"
+    plan = sel.plan(parse_chat(chat(model="herd:owned", herd={"private": True})))  # a math question: defers to big-70b
+    assert plan.candidates[0] == "math-7b" and "the policy's choice big-70b cannot take this request" in plan.reason
+    assert "big-70b" not in plan.candidates

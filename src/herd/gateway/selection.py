@@ -117,6 +117,11 @@ class Selector:
         else:
             decision = policy.decide(np.where(ok, scores, -np.inf)[None, :], models, costs)
             first, plan.reason = int(decision.choice[0]), decision.reasons[0]
+            if not ok[first]:  # e.g. a cascade whose last model is ruled out for this request
+                chosen, first = models[first], _best(scores, costs, ok)
+                plan.reason = (f"the policy's choice {chosen} cannot take this request "
+                               f"({ineligible.get(chosen, 'not in the pool')}); "
+                               f"highest P(correct) among eligible: {models[first]} {scores[first]:.2f}")
         rest = sorted((i for i in np.flatnonzero(ok) if i != first), key=lambda i: (-scores[i], costs[i]))
         plan.candidates = [models[first]] + [models[i] for i in rest] + unscored
         return plan
