@@ -523,6 +523,90 @@ def import_cmd(
                   f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")
 
 
+@app.command("select")
+def select_cmd(
+    data: Optional[str] = DataArg,
+    data_opt: Optional[str] = DataOpt,
+    k: int = typer.Option(..., "--k", min=1, help="Pool size to select."),
+    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to select on."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to select on."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="USD per query the pool may cost, each query priced "
+                                           "at the cheapest pool model that answers it right."),
+    max_params: Optional[float] = typer.Option(None, "--max-params", help="Billions of parameters of open models to "
+                                               "host, summed (models.csv params_b)."),
+    must_include: Optional[list[str]] = typer.Option(None, "--must-include", help="Models the pool must have."),
+    tags: Optional[list[str]] = typer.Option(None, "--tags", help="'open': only open-weights models."),
+    router: str = typer.Option("logistic", "--router", help="Router that re-scores each greedy pool under CV."),
+    policy: str = typer.Option("safe", "--policy", help="Policy for the re-scoring (tuned inside each training split)."),
+    folds: int = typer.Option(5, "--folds", min=2),
+    seed: int = SeedOpt,
+    out: str = typer.Option("herd-select", "--out", help="Directory for select.json and the plot."),
+    min_outcomes: int = MinOpt,
+    size_prices: Optional[str] = SizeOpt,
+) -> None:
+    """Choose the K models that together answer the most (greedy on oracle coverage, checked
+    against exhaustive search where small), then re-score each pool with a router under CV."""
+    import json
+
+    from rich.table import Table
+
+    from herd import select
+    from herd.policies import make_policy
+    from herd.routers import make_router
+
+    tag_list = _split_list(tags) or []
+    if set(tag_list) - {"open"}:
+        _fail(f"--tags {sorted(set(tag_list) - {'open'})}: outcome data only knows 'open' (models.csv open_weights)")
+    try:
+        proto, chosen_policy = make_router(router, seed=seed), make_policy(policy)
+        path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark), None,
+                                    min_outcomes, size_prices)
+        m = outcomes.matrix()
+        params = {}
+        if "params_b" in outcomes.models:
+            params = {r.model: float(r.params_b) for r in outcomes.models.itertuples() if r.params_b == r.params_b}
+        chooser = select.Selector(m, select.Constraints(budget, max_params, _split_list(must_include) or [],
+                                                        "open" in tag_list), params)
+        steps = chooser.greedy(k)
+        if not steps:
+            _fail("no model satisfies the constraints")
+        proto.prepare(m.texts)
+        with console.status("re-scoring each pool with the router under cross-validation"):
+            for st in steps:
+                pool = [x.added for x in steps[:st.k]]
+                st.routed_accuracy, st.best_single = select.routed_accuracy(m, pool, proto, chosen_policy, folds, seed)
+        exhaustive = {j: chooser.exhaustive(j) for j in range(1, min(k, select.EXHAUSTIVE_MAX_K) + 1)}
+    except _usage_errors() as e:
+        _fail(str(e))
+    t = Table(title=f"greedy pool selection on {m.n_queries} queries x {len(m.models)} models", title_justify="left")
+    for col in ("k", "adds", "oracle %", "gain", "pool cost/query", f"{router}+{chosen_policy.label} % (CV)",
+                "best single % (CV)"):
+        t.add_column(col, justify="left" if col == "adds" else "right")
+    for st in steps:
+        t.add_row(str(st.k), st.added, f"{100 * st.oracle:.2f}", f"+{100 * st.gain:.2f}",
+                  "n/a" if st.pool_cost is None else f"${st.pool_cost:.3g}", f"{100 * st.routed_accuracy:.2f}",
+                  f"{100 * st.best_single:.2f}")
+    console.print(t)
+    for j, best in exhaustive.items():
+        if best is None:
+            console.print(f"k={j}: exhaustive search skipped (over {select.EXHAUSTIVE_MAX_POOLS:,} pools)")
+        elif j <= len(steps):
+            console.print(f"k={j}: greedy oracle {100 * steps[j - 1].oracle:.2f}% vs best possible "
+                          f"{100 * best[1]:.2f}% ({', '.join(best[0])})")
+    result = {"data": str(path), "k": k, "constraints": {"budget": budget, "max_params": max_params,
+              "must_include": _split_list(must_include) or [], "tags": tag_list}, "router": router,
+              "policy": chosen_policy.label, "folds": folds,
+              "seed": seed, "greedy": select.as_dict(steps),
+              "exhaustive": {str(j): None if b is None else {"models": b[0], "oracle": b[1]} for j, b in exhaustive.items()}}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "select.json").write_text(json.dumps(result, indent=2))
+    from herd.report import plot_pool_size
+
+    plot = plot_pool_size(steps, f"{router}+{chosen_policy.label}", out_dir / "pool-size.png")
+    console.print(f"wrote {out_dir / 'select.json'} and {plot}")
+
+
 @app.command()
 def routers() -> None:
     """List the routers herd can train."""

@@ -276,6 +276,27 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
     return path
 
 
+def plot_pool_size(steps, router: str, path: Path) -> Path:
+    """Oracle, routed and best-single accuracy as the greedy pool grows (the Herd paper's open
+    question: what does each added model buy?)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = [st.k for st in steps]
+    ax.plot(ks, [100 * st.oracle for st in steps], "o-", color="0.4", label="oracle (coverage)")
+    ax.plot(ks, [100 * st.routed_accuracy for st in steps], "o-", color=COLORS[0], label=f"{router} routed (CV)")
+    ax.plot(ks, [100 * st.best_single for st in steps], "o--", color=COLORS[1], label="best single in pool (CV)")
+    for st in steps:
+        ax.annotate(st.added, (st.k, 100 * st.oracle), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20)
+    ax.set_xlabel("pool size (greedy order)")
+    ax.set_ylabel("accuracy %")
+    ax.set_xticks(ks)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
     """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,167 @@
+"""Pool selection (Leeroo's expert selection): which K models together answer the most.
+
+Oracle coverage, the share of queries at least one pool model answers, is monotone and
+submodular in the pool, so adding greedily the model with the largest marginal gain is within
+1 - 1/e of the best pool of that size; where it is cheap, exhaustive search says how close it
+really is. Each greedy pool is then re-scored with a trained router under cross-validation,
+which is what a user would get.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.base import clone
+
+from herd import metrics
+from herd.data import Matrix
+from herd.routers import Router
+from herd.routers.auto import out_of_fold_scores
+
+EXHAUSTIVE_MAX_K, EXHAUSTIVE_MAX_POOLS = 3, 200_000  # pool sizes and pools (n choose k) searched exhaustively
+
+
+@dataclass
+class Constraints:
+    budget: float | None = None  # USD per query, each query priced at the cheapest pool model that is right
+    max_params: float | None = None  # billions of parameters to host, summed over open models
+    must_include: list[str] = field(default_factory=list)
+    only_open: bool = False
+
+
+@dataclass
+class Step:
+    k: int
+    added: str
+    oracle: float
+    gain: float
+    pool_cost: float | None
+    routed_accuracy: float | None = None
+    best_single: float | None = None
+
+
+def _mean_cost(column: np.ndarray) -> float:
+    return float(np.nanmean(column)) if not np.isnan(column).all() else np.inf
+
+
+def coverage(y: np.ndarray, pool: list[int]) -> float:
+    return float(y[:, pool].max(axis=1).mean()) if pool else 0.0
+
+
+def pool_cost(y: np.ndarray, cost: np.ndarray, pool: list[int]) -> float | None:
+    """Mean cost per query if each query went to the cheapest pool model that answers it (or
+    the cheapest pool model when none does): the cost side of oracle coverage."""
+    c = np.nan_to_num(cost[:, pool], nan=np.inf)
+    if np.isinf(c).all():
+        return None
+    right = y[:, pool] > 0
+    cheapest_right = np.where(right, c, np.inf).min(axis=1)
+    spent = np.where(np.isfinite(cheapest_right), cheapest_right, c.min(axis=1))
+    return float(spent[np.isfinite(spent)].mean())
+
+
+class Selector:
+    def __init__(self, m: Matrix, constraints: Constraints, params: dict[str, float] | None = None):
+        self.m, self.c = m, constraints
+        self.y = m.labels
+        self.params = params or {}
+        unknown = [x for x in constraints.must_include if x not in m.models]
+        if unknown:
+            raise ValueError(f"--must-include {unknown}: not in the data's models {m.models}")
+        allowed = [j for j, name in enumerate(m.models)
+                   if not constraints.only_open or (m.owned is not None and m.owned[j])]
+        if constraints.only_open and m.owned is None:
+            raise ValueError("--tags open needs open_weights in models.csv")
+        self.allowed = allowed
+        self.must = [m.models.index(x) for x in constraints.must_include]
+        if constraints.only_open and any(j not in allowed for j in self.must):
+            raise ValueError("a --must-include model is not open-weights, so --tags open rules it out")
+
+    def feasible(self, pool: list[int]) -> bool:
+        if self.c.budget is not None:
+            spent = pool_cost(self.y, self.m.cost, pool)
+            if spent is None or spent > self.c.budget + 1e-15:
+                return False
+        if self.c.max_params is not None:
+            hosted = sum(self.params.get(self.m.models[j], math.nan) for j in pool
+                         if self.m.owned is not None and self.m.owned[j])
+            if math.isnan(hosted) or hosted > self.c.max_params:
+                return False
+        return True
+
+    def greedy(self, k: int) -> list[Step]:
+        """Up to k steps; fewer when no feasible model adds coverage."""
+        pool, steps = [], []
+        for j in self.must:  # required models come first, in the order given
+            gain = coverage(self.y, pool + [j]) - coverage(self.y, pool)
+            pool.append(j)
+            steps.append(Step(len(pool), self.m.models[j], coverage(self.y, pool), gain, pool_cost(self.y, self.m.cost, pool)))
+        while len(pool) < k:
+            base = coverage(self.y, pool)
+            # Largest gain; among ties the cheaper model, then the one listed first.
+            options = [(coverage(self.y, pool + [j]) - base, -_mean_cost(self.m.cost[:, j]), -j)
+                       for j in self.allowed if j not in pool and self.feasible(pool + [j])]
+            if not options or max(options)[0] <= 0:
+                break  # nothing feasible adds a query no pool model answers yet
+            gain, _, j = max(options)
+            j = -j
+            pool.append(j)
+            steps.append(Step(len(pool), self.m.models[j], coverage(self.y, pool), gain, pool_cost(self.y, self.m.cost, pool)))
+        return steps
+
+    def exhaustive(self, k: int) -> tuple[list[str], float] | None:
+        """The best feasible pool of size k by coverage, where k and the pool are small enough."""
+        if k > EXHAUSTIVE_MAX_K or math.comb(len(self.allowed), k) > EXHAUSTIVE_MAX_POOLS:
+            return None
+        best, best_cov = None, -1.0
+        rest = [j for j in self.allowed if j not in self.must]
+        for extra in itertools.combinations(rest, max(0, k - len(self.must))):
+            pool = self.must + list(extra)
+            if not self.feasible(pool):
+                continue
+            cov = coverage(self.y, pool)
+            if cov > best_cov + 1e-12:
+                best, best_cov = pool, cov
+        return None if best is None else ([self.m.models[j] for j in best], best_cov)
+
+
+def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: int, seed: int) -> tuple[float, float]:
+    """Out-of-fold accuracy of ``router`` + ``policy`` on the pool (a policy with ``fit`` is
+    tuned inside each training split), and of the pool's best single model chosen on each
+    training split."""
+    sub = columns(m, pool)
+    y = sub.labels
+    if len(pool) == 1:
+        acc = float(y[:, 0].mean())
+        return acc, acc
+    routed, single = np.empty(len(y)), np.empty(len(y))
+    for tr, te in sub.kfold(folds, seed):
+        train = sub.take(tr)
+        costs = metrics.mean_cost_per_model(sub.cost[tr])
+        fitted = clone(router).fit(train)
+        p = policy
+        if hasattr(p, "fit"):
+            validation = getattr(fitted, "validation_scores_", None)
+            validation = validation if validation is not None else out_of_fold_scores(router, train, seed)
+            p = copy.deepcopy(policy).fit(validation, train.labels, costs, train.models)
+        routed[te] = y[te, p.choose(fitted.predict_scores([sub.texts[i] for i in te]), costs)]
+        single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
+    return float(routed.mean()), float(single.mean())
+
+
+def columns(m: Matrix, pool: list[str]) -> Matrix:
+    """``m`` restricted to the models in ``pool``."""
+    from dataclasses import replace
+
+    idx = [m.models.index(x) for x in pool]
+    return replace(m, models=list(pool), correct=m.correct[:, idx], cost=m.cost[:, idx], latency=m.latency[:, idx],
+                   cost_estimated=m.cost_estimated[idx], answers=None if m.answers is None else m.answers[:, idx],
+                   owned=None if m.owned is None else m.owned[idx])
+
+
+def as_dict(steps: list[Step]) -> list[dict]:
+    return [asdict(s) for s in steps]
