@@ -25,9 +25,9 @@ from fake_backend import start_backend  # noqa: E402
 
 from herd.collect.prompts import Prompts  # noqa: E402
 from herd.collect.recorder import Recorder, compact  # noqa: E402
-from herd.collect.runner import Sampling, run  # noqa: E402
+from herd.collect.runner import Sampling, plan_calls, run  # noqa: E402
 from herd.collect.tasks import load_task  # noqa: E402
-from herd.pool import ModelConfig  # noqa: E402
+from herd.pool import GatewaySettings, ModelConfig  # noqa: E402
 
 
 def bodies(task, prompts) -> list[bytes]:
@@ -88,11 +88,12 @@ def main() -> None:
         asyncio.run(bare_aiohttp(url, payloads[:200], args.concurrency))  # warm the backend
         seconds = {"bare_aiohttp": asyncio.run(bare_aiohttp(url, payloads, args.concurrency)),
                    "bare_httpx": asyncio.run(bare_httpx(url, payloads, args.concurrency))}
-        rec = Recorder(work / "run", {"fast": "bench"})
+        rec = Recorder(work / "run")
         started = time.perf_counter()
-        tallies = asyncio.run(run(task, [model], prompts, Sampling(), rec))
+        calls = plan_calls(task, [model], prompts, Sampling())
+        tallies = asyncio.run(run(calls, [model], GatewaySettings(), Sampling(), rec))
         seconds["herd_collect"] = time.perf_counter() - started
-        compact(rec, task, [model], 1)
+        compact(rec, task, [model], {c: key for c, (_, _, key) in calls.items()}, 1)
         rec.close()
         assert tallies["fast"].answered == args.calls, tallies["fast"]
     rates = {k: args.calls / v for k, v in seconds.items()}

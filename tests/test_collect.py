@@ -56,7 +56,7 @@ def test_collect_records_grades_and_feeds_eval(tmp_path, pool):
     data = write_gsm8k(tmp_path / "data")
     run = tmp_path / "run"
     r = herd("collect", str(path), "--task", "gsm8k", "--data", str(data), "--limit", "25", "--samples", "2",
-             "--shots", "2", "-o", str(run))
+             "--shots", "2", "--max-retries", "20", "-o", str(run))
     assert r.returncode == 0, r.stderr
     assert "maj@2" in r.stdout and "next: herd eval" in r.stdout
     o = pd.read_parquet(run / "outcomes.parquet")
@@ -84,7 +84,7 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, pool):
     data = write_gsm8k(tmp_path / "data", n_test=60)
     run = tmp_path / "run"
     args = [sys.executable, "-m", "herd", "collect", str(path), "--task", "gsm8k", "--data", str(data),
-            "--samples", "2", "--shots", "1", "-o", str(run)]
+            "--samples", "2", "--shots", "1", "--max-retries", "20", "-o", str(run)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # kill it once it has recorded some but not all calls
@@ -97,7 +97,8 @@ def test_resume_after_kill_9_loses_and_duplicates_nothing(tmp_path, pool):
     assert 40 < before < 240
     with open(run / "calls.jsonl", "a") as f:
         f.write('{"model": "chatty", "qid": "test-1", "sam')  # a line torn by the kill
-    r = herd("collect", str(path), "--task", "gsm8k", "--data", str(data), "--samples", "2", "--shots", "1", "-o", str(run))
+    r = herd("collect", str(path), "--task", "gsm8k", "--data", str(data), "--samples", "2", "--shots", "1",
+             "--max-retries", "20", "-o", str(run))
     assert r.returncode == 0, r.stderr
     recorded = sum(c["ok"] for c in read_log(run)[:before])
     assert f"{recorded} already recorded" in " ".join(r.stdout.split())
@@ -136,17 +137,26 @@ def test_changed_settings_are_a_new_run_never_mixed(tmp_path, pool):
     r = herd(*base_args, "--max-tokens", "64")
     assert r.returncode == 0 and "8 recorded answers from other settings are set aside" in r.stderr
     assert "0 already recorded" in r.stdout
-    keys = json.loads((run / "run.json").read_text())["config_keys"]
-    used = [c for c in read_log(run) if c["ok"] and c["key"] == keys[c["model"]]]
-    assert len(used) == 8 and len(pd.read_parquet(run / "outcomes.parquet")) == 8
+    log = read_log(run)
+    assert len(log) == 16 and len({c["key"] for c in log[:8]} & {c["key"] for c in log[8:]}) == 0
+    assert len(pd.read_parquet(run / "outcomes.parquet")) == 8
+    # Settings that change no prompt (examples, for a chat-only pool) ask nothing again.
+    chat_only = tmp_path / "chat.yaml"
+    chat_only.write_text(path.read_text().split("  - {name: base")[0])
+    r = herd("collect", str(chat_only), "--task", "gsm8k", "--data", str(data), "--limit", "4", "--max-tokens", "64",
+             "--shots", "1", "-o", str(run))
+    assert r.returncode == 0 and "4 already recorded" in " ".join(r.stdout.split())
 
 
 def test_one_recorder_per_directory(tmp_path):
-    rec = Recorder(tmp_path / "run", {"m": "k"})
+    rec = Recorder(tmp_path / "run")
     with pytest.raises(RunLocked, match="another `herd collect` is recording here"):
-        Recorder(tmp_path / "run", {"m": "k"})
+        Recorder(tmp_path / "run")
     rec.close()
-    Recorder(tmp_path / "run", {"m": "k"}).close()
+    Recorder(tmp_path / "run").close()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunLocked, match="cannot record here"):
+        Recorder(tmp_path / "file")
 
 
 def test_tasks_and_their_errors(tmp_path, dataset_dir):
@@ -196,3 +206,29 @@ def test_prompts_draw_examples_with_a_seed_and_templates_override(tmp_path):
     (own / "zcot.txt").write_text("no field here")
     with pytest.raises(TaskError, match="must contain {question}"):
         Prompts.load(own)
+
+
+def test_retry_after_is_honoured_and_read_in_both_forms():
+    import email.utils
+
+    from herd.backends import Backend, _retry_after
+    from herd.pool import GatewaySettings, ModelConfig
+
+    b = Backend(ModelConfig(name="m", base_url="http://127.0.0.1:9/v1"), GatewaySettings())
+    assert b.backoff(0, 30.0) == 30.0 and b.backoff(0, 1e6) == 120.0 and 0 <= b.backoff(3, None) <= 5.0
+    assert _retry_after("7") == 7.0 and _retry_after("soon") is None and _retry_after(None) is None
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 < _retry_after(later) <= 60 and _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_templates_with_stray_braces_and_outcome_golds(tmp_path, dataset_dir):
+    own = tmp_path / "tpl"
+    own.mkdir()
+    (own / "zcot.txt").write_text('{question}\nReply as JSON: {"answer": ...}')
+    with pytest.raises(TaskError, match="write other braces as"):
+        Prompts.load(own)
+    q = pd.read_parquet(dataset_dir / "queries.parquet")
+    q["gold"] = "She has 3 + 4 = 7 apples.\n#### 7"
+    q.to_parquet(dataset_dir / "queries.parquet")
+    task = load_task("toy/mix", data_dir=dataset_dir, grader="number", limit=2)
+    assert task.items[0].answer == "7"  # the whole GSM8K solution some sources keep, cut to its number

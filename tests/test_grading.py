@@ -55,6 +55,9 @@ def test_gsm8k_gold_and_canonical_numbers():
     ("**Answer: H**", "H"),
     ("I am not sure.", None),
     ("A is wrong and so is B. So the answer is J.", "J"),
+    ("Answer: I think it is (B).", "B"),
+    ("The answer is a bit subtle, but I pick (D).", "D"),
+    ("The answer is A because the others fail.", "A"),
 ])
 def test_extract_choice(text, expected):
     assert extract_choice(text) == expected
@@ -102,6 +105,10 @@ def test_extract_math(text, expected):
     ("1,000", "1000", True),
     ("\\frac{1}{3}", "\\frac{1}{2}", False),
     ("\\sqrt{2}", "\\sqrt{3}", False),
+    ("5x", "5", False),
+    ("2i", "2", False),
+    ("1,2", "12", False),
+    ("-0.5", "-\\frac{1}{2}", True),
     (None, "1", False),
 ])
 def test_same_math(answer, gold, right):

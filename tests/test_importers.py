@@ -149,3 +149,15 @@ def test_import_command_errors(tmp_path):
     f.write_text("a\n1\n")
     r = herd("import", "csv", str(f), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "unknown format 'csv'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("long", "qid,model,correct,text\n", "no outcomes to import"),
+    ("routellm", "prompt,gpt-4\n", "no outcomes to import"),
+    ("routerbench", "sample_id,prompt,eval_name,m,m|total_cost\n1,q,e,lots,0.1\n", "score column 'm' holds 'lots'"),
+])
+def test_empty_and_malformed_files_are_clear_errors(tmp_path, kind, content, message):
+    f = tmp_path / ("mmlu_x.csv" if kind == "routellm" else "x.csv")
+    f.write_text(content)
+    r = herd("import", kind, str(f), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr

@@ -12,6 +12,7 @@ itself is wrong, so every backend would refuse it and the error goes back to the
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import random
 import time
@@ -22,6 +23,7 @@ import aiohttp
 from herd.pool import GatewaySettings, ModelConfig
 
 RETRY_STATUS = {408, 409, 429}
+MAX_RETRY_AFTER_S = 120.0  # a longer wait is a closed door, not a pause
 FALLBACK_STATUS = {401, 403, 404}
 
 
@@ -103,10 +105,10 @@ class Backend:
         return self.session
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff; a Retry-After header sets the floor."""
-        cap = self.settings.max_backoff_s
-        delay = random.uniform(0, min(cap, self.settings.backoff_s * 2 ** attempt))
-        return min(cap, max(delay, retry_after or 0.0))
+        """Full-jitter exponential backoff, or what the backend's Retry-After asks (up to
+        MAX_RETRY_AFTER_S), whichever is longer."""
+        delay = random.uniform(0, min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** attempt))
+        return max(delay, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
 
     async def call(self, body: dict, stream: bool = False, path: str = "/chat/completions") -> Outcome:
         """One call to ``path`` (``/chat/completions`` or ``/completions``). For a stream that succeeds, the response stays open and the first SSE event
@@ -202,18 +204,28 @@ def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
     status = response.status
     detail = f"http {status}"
     if status in RETRY_STATUS or status >= 500:
-        retry_after = None
-        try:
-            retry_after = float(response.headers.get("retry-after", ""))
-        except ValueError:
-            pass
-        return Outcome("retry", detail, status, body=body, retry_after=retry_after)
+        return Outcome("retry", detail, status, body=body, retry_after=_retry_after(response.headers.get("retry-after")))
     if status in FALLBACK_STATUS:
         return Outcome("fallback", detail, status, body=body)
     if status == 413 or b"context_length" in body or b"context length" in body.lower():
         # Too long for this model: a model with a larger window may still take it.
         return Outcome("too_long", f"{detail} (too long for this model)", status, body=body)
     return Outcome("client", detail, status, body=body)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 async def sse_events(response: aiohttp.ClientResponse):

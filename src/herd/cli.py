@@ -365,7 +365,7 @@ def collect(
     samples: int = typer.Option(1, "--samples", min=1, help="Answers per question and model; maj@k and the share "
                                 "of samples right are both recorded."),
     grader: Optional[str] = typer.Option(None, "--grader", help="number, choice, exact, string, literal or math "
-                                         "(default: the task's own; exact for JSONL tasks)."),
+                                         "(default: the task's own; string, the answer after 'The answer is', for JSONL tasks)."),
     shots: int = typer.Option(5, "--shots", min=0, help="Few-shot examples for completion-style (base) models."),
     templates: Optional[str] = typer.Option(None, "--templates", help="Directory overriding zcot.txt, "
                                             "fcot_example.txt and/or fcot_query.txt."),
@@ -392,7 +392,7 @@ def collect(
 
     from herd.collect import recorder
     from herd.collect.prompts import Prompts
-    from herd.collect.runner import Sampling, run
+    from herd.collect.runner import Sampling, plan_calls, run
     from herd.collect.tasks import TaskError, load_task
     from herd.pool import load_pool
 
@@ -402,56 +402,53 @@ def collect(
         unknown = sorted(set(chosen or []) - set(config.names))
         if unknown:
             _fail(f"--models {unknown} not in the pool {config.names}")
-        pool_models = [m for m in config.models if chosen is None or m.name in chosen]
+        asked_models = [m for m in config.models if chosen is None or m.name in chosen]
         the_task = load_task(task, data_dir=Path(data_dir) if data_dir else None, split=split, limit=limit,
                              offset=offset, grader=grader)
         prompts = Prompts.load(templates, shots=shots, seed=seed)
         sampling = Sampling(samples, temperature, max_tokens, max_retries)
-        run_config = {"task": the_task.name, "split": split, "grader": the_task.grader,
-                      "prompts": prompts.fingerprint(), **sampling.describe()}
-        keys = {m.name: recorder.config_key(run_config, m) for m in pool_models}
-        rec = recorder.Recorder(Path(out), keys)
+        # The whole pool's calls, so the tables cover every model asked so far, not only --models.
+        calls = plan_calls(the_task, list(config.models), prompts, sampling)
+        expected = {call: key for call, (_, _, key) in calls.items()}
+        rec = recorder.Recorder(Path(out))
     except (TaskError, recorder.RunLocked, *_usage_errors()) as e:
         _fail(str(e))
-    recorder.write_run_info(Path(out), run_config, keys)
-    aside = rec.set_aside()
+    recorder.write_run_info(Path(out), {"task": the_task.name, "split": split, "grader": the_task.grader,
+                                        "questions": len(the_task.items), "samples": samples, "prompts": prompts.fingerprint(),
+                                        **sampling.describe(), "models": [m.name for m in config.models]})
+    aside = rec.set_aside(expected)
     if aside:
         err.print(f"[yellow]note:[/] {sum(aside.values())} recorded answers from other settings are set aside, not mixed "
                   f"in ({', '.join(f'{k}: {v}' for k, v in aside.items())})")
-    n_calls = len(the_task.items) * samples * len(pool_models)
-    already = len(rec.done())
-    console.print(f"{the_task.name}: {len(the_task.items)} questions x {len(pool_models)} models x {samples} sample(s) "
-                  f"= {n_calls} calls; {already} already recorded in {out}")
+    answered = rec.answered(expected)
+    mine = {c: v for c, v in calls.items() if c[0] in {m.name for m in asked_models}}
+    todo = {c: v for c, v in mine.items() if c not in answered}
+    console.print(f"{the_task.name}: {len(the_task.items)} questions x {len(asked_models)} models x {samples} sample(s) "
+                  f"= {len(mine)} calls; {len(mine) - len(todo)} already recorded in {out}")
     started = time.perf_counter()
     interrupted = False
+    tallies = {}
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
-        ids = {}
+        ids = {m.name: bar.add_task(m.name, total=sum(c[0] == m.name for c in todo), info="") for m in asked_models}
 
         def on_call(name, tally):
-            if name not in ids:
-                return
             spent = time.perf_counter() - started
             rate = (tally.answered + tally.failed) / spent if spent > 0 else 0.0
             bar.update(ids[name], completed=tally.answered + tally.failed,
                        info=f"{rate:5.1f}/s {tally.tokens:>8,} tok ${tally.cost:.4f}" + (f" {tally.failed} failed" if tally.failed else ""))
 
-        recorded = rec.done()
-        todo = {m.name: sum((m.name, i.id, s) not in recorded for i in the_task.items for s in range(samples))
-                for m in pool_models}
-        for m in pool_models:
-            ids[m.name] = bar.add_task(m.name, total=todo[m.name], info="")
         try:
-            tallies = asyncio.run(run(the_task, pool_models, prompts, sampling, rec, on_call))
+            tallies = asyncio.run(run(todo, asked_models, config.gateway, sampling, rec, on_call))
         except KeyboardInterrupt:
             interrupted = True
-    counts = recorder.compact(rec, the_task, pool_models, samples)
+    counts = recorder.compact(rec, the_task, list(config.models), expected, samples)
     rec.close()
     if interrupted:
-        err.print(f"interrupted: what finished is recorded; run the same command to ask the rest")
+        err.print("interrupted: what finished is recorded; run the same command to ask the rest")
         raise typer.Exit(130)
-    _collect_summary(rec, pool_models, tallies, samples)
+    _collect_summary(rec, asked_models, tallies, samples)
     console.print(f"wrote {counts['outcomes']} outcomes on {counts['queries']} questions to {Path(out).resolve()} "
                   f"in {time.perf_counter() - started:.1f} s; next: herd eval {out}")
 
@@ -578,7 +575,9 @@ def select_cmd(
         exhaustive = {j: chooser.exhaustive(j) for j in range(1, min(k, select.EXHAUSTIVE_MAX_K) + 1)}
     except _usage_errors() as e:
         _fail(str(e))
-    t = Table(title=f"greedy pool selection on {m.n_queries} queries x {len(m.models)} models", title_justify="left")
+    t = Table(title=f"greedy pool selection on {m.n_queries} queries x {len(m.models)} models", title_justify="left",
+              caption="Pools are chosen on all the data (in-sample); the routed and best-single columns are "
+                      "cross-validated for the chosen pool.", caption_justify="left")
     for col in ("k", "adds", "oracle %", "gain", "pool cost/query", f"{router}+{chosen_policy.label} % (CV)",
                 "best single % (CV)"):
         t.add_column(col, justify="left" if col == "adds" else "right")
@@ -595,7 +594,7 @@ def select_cmd(
                           f"{100 * best[1]:.2f}% ({', '.join(best[0])})")
     result = {"data": str(path), "k": k, "constraints": {"budget": budget, "max_params": max_params,
               "must_include": _split_list(must_include) or [], "tags": tag_list}, "router": router,
-              "policy": chosen_policy.label, "folds": folds,
+              "policy": chosen_policy.label, "folds": folds, "selection": "in-sample (all data); routed scores under CV",
               "seed": seed, "greedy": select.as_dict(steps),
               "exhaustive": {str(j): None if b is None else {"models": b[0], "oracle": b[1]} for j, b in exhaustive.items()}}
     out_dir = Path(out)

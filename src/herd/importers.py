@@ -27,7 +27,10 @@ def _qid(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _frames(rows: list[dict], texts: dict, golds: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _frames(rows: list[dict], texts: dict, golds: dict | None = None, where: str = "the input"
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    if not rows:
+        raise ImportFileError(f"{where}: no outcomes to import (no rows, or no scores in them)")
     outcomes = pd.DataFrame(rows)
     outcomes = outcomes.drop_duplicates(["source", "benchmark", "qid", "model"], keep="last")
     keys = outcomes[["source", "benchmark", "qid"]].drop_duplicates()
@@ -71,9 +74,7 @@ def lm_eval(paths: list[Path], model: str | None = None, filter_name: str | None
                          "output_chars": len(first) if isinstance(first, str) else None})
             texts[(SOURCE, task, qid)] = text
             golds[(SOURCE, task, qid)] = None if s.get("target") is None else str(s["target"])
-    if not rows:
-        raise ImportFileError(f"no samples in {[str(p) for p in paths]}")
-    return _frames(rows, texts, golds)
+    return _frames(rows, texts, golds, where=", ".join(map(str, paths)))
 
 
 def _lm_eval_prompt(sample: dict) -> str | None:
@@ -112,7 +113,7 @@ def long_table(path: Path, benchmark: str | None = None):
     key = list(zip(df["source"], df["benchmark"], df["qid"]))
     texts = dict(zip(key, df["text"].astype(str)))
     golds = dict(zip(key, df["gold"].astype(str))) if "gold" in df else None
-    return _frames(df[keep].to_dict("records"), texts, golds)
+    return _frames(df[keep].to_dict("records"), texts, golds, where=str(path))
 
 
 def routerbench(path: Path):
@@ -130,6 +131,13 @@ def routerbench(path: Path):
     if not models or absent:
         raise ImportFileError(f"{path}: expected a score column beside each '<model>|total_cost' column; "
                            f"missing {absent or 'all'}")
+    for m in models:
+        scores = pd.to_numeric(df[m], errors="coerce")
+        bad = (df[m].notna() & scores.isna()) | (scores < 0) | (scores > 1)
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise ImportFileError(f"{path}, row {i + 2}: score column {m!r} holds {df[m].iloc[i]!r}, not a number in [0, 1]")
+        df[m] = scores
     rows, texts = [], {}
     for r in df.to_dict("records"):
         bench, qid = str(r["eval_name"]), str(r["sample_id"])
@@ -142,7 +150,7 @@ def routerbench(path: Path):
             rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m, "correct": float(score),
                          "cost_usd": None if pd.isna(r[f"{m}|total_cost"]) else float(r[f"{m}|total_cost"]),
                          "output_chars": _chars(resp)})
-    return _frames(rows, texts)
+    return _frames(rows, texts, where=str(path))
 
 
 def _chars(response) -> int | None:
@@ -178,7 +186,7 @@ def routellm(paths: list[Path]):
                 resp = r.get(f"{m}_response")
                 rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m,
                              "correct": 1.0 if r[m] in (True, "True") else 0.0, "output_chars": _chars(resp)})
-    return _frames(rows, texts)
+    return _frames(rows, texts, where=", ".join(map(str, paths)))
 
 
 def write(out: Path, frames) -> None:

@@ -87,8 +87,9 @@ class Selector:
             if spent is None or spent > self.c.budget + 1e-15:
                 return False
         if self.c.max_params is not None:
+            # Open models are hosted; without open_weights in the data, every model counts.
             hosted = sum(self.params.get(self.m.models[j], math.nan) for j in pool
-                         if self.m.owned is not None and self.m.owned[j])
+                         if self.m.owned is None or self.m.owned[j])
             if math.isnan(hosted) or hosted > self.c.max_params:
                 return False
         return True

@@ -94,14 +94,23 @@ def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> Optional[str]:
     boxed = _boxed(text)
     if boxed is not None and (m := re.fullmatch(rf"\s*\(?({cls})\)?\s*", boxed.replace("\\text{", "").replace("}", ""))):
         return m.group(1)
-    found = re.findall(rf"answer\s*(?:is|:)?\s*:?\s*\(?\**({cls})\b\)?", text, flags=re.IGNORECASE)
-    if found:
-        return found[-1].upper()
+    # 'answer' in any case, the letter in capitals only: 'the answer is a bit...' names no option.
+    # '(c)' counts in either case.
+    after_marker = [m for m in re.finditer(rf"(?i:answer)\s*(?:is|:)?\s*:?\s*(?:\(([{letters}{letters.lower()}])\)|\**({cls})\b)",
+                                           text) if not _english_word(text, m)]
+    if after_marker:
+        m = after_marker[-1]
+        return (m.group(1) or m.group(2)).upper()
     found = re.findall(rf"\(({cls})\)", text)
     if found:
         return found[-1]
     found = re.findall(rf"(?:^|\s)({cls})[.):]?\s*$", text.strip(), flags=re.MULTILINE)
     return found[-1] if found else None
+
+
+def _english_word(text: str, m: re.Match) -> bool:
+    """'Answer: I think...': the capital I is the pronoun, not option I."""
+    return m.group(2) == "I" and re.match(r"\s+[a-z]", text[m.end():]) is not None
 
 
 def normalize_text(text: str) -> str:
@@ -172,11 +181,13 @@ def normalize_latex(text: str) -> str:
 
 
 def _latex_value(t: str) -> Optional[float]:
+    """The value of a plain number or a numeric \\frac; anything else (5x, 2i, 1,2) is not a number."""
     m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", t)
     if m:
         return (-1 if m.group(1) else 1) * int(m.group(2)) / int(m.group(3)) if int(m.group(3)) else None
-    n = canonical_number(t)
-    return float(Fraction(n)) if n is not None else None
+    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?", t):
+        return float(Fraction(t)) if not t.endswith("/0") else None
+    return None
 
 
 def extract_math(text: str) -> Optional[str]:

@@ -40,6 +40,12 @@ class Prompts:
         for name, field in (("zcot.txt", "{question}"), ("fcot_query.txt", "{question}")):
             if field not in texts[name]:
                 raise TaskError(f"template {name} must contain {field}")
+        for name, text in texts.items():  # fail now, not at the first call: literal braces must be doubled
+            try:
+                text.format(question="q", answer_format="a", solution="s")
+            except (KeyError, IndexError, ValueError) as e:
+                raise TaskError(f"template {name}: {type(e).__name__} {e}; the fields are {{question}}, "
+                                "{answer_format} and {solution}; write other braces as {{ and }}") from None
         return cls(texts["zcot.txt"], texts["fcot_example.txt"], texts["fcot_query.txt"], shots, seed)
 
     def fingerprint(self) -> str:

@@ -2,10 +2,12 @@
 as it finishes, so a run killed at any moment loses at most the calls in flight. Rerunning the
 same command skips what is recorded. ``compact`` turns the log into the unified outcome format.
 
-A call's key is (config, model, question, sample). The config hash covers everything that
-changes an answer: task, grader, prompt templates and examples, sampling, the model's backend
-id and prompt style. Rows recorded under another config are never mixed in: they stay in the
-log, unused, and the run says how many it set aside.
+A call is (model, question, sample) plus a key: the hash of exactly what is sent (the backend
+model id, the endpoint, the prompt or messages, the sampling settings). A recorded answer
+counts only while its key is the one the current settings would send, so changed prompts,
+examples, questions or sampling never mix with earlier answers: those stay in the log, unused,
+and the run says how many it set aside. Grading is redone from the recorded text at every
+compaction, so a changed grader or gold answer needs no new calls.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ from herd.pool import ModelConfig
 
 LOG = "calls.jsonl"
 SOURCE = "collected"
+Call = tuple[str, str, int]  # (model, qid, sample)
+
+
+def call_key(model: ModelConfig, path: str, body: dict) -> str:
+    """What makes an answer: the backend model id, the endpoint and the body (without the seed,
+    which the sample number already pins)."""
+    spec = {"backend_model": model.backend_model, "path": path, **{k: v for k, v in body.items() if k != "seed"}}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class RunLocked(RuntimeError):
@@ -43,11 +53,13 @@ def config_key(run_config: dict, model: ModelConfig) -> str:
 @dataclass
 class Recorder:
     out: Path
-    keys: dict[str, str]  # model name -> config key
 
     def __post_init__(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.out / ".lock", "w")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.out / ".lock", "w")
+        except OSError as e:
+            raise RunLocked(f"{self.out}: cannot record here ({e.strerror or e})") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,21 +90,27 @@ class Recorder:
                     continue  # a torn line from a crash; the call is simply made again
         return rows
 
-    def done(self) -> set[tuple[str, str, int]]:
-        """(model, qid, sample) of calls recorded as answered under the current configs."""
-        return {(r["model"], r["qid"], r["sample"]) for r in self.rows
-                if r.get("ok") and self.keys.get(r["model"]) == r.get("key")}
-
-    def set_aside(self) -> dict[str, int]:
-        """Answered calls recorded under another config, per model (never used)."""
-        counts: dict[str, int] = defaultdict(int)
+    def answered(self, expected: dict[Call, str]) -> dict[Call, dict]:
+        """The recorded answer of every expected call made with the expected key (the last one)."""
+        found = {}
         for r in self.rows:
-            if r.get("ok") and r["model"] in self.keys and r.get("key") != self.keys[r["model"]]:
-                counts[r["model"]] += 1
+            call = (r["model"], r["qid"], r["sample"])
+            if r.get("ok") and expected.get(call) == r.get("key"):
+                found[call] = r
+        return found
+
+    def set_aside(self, expected: dict[Call, str]) -> dict[str, int]:
+        """Per model, expected calls answered only under other settings (never used)."""
+        current = self.answered(expected)
+        other = {(r["model"], r["qid"], r["sample"]) for r in self.rows
+                 if r.get("ok") and (r["model"], r["qid"], r["sample"]) in expected}
+        counts: dict[str, int] = defaultdict(int)
+        for call in other - set(current):
+            counts[call[0]] += 1
         return dict(counts)
 
     def append(self, record: dict) -> None:
-        record = {"key": self.keys[record["model"]], "time": round(time.time(), 3), **record}
+        record = {"time": round(time.time(), 3), **record}
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._file.flush()  # in the OS's hands now: a killed process loses nothing written
         self.rows.append(record)
@@ -102,31 +120,31 @@ class Recorder:
         self._lock.close()
 
 
-def write_run_info(out: Path, run_config: dict, keys: dict[str, str]) -> None:
+def write_run_info(out: Path, run_config: dict) -> None:
     info = {"herd_version": __version__, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": run_config, "config_keys": keys}
+            "config": run_config}
     (out / "run.json").write_text(json.dumps(info, indent=2))
 
 
-def compact(rec: Recorder, task: Task, models: list[ModelConfig], samples: int) -> dict[str, int]:
-    """Write ``outcomes.parquet``, ``queries.parquet`` and ``models.csv`` from the answered calls of
-    the current configs. With k samples, ``correct`` is maj@k (the majority answer equals the
-    gold one, as SelectLLM labels) and ``share_correct`` is the share of samples right. A
-    question whose calls all failed has no row: a failure is not a wrong answer."""
+def compact(rec: Recorder, task: Task, models: list[ModelConfig], expected: dict[Call, str], samples: int) -> dict[str, int]:
+    """Write ``outcomes.parquet``, ``queries.parquet`` and ``models.csv`` from the answered calls
+    that match ``expected``, graded now with the task's grader and gold answers. With k samples,
+    ``correct`` is maj@k (the majority answer equals the gold one, as SelectLLM labels) and
+    ``share_correct`` the share of samples right. A question whose calls all failed has no row:
+    a failure is not a wrong answer."""
     grader = get_grader(task.grader)
     gold = {i.id: i.answer for i in task.items}
     calls: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rec.rows:
-        if r.get("ok") and rec.keys.get(r["model"]) == r.get("key") and r["qid"] in gold and r["sample"] < samples:
-            calls[(r["model"], r["qid"])].append(r)
+    for (model, qid, _), r in rec.answered(expected).items():
+        calls[(model, qid)].append(r)
     rows = []
     for (model, qid), rs in calls.items():
-        rs = list({r["sample"]: r for r in rs}.values())  # one per sample, whatever the log holds
-        answer = majority([r["answer"] for r in rs], grader.correct) if samples > 1 else rs[0]["answer"]
+        answers = [grader.extract(r.get("text") or "") for r in rs]
+        right = [grader.correct(a, gold[qid]) for a in answers]
+        answer = majority(answers, grader.correct) if samples > 1 else answers[0]
         rows.append({
             "source": SOURCE, "benchmark": task.benchmark, "qid": qid, "model": model,
-            "correct": float(grader.correct(answer, gold[qid])),
-            "share_correct": float(np.mean([r["correct"] for r in rs])),
+            "correct": float(grader.correct(answer, gold[qid])), "share_correct": float(np.mean(right)),
             "samples": len(rs), "answer": answer,
             "cost_usd": _mean([r.get("cost_usd") for r in rs]),
             "latency_s": _mean([r.get("latency_s") for r in rs]),

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from herd.backends import Backend
-from herd.collect.grading import get_grader
 from herd.collect.prompts import COMPLETION_STOP, Prompts
-from herd.collect.recorder import Recorder
-from herd.collect.tasks import Item, Task
+from herd.collect.recorder import Call, Recorder, call_key
+from herd.collect.tasks import Task
 from herd.pool import GatewaySettings, ModelConfig
 
 
@@ -40,79 +39,94 @@ class ModelTally:
     todo: int = 0
     answered: int = 0
     failed: int = 0
-    correct: int = 0
     tokens: int = 0
     cost: float = 0.0
     latency: float = 0.0
     errors: dict = field(default_factory=dict)
 
 
-async def run(task: Task, models: list[ModelConfig], prompts: Prompts, sampling: Sampling, rec: Recorder,
-              on_call: Optional[Callable[[str, ModelTally], None]] = None) -> dict[str, ModelTally]:
-    grader = get_grader(task.grader)
+def plan_calls(task: Task, models: list[ModelConfig], prompts: Prompts, sampling: Sampling
+               ) -> dict[Call, tuple[str, dict, str]]:
+    """Every call of the run: (model, qid, sample) -> (endpoint, body, key)."""
     exemplars = prompts.exemplars(task)
-    done = rec.done()
-    tallies = {m.name: ModelTally() for m in models}
-    settings = GatewaySettings()
-    backends = {m.name: Backend(m, settings) for m in models}
+    calls = {}
+    for model in models:
+        for item in task.items:
+            body = {"temperature": sampling.effective_temperature, "max_tokens": sampling.max_tokens}
+            if model.prompt_style == "chat":
+                body["messages"], path = prompts.chat(task, item), "/chat/completions"
+            else:
+                body.update(prompt=prompts.completion(task, item, exemplars), stop=COMPLETION_STOP)
+                path = "/completions"
+            key = call_key(model, path, body)
+            for sample in range(sampling.samples):
+                calls[(model.name, item.id, sample)] = (path, {**body, "seed": sample}, key)
+    return calls
 
-    async def ask(model: ModelConfig, item: Item, sample: int) -> None:
-        backend, tally = backends[model.name], tallies[model.name]
-        body = {"temperature": sampling.effective_temperature, "max_tokens": sampling.max_tokens, "seed": sample}
-        if model.prompt_style == "chat":
-            body["messages"], path = prompts.chat(task, item), "/chat/completions"
-        else:
-            body.update(prompt=prompts.completion(task, item, exemplars), stop=COMPLETION_STOP)
-            path = "/completions"
-        started = time.perf_counter()
+
+async def run(todo: dict[Call, tuple[str, dict, str]], models: list[ModelConfig], settings: GatewaySettings,
+              sampling: Sampling, rec: Recorder,
+              on_call: Optional[Callable[[str, ModelTally], None]] = None) -> dict[str, ModelTally]:
+    """Make the calls in ``todo`` and record each as it finishes."""
+    tallies = {m.name: ModelTally() for m in models}
+    backends = {m.name: Backend(m, settings) for m in models}
+    by_name = {m.name: m for m in models}
+
+    async def ask(call: Call) -> None:
+        name, qid, sample = call
+        path, body, key = todo[call]
+        model, backend, tally = by_name[name], backends[name], tallies[name]
         errors = []
         for attempt in range(sampling.max_retries + 1):
+            started = time.perf_counter()
             outcome = await backend.call(body, path=path)
+            latency = time.perf_counter() - started  # of this attempt: backoff waits are not the model's
             if outcome.kind == "ok":
                 break
             errors.append(outcome.detail)
-            if outcome.kind != "retry" or attempt == sampling.max_retries:
+            # No other model to fall back to here: a timeout is worth another try too.
+            if outcome.kind not in ("retry", "fallback") or attempt == sampling.max_retries:
                 break
             await asyncio.sleep(backend.backoff(attempt, outcome.retry_after))
-        latency = time.perf_counter() - started
-        record = {"model": model.name, "qid": item.id, "sample": sample, "attempts": len(errors) + (outcome.kind == "ok")}
+        record = {"model": name, "qid": qid, "sample": sample, "key": key, "attempts": len(errors) + (outcome.kind == "ok")}
         if outcome.kind != "ok":
             tally.failed += 1
             tally.errors[errors[-1]] = tally.errors.get(errors[-1], 0) + 1
             rec.append({**record, "ok": False, "error": "; ".join(errors)})
         else:
             choice = outcome.data["choices"][0] if outcome.data["choices"] else {}
+            choice = choice if isinstance(choice, dict) else {}
             text = (choice.get("message") or {}).get("content") if model.prompt_style == "chat" else choice.get("text")
             text = text if isinstance(text, str) else ""
             usage = outcome.data.get("usage") if isinstance(outcome.data.get("usage"), dict) else {}
-            prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
             cost = model.cost(prompt_tokens or 0, completion_tokens or 0) if usage else None
-            answer = grader.extract(text)
-            right = grader.correct(answer, item.answer)
             tally.answered += 1
-            tally.correct += right
-            tally.tokens += int(completion_tokens or 0) + int(prompt_tokens or 0)
+            tally.tokens += (completion_tokens or 0) + (prompt_tokens or 0)
             tally.cost += cost or 0.0
             tally.latency += latency
-            rec.append({**record, "ok": True, "text": text, "answer": answer, "correct": float(right),
-                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                        "latency_s": round(latency, 4), "cost_usd": cost, "finish_reason": choice.get("finish_reason")})
+            rec.append({**record, "ok": True, "text": text, "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens, "latency_s": round(latency, 4), "cost_usd": cost,
+                        "finish_reason": choice.get("finish_reason")})
         if on_call:
-            on_call(model.name, tally)
+            on_call(name, tally)
 
-    async def worker(model: ModelConfig, todo) -> None:
-        for item, sample in todo:
-            await ask(model, item, sample)
+    async def worker(calls) -> None:
+        for call in calls:
+            await ask(call)
 
     workers = []
     for model in models:
-        todo = [(item, s) for item in task.items for s in range(sampling.samples)
-                if (model.name, item.id, s) not in done]
-        tallies[model.name].todo = len(todo)
-        shared = iter(todo)  # max_concurrency workers per model draw from one queue
-        workers += [worker(model, shared) for _ in range(min(model.max_concurrency, len(todo)))]
+        mine = [c for c in todo if c[0] == model.name]
+        tallies[model.name].todo = len(mine)
+        shared = iter(mine)  # max_concurrency workers per model draw from one queue
+        workers += [worker(shared) for _ in range(min(model.max_concurrency, len(mine)))]
     try:
         await asyncio.gather(*workers)
     finally:
         await asyncio.gather(*(b.close() for b in backends.values()))
     return tallies
+
+
+def _count(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None

@@ -53,7 +53,7 @@ def load_task(spec: str, *, data_dir: Path | None = None, split: str = "test", l
     after ``offset``."""
     path = Path(spec)
     if spec.endswith(".jsonl") or path.is_file():
-        task = _jsonl_task(path, grader or "exact")
+        task = _jsonl_task(path, grader or "string")
     elif spec == "gsm8k":
         task = _gsm8k(data_dir, split)
     elif "/" in spec:
@@ -144,5 +144,10 @@ def _outcome_task(spec: str, data_dir: Path | None, grader: str | None) -> Task:
     grader = grader or GRADER_BY_BENCHMARK.get(benchmark)
     if grader is None:
         raise TaskError(f"no default grader for benchmark {benchmark!r}; pass --grader")
-    items = [Item(str(r.qid), str(r.text), str(r.gold)) for r in rows.itertuples()]
+    items = [Item(str(r.qid), str(r.text), _gold(str(r.gold), grader)) for r in rows.itertuples()]
     return Task(spec, source, benchmark, grader, items)
+
+
+def _gold(gold: str, grader: str) -> str:
+    """A gold answer as its grader compares it: some sources keep GSM8K's whole solution."""
+    return gsm8k_gold(gold) if grader == "number" and "####" in gold else gold

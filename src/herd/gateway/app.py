@@ -126,6 +126,8 @@ class Gateway:
                 tm.ATTEMPT_ERRORS.labels(name, outcome.detail).inc()
                 if outcome.kind != "retry" or retry == backend.config.retries:
                     break
+                if (outcome.retry_after or 0) > self.pool.gateway.max_backoff_s:
+                    break  # the backend asks for a longer pause than a caller should wait: next model
                 await asyncio.sleep(backend.backoff(retry, outcome.retry_after))
             if rank < len(plan.candidates) - 1:
                 tm.FALLBACKS.labels(name).inc()
