@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from herd.cli import app
 from herd.data import Matrix, Outcomes
-from herd.select import Constraints, Selector, coverage, pool_cost
+from herd.select import Constraints, PoolSelector, coverage, pool_cost
 
 
 def matrix(y: np.ndarray, costs: list[float], owned: list[bool] | None = None) -> Matrix:
@@ -28,7 +28,7 @@ def test_greedy_is_close_to_brute_force_on_random_pools():
     rng = np.random.default_rng(0)
     for trial in range(20):
         y = (rng.random((60, 8)) < rng.uniform(0.2, 0.8, 8)).astype(float)
-        chooser = Selector(matrix(y, list(rng.uniform(0.001, 0.01, 8))), Constraints())
+        chooser = PoolSelector(matrix(y, list(rng.uniform(0.001, 0.01, 8))), Constraints())
         steps = chooser.greedy(3)
         for k in (1, 2, 3):
             brute = max(coverage(y, list(p)) for p in itertools.combinations(range(8), k))
@@ -41,26 +41,26 @@ def test_greedy_is_close_to_brute_force_on_random_pools():
 def test_greedy_picks_complements_not_the_next_best_single():
     # m0 and m1 are right on the same half; m2 is worse alone but right on the other half.
     y = np.array([[1, 1, 0]] * 6 + [[0, 0, 1]] * 4, dtype=float)
-    steps = Selector(matrix(y, [0.01, 0.01, 0.001]), Constraints()).greedy(2)
+    steps = PoolSelector(matrix(y, [0.01, 0.01, 0.001]), Constraints()).greedy(2)
     assert [s.added for s in steps] == ["m0", "m2"] and steps[-1].oracle == 1.0
 
 
 def test_constraints():
     y = np.array([[1, 0, 0, 1]] * 5 + [[0, 1, 0, 1]] * 3 + [[0, 0, 0, 1]] * 2, dtype=float)
     m = matrix(y, [0.001, 0.001, 0.001, 0.05], owned=[True, True, True, False])
-    assert [s.added for s in Selector(m, Constraints()).greedy(3)] == ["m3"]  # it answers all: nothing more to add
+    assert [s.added for s in PoolSelector(m, Constraints()).greedy(3)] == ["m3"]  # it answers all: nothing more to add
     assert pool_cost(y, m.cost, [0, 1]) == pytest.approx(0.001)
-    cheap = Selector(m, Constraints(budget=0.0015)).greedy(3)
+    cheap = PoolSelector(m, Constraints(budget=0.0015)).greedy(3)
     assert [s.added for s in cheap] == ["m0", "m1"]  # m3 would cost 0.0108 per query
-    first = Selector(m, Constraints(must_include=["m1"])).greedy(2)
+    first = PoolSelector(m, Constraints(must_include=["m1"])).greedy(2)
     assert [s.added for s in first] == ["m1", "m3"]
-    assert all(s.added != "m3" for s in Selector(m, Constraints(only_open=True)).greedy(3))
+    assert all(s.added != "m3" for s in PoolSelector(m, Constraints(only_open=True)).greedy(3))
     y2 = np.array([[1, 0, 0]] * 4 + [[0, 1, 0]] * 3 + [[0, 0, 1]] * 3, dtype=float)
-    hosted = Selector(matrix(y2, [0.001] * 3, owned=[True] * 3), Constraints(max_params=16),
+    hosted = PoolSelector(matrix(y2, [0.001] * 3, owned=[True] * 3), Constraints(max_params=16),
                       params={"m0": 8, "m1": 70, "m2": 7}).greedy(3)
     assert [s.added for s in hosted] == ["m0", "m2"]  # m1's 70B does not fit beside m0's 8B
     with pytest.raises(ValueError, match="--must-include \\['m9'\\]"):
-        Selector(m, Constraints(must_include=["m9"]))
+        PoolSelector(m, Constraints(must_include=["m9"]))
 
 
 def test_select_command(tmp_path, dataset_dir):

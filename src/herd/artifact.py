@@ -21,7 +21,7 @@ from herd import __version__, metrics
 from herd.data import Matrix
 from herd.policies import Decision
 from herd.routers import ROUTERS, Router
-from herd.routers.auto import out_of_fold_scores
+from herd.routers.auto import validation_scores
 
 MANIFEST = "manifest.json"
 STATE = "state.joblib"
@@ -65,9 +65,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both."""
     costs = metrics.mean_cost_per_model(m.cost)
     router.fit(m)
-    oof = getattr(router, "validation_scores_", None)
-    if oof is None:
-        oof = out_of_fold_scores(router, m, seed)
+    oof = validation_scores(router, router, m, seed)
     policy = copy.deepcopy(policy)
     if hasattr(policy, "fit"):
         policy.fit(oof, m.labels, costs, m.models)

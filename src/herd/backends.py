@@ -213,6 +213,11 @@ def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
     return Outcome("client", detail, status, body=body)
 
 
+def token_count(value) -> float | None:
+    """A token count from a backend's ``usage``, which may hold anything: a number >= 0 or None."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header: a number, or an HTTP date."""
     if not value:

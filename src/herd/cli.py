@@ -562,7 +562,7 @@ def select_cmd(
         params = {}
         if "params_b" in outcomes.models:
             params = {r.model: float(r.params_b) for r in outcomes.models.itertuples() if r.params_b == r.params_b}
-        chooser = select.Selector(m, select.Constraints(budget, max_params, _split_list(must_include) or [],
+        chooser = select.PoolSelector(m, select.Constraints(budget, max_params, _split_list(must_include) or [],
                                                         "open" in tag_list), params)
         steps = chooser.greedy(k)
         if not steps:

@@ -14,9 +14,9 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix, Outcomes
-from herd.policies import ArgMax, Cascade, CostAware, cascade_thresholds
+from herd.policies import ArgMax, Cascade, CostAware, cascade_choice, cascade_thresholds
 from herd.routers import Router, make_router
-from herd.routers.auto import out_of_fold_scores
+from herd.routers.auto import validation_scores
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -204,9 +204,7 @@ def evaluate_matrix(
             for p in policies:
                 if hasattr(p, "fit"):
                     if validation is None:
-                        validation = getattr(router, "validation_scores_", None)
-                    if validation is None:
-                        validation = out_of_fold_scores(proto, train, seed)
+                        validation = validation_scores(router, proto, train, seed)
                     p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models)
                     tuned[(name, p.label)].append(p.summary())
                 t0 = time.perf_counter()
@@ -240,16 +238,14 @@ def cascade_curve(m: Matrix, cascade: Cascade, scores: np.ndarray) -> list[dict]
     """The cascade at every fixed threshold, on out-of-fold scores: what each deferral level
     buys in accuracy, cost and ownership."""
     y = m.labels
-    fixed = copy.deepcopy(cascade)
-    fixed.threshold = None
-    fixed.stages_ = [m.models.index(x) for x in cascade.models]
+    stages = [m.models.index(x) for x in cascade.models]
     points = []
-    for t in cascade_thresholds(scores, fixed.stages_):
-        choice = fixed._choose(scores, t)
+    for t in cascade_thresholds(scores, stages):
+        choice = cascade_choice(scores, stages, t)
         points.append({"threshold": float(t), "accuracy": metrics.accuracy(metrics.picked(y, choice)),
                        "cost_usd": metrics.mean_known(metrics.picked(m.cost, choice))[0],
                        "ownership": None if m.owned is None else float(m.owned[choice].mean()),
-                       "first_model_share": float(np.mean(choice == fixed.stages_[0]))})
+                       "first_model_share": float(np.mean(choice == stages[0]))})
     return points
 
 

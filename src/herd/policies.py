@@ -300,6 +300,15 @@ def cascade_thresholds(scores: np.ndarray, stages: list[int]) -> np.ndarray:
 
 
 
+def cascade_choice(scores: np.ndarray, stages: list[int], threshold: float) -> np.ndarray:
+    """Per query, the first of ``stages`` (model indices, in order) whose score reaches
+    ``threshold``; the last stage takes the rest."""
+    choice = np.full(len(scores), stages[-1])
+    for stage in reversed(stages[:-1]):
+        choice = np.where(scores[:, stage] >= threshold, stage, choice)
+    return choice
+
+
 class Cascade:
     """Ask models in order, cheapest (or owned) first: a model answers if the router's P(correct)
     for it is at least ``threshold``, else the query moves on to the next; the last one answers
@@ -337,10 +346,7 @@ class Cascade:
         return self
 
     def _choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
-        choice = np.full(len(scores), self.stages_[-1])
-        for stage in reversed(self.stages_[:-1]):
-            choice = np.where(scores[:, stage] >= threshold, stage, choice)
-        return choice
+        return cascade_choice(scores, self.stages_, threshold)
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
         if not hasattr(self, "stages_"):

@@ -20,7 +20,7 @@ from sklearn.base import clone
 from herd import metrics
 from herd.data import Matrix
 from herd.routers import Router
-from herd.routers.auto import out_of_fold_scores
+from herd.routers.auto import validation_scores
 
 EXHAUSTIVE_MAX_K, EXHAUSTIVE_MAX_POOLS = 3, 200_000  # pool sizes and pools (n choose k) searched exhaustively
 
@@ -64,7 +64,7 @@ def pool_cost(y: np.ndarray, cost: np.ndarray, pool: list[int]) -> float | None:
     return float(spent[np.isfinite(spent)].mean())
 
 
-class Selector:
+class PoolSelector:
     def __init__(self, m: Matrix, constraints: Constraints, params: dict[str, float] | None = None):
         self.m, self.c = m, constraints
         self.y = m.labels
@@ -146,9 +146,7 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
         fitted = clone(router).fit(train)
         p = policy
         if hasattr(p, "fit"):
-            validation = getattr(fitted, "validation_scores_", None)
-            validation = validation if validation is not None else out_of_fold_scores(router, train, seed)
-            p = copy.deepcopy(policy).fit(validation, train.labels, costs, train.models)
+            p = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs, train.models)
         routed[te] = y[te, p.choose(fitted.predict_scores([sub.texts[i] for i in te]), costs)]
         single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
     return float(routed.mean()), float(single.mean())

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from herd.backends import Backend
+from herd.backends import Backend, token_count
 from herd.collect.prompts import COMPLETION_STOP, Prompts
 from herd.collect.recorder import Call, Recorder, call_key
 from herd.collect.tasks import Task
@@ -99,7 +99,7 @@ async def run(todo: dict[Call, tuple[str, dict, str]], models: list[ModelConfig]
             text = (choice.get("message") or {}).get("content") if model.prompt_style == "chat" else choice.get("text")
             text = text if isinstance(text, str) else ""
             usage = outcome.data.get("usage") if isinstance(outcome.data.get("usage"), dict) else {}
-            prompt_tokens, completion_tokens = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            prompt_tokens, completion_tokens = (_whole(token_count(usage.get(k))) for k in ("prompt_tokens", "completion_tokens"))
             cost = model.cost(prompt_tokens or 0, completion_tokens or 0) if usage else None
             tally.answered += 1
             tally.tokens += (completion_tokens or 0) + (prompt_tokens or 0)
@@ -128,5 +128,5 @@ async def run(todo: dict[Call, tuple[str, dict, str]], models: list[ModelConfig]
     return tallies
 
 
-def _count(value) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+def _whole(tokens: float | None) -> int | None:
+    return None if tokens is None else int(tokens)

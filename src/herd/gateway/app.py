@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from herd import __version__
 from herd.gateway import telemetry as tm
-from herd.backends import Backend, Outcome
+from herd.backends import Backend, Outcome, token_count
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.errors import GatewayError, error_body, error_response
 from herd.gateway.selection import Plan, Selector
@@ -198,7 +198,7 @@ class Gateway:
 
     def _account(self, name: str, prompt, completion) -> float | None:
         model = self.backends[name].config
-        prompt, completion = _count(prompt), _count(completion)
+        prompt, completion = token_count(prompt) or 0.0, token_count(completion) or 0.0
         tm.TOKENS.labels(name, "prompt").inc(prompt)
         tm.TOKENS.labels(name, "completion").inc(completion)
         cost = model.cost(prompt, completion)
@@ -242,11 +242,6 @@ class _Relay(StreamingResponse):
 def _header(text: str) -> str:
     """A header value: one line of latin-1."""
     return " ".join(text.splitlines()).encode("latin-1", "replace").decode("latin-1")
-
-
-def _count(value) -> float:
-    """A token count from a backend, which may send anything."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
 
 
 def _calls(attempts: list[dict]) -> int:

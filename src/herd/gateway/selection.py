@@ -44,7 +44,8 @@ class Selector:
         self.by_name = {m.name: m for m in pool.models}
         if trained is not None:
             self.router_models = list(trained.models)
-            self.scored = [m for m in self.router_models if m in set(self.names)]
+            # Sets, not lists: every routed request checks membership.
+            self.scored = {m for m in self.router_models if m in set(self.names)}
             self.unscored = [m for m in self.names if m not in set(self.router_models)]
 
     @classmethod
@@ -100,9 +101,9 @@ class Selector:
         scores = self.trained.router.predict_scores([req.router_text])[0]
         router_ms = (time.perf_counter() - started) * 1000
         models = self.router_models
-        ok = np.array([m in set(self.scored) and m not in ineligible for m in models])
+        ok = np.array([m in self.scored and m not in ineligible for m in models])
         unscored = [m for m in self.unscored if m not in ineligible]
-        shown = {m: round(float(s), 4) for m, s in zip(models, scores) if m in set(self.scored)}
+        shown = {m: round(float(s), 4) for m, s in zip(models, scores) if m in self.scored}
         plan = Plan([], "", getattr(policy, "label", None), shown, ineligible, router_ms)
         if not ok.any():
             plan.candidates, plan.reason = unscored, "no model the router scores is eligible: first eligible model in the pool's order"
@@ -129,7 +130,7 @@ class Selector:
     def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
         """This request's estimated cost on each model from the pool's prices; where an eligible
         model has no price, the router's per-query means from its training data for all."""
-        est = np.array([self.estimate_cost(self.by_name[m], req) if m in set(self.scored) else np.nan
+        est = np.array([self.estimate_cost(self.by_name[m], req) if m in self.scored else np.nan
                         for m in models], float)
         return est if not np.isnan(est[ok]).any() else self.trained.model_costs
 

@@ -22,6 +22,13 @@ def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INN
     return out
 
 
+def validation_scores(fitted: Router, proto: Router, train: Matrix, seed: int) -> np.ndarray:
+    """Held-out scores of the training queries, for tuning a policy: the ones ``fitted`` kept
+    from its own inner CV (``auto`` does), else a fresh inner CV of ``proto``."""
+    kept = getattr(fitted, "validation_scores_", None)
+    return kept if kept is not None else out_of_fold_scores(proto, train, seed)
+
+
 class EnsembleRouter(Router):
     """The mean of its member routers' scores: averaging estimators of different kinds
     smooths each one's errors."""
