@@ -137,3 +137,22 @@ def test_eval_a_trained_router_on_held_out_data(tmp_path, frames):
     assert r.returncode == 2 and "no outcomes for the router's model(s) ['math-7b']" in r.stderr
     r = herd("eval", str(tmp_path / "test"), "--router", str(tmp_path / "r"), "--router", "logistic")
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_a_checked_cascade_keeps_its_answer_scorer_and_the_observations_it_was_tuned_on(tmp_path, frames):
+    from herd.policies import CheckedCascade, make_policy
+
+    q, o, models = frames
+    o = o.assign(output_chars=np.where(o["correct"] > 0, 200, 900))  # long answers are the wrong ones
+    m = Outcomes.from_frames(q, o, models).matrix()
+    t = artifact.train("logistic", make_router("logistic"), CheckedCascade(["hist-7b", "big-70b"]), m)
+    assert set(t.validation_observed) == {"output_chars"}
+    back = artifact.load(artifact.save(t, tmp_path / "r"))
+    np.testing.assert_array_equal(back.validation_observed["output_chars"], t.validation_observed["output_chars"])
+    refit = back.fit_policy(make_policy("cascade-check:hist-7b,big-70b"))
+    assert refit.threshold_ == pytest.approx(back.policy.threshold_)
+    scores = back.router.predict_scores(m.texts)
+    picked = back.policy.choose(scores, None, m.observed)
+    hist = m.models.index("hist-7b")
+    # Short answers from the small model stand; long ones go on to the big model.
+    assert (picked[m.observed["output_chars"][:, hist] == 200] == hist).all()

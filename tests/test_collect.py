@@ -67,6 +67,8 @@ def test_collect_records_grades_and_feeds_eval(tmp_path, pool):
     # the last number is 1, so only question 0 is right: grading really happens.
     assert o[o["model"] == "chatty"].set_index("qid").loc["test-0", "correct"] == 1.0
     assert o[o["model"] == "chatty"]["correct"].sum() == 1
+    assert o["agreement"].between(0, 1).all() and (o[o["model"] == "chatty"]["agreement"] == 1.0).all()  # echoes agree
+    assert data_observed(run) >= {"agreement", "output_chars"}
     sent = base.stats()["last_body"]
     assert sent["prompt"].count("Question:") == 3 and "train question" in sent["prompt"]  # 2 shots from train
     assert "test question" not in sent["prompt"].rsplit("Question:", 1)[0]
@@ -232,3 +234,7 @@ def test_templates_with_stray_braces_and_outcome_golds(tmp_path, dataset_dir):
     q.to_parquet(dataset_dir / "queries.parquet")
     task = load_task("toy/mix", data_dir=dataset_dir, grader="number", limit=2)
     assert task.items[0].answer == "7"  # the whole GSM8K solution some sources keep, cut to its number
+
+
+def data_observed(run) -> set:
+    return set(Outcomes.load(run, min_outcomes=5).matrix().observed)

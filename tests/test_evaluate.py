@@ -154,7 +154,69 @@ def test_cli_keeps_a_cascade_whole(tmp_path, dataset_dir):
     from herd.cli import _split_policies, app
 
     assert _split_policies(["argmax,safe", "cascade:a@x,b@0.5"]) == ["argmax", "safe", "cascade:a@x,b@0.5"]
+    assert _split_policies(["safe,cascade-check:a,b"]) == ["safe", "cascade-check:a,b"]
     r = CliRunner().invoke(app, ["eval", str(dataset_dir), "--router", "logistic", "--policy",
                                  "cascade:hist-7b,big-70b", "--no-sweep", "--folds", "3", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "cascade:hist-7b,big-70b" in r.output and (tmp_path / "o" / "toy-mix-cascades.png").exists()
+
+
+def _agreeing_small_model_table(n: int = 120, seed: int = 0) -> Outcomes:
+    """'small' is right on 70% of queries, always when its samples agree and never otherwise;
+    'big' is right on 90%. The router's scores carry no signal (all texts look alike)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random(n) < 0.7
+    big = rng.random(n) < 0.9
+    q = pd.DataFrame({"source": "t", "benchmark": "b", "qid": [f"q{i}" for i in range(n)], "text": ["what is it?"] * n})
+    rows = []
+    for i in range(n):
+        rows.append({"qid": f"q{i}", "model": "small", "correct": float(small[i]), "cost_usd": 0.001,
+                     "agreement": 1.0 if small[i] else 1 / 3, "output_chars": 300})
+        rows.append({"qid": f"q{i}", "model": "big", "correct": float(big[i]), "cost_usd": 0.01,
+                     "agreement": 1.0, "output_chars": 300})
+    o = pd.DataFrame(rows).assign(source="t", benchmark="b")
+    models = pd.DataFrame({"model": ["small", "big"], "source": "t", "open_weights": [True, False]})
+    return Outcomes.from_frames(q, o, models)
+
+
+def test_a_checked_cascade_reads_the_answers_and_pays_for_every_call():
+    from herd.policies import CheckedCascade, make_policy
+
+    m = _agreeing_small_model_table().matrix(["small", "big"])
+    y, scores = m.labels, np.full(m.labels.shape, 0.8)
+    c = make_policy("cascade-check:small,big")
+    assert isinstance(c, CheckedCascade) and c.label == "cascade-check:small,big"
+    c.fit(scores, y, np.array([0.001, 0.01]), m.models, observed=m.observed)
+    choice = c.choose(scores, None, m.observed)
+    # Agreement says exactly when small is right: keep those, send the rest to big.
+    assert choice.tolist() == np.where(y[:, 0] == 1, 0, 1).tolist()
+    assert metrics.picked(y, choice).mean() > y[:, 1].mean()
+    called = c.called(choice, 2)
+    assert called[:, 0].all() and (called[:, 1] == (choice == 1)).all()
+    assert metrics.summed(m.cost, called)[choice == 1] == pytest.approx(0.011)
+    reasons = c.decide(scores, m.models, observed=m.observed).reasons
+    assert "small's answer P(right)=" in reasons[int(np.argmax(choice))] and "big answers" in reasons[int(np.argmax(choice))]
+    assert "small answers first" in c.decide(scores[:1], m.models).reasons[0]  # before any call
+    with pytest.raises(ValueError, match="no answer observations for 'small'"):
+        CheckedCascade(["small", "big"]).fit(scores, y, None, m.models, observed=None)
+
+
+def test_checked_cascade_in_evaluation_charges_both_calls():
+    from herd.policies import Cascade, CheckedCascade
+
+    data = _agreeing_small_model_table(150)
+    ev = evaluate(data, ["logistic"], policy=[Cascade(["small", "big"]), CheckedCascade(["small", "big"])],
+                  folds=3, seed=0, sweep=False)
+    b = ev.benchmarks[0]
+    checked = b.row("router", "logistic (cascade-check:small,big)")
+    m = data.matrix(b.models)
+    small, big = b.models.index("small"), b.models.index("big")
+    assert checked.accuracy >= b.row("single", "big").accuracy
+    # Owned answers are exactly those small got right; every query paid small, the rest big too.
+    assert checked.ownership == pytest.approx(m.labels[:, small].mean())
+    expected_cost = 0.001 + 0.01 * (1 - m.labels[:, small].mean())
+    assert checked.cost_usd == pytest.approx(expected_cost)
+    pre = b.row("router", "logistic (cascade:small,big)")
+    assert checked.ownership > pre.ownership  # the router's scores alone cannot tell these queries apart
+    curve = b.cascade_curves["logistic (cascade-check:small,big)"]
+    assert curve[-1]["cost_usd"] == pytest.approx(0.011) and curve[-1]["first_model_share"] == 0.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from herd.collect.grading import (GRADERS, canonical_number, extract_choice, extract_literal, extract_math,
-                                  extract_number, get_grader, gsm8k_gold, majority, normalize_latex, same_math,
-                                  same_number)
+from herd.collect.grading import (GRADERS, agreement, canonical_number, extract_choice, extract_literal,
+                                  extract_math, extract_number, get_grader, gsm8k_gold, majority, normalize_latex,
+                                  same_math, same_number)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -135,6 +135,12 @@ def test_majority_groups_equal_answers_and_ignores_missing():
     assert majority(["18", "18.0", "17", None, None], same_number) == "18"
     assert majority([None, None], same_number) is None
     assert majority(["3", "4"], same_number) == "3"  # a tie goes to the first seen
+
+
+def test_agreement_is_the_majority_share_of_all_samples():
+    assert agreement(["18", "18.0", "17", None], same_number) == 0.5  # a sample with no answer agrees with none
+    assert agreement(["7", "7", "7"], same_number) == 1.0
+    assert agreement([None, None], same_number) == 0.0
 
 
 def test_unknown_grader_is_a_clear_error():

@@ -45,6 +45,7 @@ class TrainedRouter:
     # Out-of-fold scores and outcomes of the training queries: what any other policy is tuned on.
     validation_scores: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
+    validation_observed: dict[str, np.ndarray] | None = None  # what the answers showed, for post-call policies
 
     def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
         scores = self.router.predict_scores(texts)
@@ -58,7 +59,8 @@ class TrainedRouter:
         if self.validation_scores is None:
             raise ArtifactError(f"policy {policy.label!r} is tuned on validation scores, which this router directory "
                                 "does not keep; retrain it with this herd's `herd train`")
-        return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models)
+        return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models,
+                                         **_observed_for(policy, self.validation_observed))
 
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
@@ -68,9 +70,9 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     oof = validation_scores(router, router, m, seed)
     policy = copy.deepcopy(policy)
     if hasattr(policy, "fit"):
-        policy.fit(oof, m.labels, costs, m.models)
+        policy.fit(oof, m.labels, costs, m.models, **_observed_for(policy, m.observed))
     y = m.labels
-    chosen = policy.choose(oof, costs)
+    chosen = policy.choose(oof, costs, **_observed_for(policy, m.observed))
     best = metrics.best_model(y, m.cost)
     acc = metrics.accuracy(metrics.picked(y, chosen))
     oracle = metrics.oracle_accuracy(y)
@@ -81,7 +83,8 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "best_single_accuracy": float(y[:, best].mean()),
         "oracle": oracle,
         "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
-        "cost_usd": metrics.mean_known(metrics.picked(m.cost, chosen))[0],
+        "cost_usd": metrics.mean_known(metrics.summed(m.cost, policy.called(chosen, len(m.models)))
+                                       if getattr(policy, "post_call", False) else metrics.picked(m.cost, chosen))[0],
     }
     manifest = {
         "format": FORMAT,
@@ -103,7 +106,13 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "validation": validation,
     }
     return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m),
-                         np.asarray(oof, np.float32), np.asarray(y, np.float32))
+                         np.asarray(oof, np.float32), np.asarray(y, np.float32),
+                         None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()})
+
+
+def _observed_for(policy, observed) -> dict:
+    """The keyword a post-call policy takes its answer observations by; nothing for others."""
+    return {"observed": observed} if getattr(policy, "post_call", False) else {}
 
 
 def query_keys(m: Matrix) -> frozenset:
@@ -115,7 +124,8 @@ def save(trained: TrainedRouter, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     state = d / STATE
     joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys,
-                 "validation_scores": trained.validation_scores, "validation_labels": trained.validation_labels}, state)
+                 "validation_scores": trained.validation_scores, "validation_labels": trained.validation_labels,
+                 "validation_observed": trained.validation_observed}, state)
     manifest = dict(trained.manifest, state_sha256=_sha256(state))
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return d
@@ -156,7 +166,7 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
         raise ArtifactError(f"{state}: the fitted router's models differ from the manifest's")
     costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
     return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()),
-                         obj.get("validation_scores"), obj.get("validation_labels"))
+                         obj.get("validation_scores"), obj.get("validation_labels"), obj.get("validation_observed"))
 
 
 def fingerprint(m: Matrix) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import time
 from pathlib import Path
 from typing import Optional
@@ -41,10 +43,11 @@ def _split_policies(values: Optional[list[str]]) -> Optional[list[str]]:
         return None
     specs = []
     for item in values:
-        head, sep, cascade = item.partition("cascade:")
+        found = re.search(r"cascade(-check)?:", item)
+        head, cascade = (item[:found.start()], item[found.start():]) if found else (item, "")
         specs += [v.strip() for v in head.split(",") if v.strip()]
-        if sep:
-            specs.append(sep + cascade.strip())
+        if cascade:
+            specs.append(cascade.strip())
     return specs
 
 

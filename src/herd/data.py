@@ -2,7 +2,7 @@
 
 Unified format (a directory): ``queries.parquet`` (source, benchmark, qid, text[, gold, category]),
 ``outcomes.parquet`` (source, benchmark, qid, model, correct[, cost_usd, latency_s,
-output_tokens, output_chars, answer]) and optionally ``models.csv`` (prices, sizes, tags).
+output_tokens, output_chars, agreement, answer]) and optionally ``models.csv`` (prices, sizes, tags).
 CSV or JSONL files with the same columns work too, as does one long CSV/JSONL file holding
 the outcome columns plus ``text``.
 """
@@ -27,7 +27,11 @@ OUTCOME_OPTIONAL = {
     "latency_s": "float64",
     "output_tokens": "Int64",
     "output_chars": "Int64",
+    "agreement": "float64",
 }
+# What a model's answer showed once it was in, per (query, model): the signals a cascade may
+# read after calling a model (answer length; the share of k samples that agree, when sampled).
+OBSERVED = ("agreement", "output_chars", "output_tokens")
 DEFAULT_MIN_OUTCOMES = 20
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
@@ -84,6 +88,7 @@ class Matrix:
     gold: np.ndarray | None = None
     categories: np.ndarray | None = None
     owned: np.ndarray | None = None  # per model: open weights, so it can be run on one's own hardware
+    observed: dict[str, np.ndarray] | None = None  # OBSERVED name -> (n_queries, n_models), NaN unknown
 
     @property
     def n_queries(self) -> int:
@@ -107,6 +112,7 @@ class Matrix:
             answers=pick(self.answers),
             gold=pick(self.gold),
             categories=pick(self.categories),
+            observed=None if self.observed is None else {k: v[rows] for k, v in self.observed.items()},
         )
 
     def kfold(self, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -257,6 +263,7 @@ class Outcomes:
             gold=q["gold"].to_numpy(object) if "gold" in q else None,
             categories=q["category"].to_numpy(object) if "category" in q else None,
             owned=self._owned(models),
+            observed={k: grid(o[k].to_numpy(float, na_value=np.nan)) for k in OBSERVED if o[k].notna().any()} or None,
         )
 
     def _owned(self, models: list[str]) -> np.ndarray | None:
@@ -378,6 +385,10 @@ def _validate(queries, outcomes, q_name, o_name, min_outcomes):
         outcomes[col] = pd.to_numeric(outcomes[col], errors="coerce").astype(dtype) if col in outcomes else pd.Series(
             pd.NA if dtype == "Int64" else np.nan, index=outcomes.index, dtype=dtype
         )
+    bad = (outcomes["agreement"] < 0) | (outcomes["agreement"] > 1)
+    if bad.any():
+        raise HerdDataError(f"{o_name}: column 'agreement' has {int(bad.sum())} value(s) outside [0, 1], {_first(outcomes, bad)}; "
+                            "it is the share of a model's samples that agree with its majority answer")
     return queries, outcomes
 
 

@@ -14,7 +14,7 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix, Outcomes
-from herd.policies import ArgMax, Cascade, CostAware, cascade_choice, cascade_thresholds
+from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds
 from herd.routers import Router, make_router
 from herd.routers.auto import validation_scores
 
@@ -182,6 +182,7 @@ def evaluate_matrix(
     fitted_notes: dict[str, list[str]] = {}
     sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
     router_scores = {name: np.empty((n, k)) for name in routers}
+    deferral: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: held-out P(answer right)
     total, done = len(splits) * len(routers), 0
     for f, (tr, te) in enumerate(splits):
         b = metrics.best_model(y[tr], cost[tr])
@@ -202,14 +203,22 @@ def evaluate_matrix(
             router_scores[name][te] = scores
             validation = None
             for p in policies:
+                post_call = getattr(p, "post_call", False)
                 if hasattr(p, "fit"):
                     if validation is None:
                         validation = validation_scores(router, proto, train, seed)
-                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models)
+                    extra = {"observed": train.observed} if post_call else {}
+                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models, **extra)
                     tuned[(name, p.label)].append(p.summary())
+                key = (name, p.label)
                 t0 = time.perf_counter()
-                router_choice[(name, p.label)][te] = p.choose(scores, model_costs)
-                router_secs[(name, p.label)] += score_secs + time.perf_counter() - t0
+                if post_call:
+                    test_observed = m.take(te).observed
+                    router_choice[key][te] = p.choose(scores, model_costs, test_observed)
+                    deferral.setdefault(key, np.empty((n, k)))[te] = p.deferral(scores, test_observed)
+                else:
+                    router_choice[key][te] = p.choose(scores, model_costs)
+                router_secs[key] += score_secs + time.perf_counter() - t0
             if sweep:
                 for w, weight in enumerate(COST_WEIGHTS):
                     sweep_choice[name][w, te] = CostAware(weight).choose(scores, model_costs)
@@ -217,7 +226,7 @@ def evaluate_matrix(
     if progress:
         progress(f"{label}: done", total, total)
 
-    cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, router_scores[name])
+    cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, deferral.get((name, p.label), router_scores[name]))
                       for name, p in methods if isinstance(p, Cascade)}
     notes = [f"{name}, per fold: {', '.join(said)}" for name, said in fitted_notes.items()]
     routed = []
@@ -228,22 +237,27 @@ def evaluate_matrix(
         if getattr(p, "max_share", None) is not None and p.model in m.models:
             share = float(np.mean(router_choice[key] == m.models.index(p.model)))
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
-        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n))
+        called = (cascade_called(router_choice[key], [m.models.index(x) for x in p.models], k)
+                  if getattr(p, "post_call", False) else None)
+        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n, called))
     result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
     result.cascade_curves = cascade_curves
     return result
 
 
-def cascade_curve(m: Matrix, cascade: Cascade, scores: np.ndarray) -> list[dict]:
-    """The cascade at every fixed threshold, on out-of-fold scores: what each deferral level
-    buys in accuracy, cost and ownership."""
+def cascade_curve(m: Matrix, cascade: Cascade, signal: np.ndarray) -> list[dict]:
+    """The cascade at every fixed threshold on its held-out deferral signal (the router's
+    scores, or a checked cascade's P(answer right)): what each deferral level buys in accuracy,
+    cost (every model called, for a checked cascade) and ownership."""
     y = m.labels
     stages = [m.models.index(x) for x in cascade.models]
     points = []
-    for t in cascade_thresholds(scores, stages):
-        choice = cascade_choice(scores, stages, t)
+    for t in cascade_thresholds(signal, stages):
+        choice = cascade_choice(signal, stages, t)
+        cost = (metrics.summed(m.cost, cascade_called(choice, stages, len(m.models))) if getattr(cascade, "post_call", False)
+                else metrics.picked(m.cost, choice))
         points.append({"threshold": float(t), "accuracy": metrics.accuracy(metrics.picked(y, choice)),
-                       "cost_usd": metrics.mean_known(metrics.picked(m.cost, choice))[0],
+                       "cost_usd": metrics.mean_known(cost)[0],
                        "ownership": None if m.owned is None else float(m.owned[choice].mean()),
                        "first_model_share": float(np.mean(choice == stages[0]))})
     return points
@@ -270,7 +284,10 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
         m = sub.matrix(trained.models)
         t0 = time.perf_counter()
         scores = trained.router.predict_scores(m.texts)
-        choice = trained.policy.choose(scores, trained.model_costs)
+        post_call = getattr(trained.policy, "post_call", False)
+        extra = {"observed": m.observed} if post_call else {}
+        choice = trained.policy.choose(scores, trained.model_costs, **extra)
+        called = trained.policy.called(choice, len(m.models)) if post_call else None
         ms = 1000.0 * (time.perf_counter() - t0) / m.n_queries
         sweeps = {name: np.stack([CostAware(w).choose(scores, trained.model_costs) for w in COST_WEIGHTS])} if sweep else {}
         seen = len(query_keys(m) & trained.train_keys)
@@ -280,7 +297,7 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
             notes.append(f"WARNING: {seen} of these {m.n_queries} queries were in the router's training data; "
                          "its figures here are optimistic")
         best_choice = np.full(m.n_queries, m.models.index(best_name))
-        results.append(summarize(m, best_choice, [best_name], [Routed(name, f"{name} ({label})", choice, ms)],
+        results.append(summarize(m, best_choice, [best_name], [Routed(name, f"{name} ({label})", choice, ms, called)],
                                  sweeps, {name: scores}, notes))
     return Evaluation(data.origin, 0, -1, label, results)
 
@@ -293,6 +310,7 @@ class Routed:
     method: str
     choice: np.ndarray
     router_ms: float | None = None
+    called: np.ndarray | None = None  # (n, k) bool: every model called per query, when more than the choice
 
 
 def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], routed: list[Routed],
@@ -307,12 +325,15 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     best_acc = metrics.accuracy(metrics.picked(y, best_choice))
     oracle_acc = metrics.oracle_accuracy(y)
 
-    def row(method, kind, choice=None, acc=None, cost_value=None, coverage=1.0, estimated=None, latency=None, **extra):
+    def row(method, kind, choice=None, acc=None, cost_value=None, coverage=1.0, estimated=None, latency=None,
+            called=None, **extra):
         if choice is not None:
             acc = metrics.accuracy(metrics.picked(y, choice))
-            cost_value, coverage = metrics.mean_known(metrics.picked(cost, choice))
-            latency = metrics.mean_known(metrics.picked(lat, choice))[0]
-            estimated = bool(m.cost_estimated[np.unique(choice)].any())
+            spent = metrics.picked if called is None else (lambda v, _: metrics.summed(v, called))
+            cost_value, coverage = metrics.mean_known(spent(cost, choice))
+            latency = metrics.mean_known(spent(lat, choice))[0]
+            used = np.unique(choice) if called is None else np.flatnonzero(called.any(axis=0))
+            estimated = bool(m.cost_estimated[used].any())
         gap = None if kind == "oracle" else metrics.gap_closed(acc, best_acc, oracle_acc)
         if m.owned is not None and "ownership" not in extra:
             extra["ownership"] = float(m.owned[choice].mean()) if choice is not None else float(m.owned.mean())
@@ -367,7 +388,8 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
             curve_stats.setdefault(name, {}).update(
                 apgr=metrics.apgr(share, pgr), cpt50=metrics.cpt(share, pgr, 0.5), cpt80=metrics.cpt(share, pgr, 0.8))
     for r in routed:
-        rows.append(row(r.method, "router", choice=r.choice, router_ms=r.router_ms, **curve_stats.get(r.router, {})))
+        rows.append(row(r.method, "router", choice=r.choice, router_ms=r.router_ms, called=r.called,
+                        **curve_stats.get(r.router, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 

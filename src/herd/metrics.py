@@ -17,6 +17,13 @@ def picked(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
     return values[np.arange(len(choice)), choice]
 
 
+def summed(values: np.ndarray, called: np.ndarray) -> np.ndarray:
+    """Per query, the sum of ``values`` over every model called (a cascade pays each call);
+    NaN where any called model's value is unknown."""
+    v = np.where(called, values, 0.0)
+    return np.where((called & np.isnan(values)).any(axis=1), np.nan, np.nansum(v, axis=1))
+
+
 def accuracy(correct_of_choice: np.ndarray) -> float:
     return float(np.mean(correct_of_choice)) if len(correct_of_choice) else float("nan")
 

@@ -309,6 +309,16 @@ def cascade_choice(scores: np.ndarray, stages: list[int], threshold: float) -> n
     return choice
 
 
+def cascade_called(choice: np.ndarray, stages: list[int], n_models: int) -> np.ndarray:
+    """(n_queries, n_models) bool: the stages up to and including each query's choice, which a
+    cascade that reads answers has called."""
+    position = np.array([stages.index(int(c)) for c in choice])
+    mask = np.zeros((len(choice), n_models), bool)
+    for at, stage in enumerate(stages):
+        mask[:, stage] = position >= at
+    return mask
+
+
 class Cascade:
     """Ask models in order, cheapest (or owned) first: a model answers if the router's P(correct)
     for it is at least ``threshold``, else the query moves on to the next; the last one answers
@@ -331,19 +341,27 @@ class Cascade:
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
             models: list[str] | None = None) -> Cascade:
+        self._check_models(models)
+        self._tune(scores, labels)
+        return self
+
+    def _check_models(self, models: list[str] | None) -> None:
         missing = [m for m in self.models if models is None or m not in models]
         if missing:
-            raise ValueError(f"cascade: model(s) {missing} not in the pool {models}")
+            raise ValueError(f"{self.name}: model(s) {missing} not in the pool {models}")
         self.stages_ = [models.index(m) for m in self.models]
+
+    def _tune(self, signal: np.ndarray, labels: np.ndarray) -> None:
+        """The threshold on ``signal`` (held-out, per query and model): as given, or the lowest
+        whose accuracy is at least the last model's own."""
         rows = np.arange(len(labels))
         if self.threshold is not None:
             self.threshold_ = float(self.threshold)
         else:
             strong = labels[:, self.stages_[-1]].mean()
-            self.threshold_ = float(next(t for t in cascade_thresholds(scores, self.stages_)
-                                         if labels[rows, self._choose(scores, t)].mean() >= strong - 1e-12))
-        self.validation_accuracy_ = float(labels[rows, self._choose(scores, self.threshold_)].mean())
-        return self
+            self.threshold_ = float(next(t for t in cascade_thresholds(signal, self.stages_)
+                                         if labels[rows, self._choose(signal, t)].mean() >= strong - 1e-12))
+        self.validation_accuracy_ = float(labels[rows, self._choose(signal, self.threshold_)].mean())
 
     def _choose(self, scores: np.ndarray, threshold: float) -> np.ndarray:
         return cascade_choice(scores, self.stages_, threshold)
@@ -374,23 +392,158 @@ class Cascade:
         return f"Cascade(models={self.models}, threshold={self.threshold})"
 
 
+# Features of an answer the deferral scorer reads, and how each is put on a linear scale.
+ANSWER_FEATURES = {"agreement": lambda x: x, "output_chars": np.log1p, "output_tokens": np.log1p}
+SCORER_FOLDS = 5
+
+
+class CheckedCascade(Cascade):
+    """A cascade that reads each answer before it accepts it (FrugalGPT's and AutoMix's
+    post-call deferral): the first model is called, and its answer stands if a deferral
+    scorer's P(right) reaches ``threshold``; else the next model is called too, and so on.
+    Every model called is paid for.
+
+    The scorer, one per model before the last, is a logistic regression over what is known
+    once the answer is in: the router's P(correct) before the call, the answer's length in
+    characters and tokens, and, when ``samples`` > 1 answers were drawn, the share that agree
+    with the majority answer (self-consistency, maj@k). Its inputs come from the outcome data
+    (``Matrix.observed``) offline and from the model's reply in the gateway, which draws
+    ``samples`` answers and compares them with the ``grader`` of ``herd collect``.
+
+    ``threshold=None`` tunes it as ``Cascade`` does, on scorer outputs held out within the
+    training queries (the scorers are cross-fitted there, so the threshold never sees a score
+    from a scorer trained on the same query).
+    """
+
+    name = "cascade-check"
+    post_call = True
+
+    def __init__(self, models: list[str] | str, threshold: float | None = None, samples: int = 1,
+                 grader: str = "number"):
+        super().__init__(models, threshold)
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.samples = samples
+        self.grader = grader
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None, observed: dict[str, np.ndarray] | None = None) -> CheckedCascade:
+        from sklearn.model_selection import KFold
+
+        self._check_models(models)
+        self.features_, self.scorers_ = {}, {}
+        held_out = np.array(scores, float)
+        for stage in self.stages_[:-1]:
+            name = models[stage]
+            used = [k for k in ANSWER_FEATURES if observed and k in observed and not np.isnan(observed[k][:, stage]).all()]
+            if not used:
+                raise ValueError(f"{self.name}: no answer observations for {name!r} in this data (it needs one of "
+                                 f"{list(ANSWER_FEATURES)}); use 'cascade' to defer on the router's score alone")
+            self.features_[stage] = used
+            x, y = self._features(scores, observed, stage), labels[:, stage] >= 0.5
+            folds = min(SCORER_FOLDS, len(y) // 2)
+            if folds >= 2:
+                for tr, va in KFold(folds, shuffle=True, random_state=0).split(x):
+                    held_out[va, stage] = _fit_scorer(x[tr], y[tr]).predict(x[va])
+            self.scorers_[stage] = _fit_scorer(x, y)
+        self._tune(held_out, labels)
+        return self
+
+    def _features(self, scores: np.ndarray, observed: dict[str, np.ndarray] | None, stage: int) -> np.ndarray:
+        p = np.clip(scores[:, stage], 1e-3, 1 - 1e-3)
+        columns = [np.log(p / (1 - p))]
+        for k in self.features_[stage]:
+            values = (observed or {}).get(k)
+            columns.append(np.full(len(p), np.nan) if values is None else ANSWER_FEATURES[k](values[:, stage]))
+        return np.column_stack(columns)
+
+    def deferral(self, scores: np.ndarray, observed: dict[str, np.ndarray] | None) -> np.ndarray:
+        """P(the answer is right) for the models before the last, once their answers are in;
+        the router's scores elsewhere."""
+        if not hasattr(self, "scorers_"):
+            raise RuntimeError("CheckedCascade is not fitted: call fit() with answer observations first")
+        out = np.array(scores, float)
+        for stage, scorer in self.scorers_.items():
+            out[:, stage] = scorer.predict(self._features(scores, observed, stage))
+        return out
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None,
+               observed: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        return self._choose(self.deferral(scores, observed), self.threshold_)
+
+    def called(self, choice: np.ndarray, n_models: int) -> np.ndarray:
+        """(n_queries, n_models) bool: the models called to reach each choice (all paid for)."""
+        return cascade_called(choice, self.stages_, n_models)
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None,
+               observed: dict[str, np.ndarray] | None = None) -> Decision:
+        if observed is None:  # before any call: the first model is asked, its answer decides the rest
+            first, rest = models[self.stages_[0]], ", ".join(models[i] for i in self.stages_[1:])
+            return Decision(np.full(len(scores), self.stages_[0]),
+                            [f"cascade-check: {first} answers first; {rest} only if its answer's P(right) < "
+                             f"{self.threshold_:.3g}"] * len(scores))
+        defer = self.deferral(scores, observed)
+        choice = self._choose(defer, self.threshold_)
+        t, reasons = self.threshold_, []
+        for d, c in zip(defer, choice):
+            rejected = self.stages_[:self.stages_.index(c)]
+            why = "".join(f"{models[i]}'s answer P(right)={d[i]:.2f} < {t:.3g}; " for i in rejected)
+            last = c == self.stages_[-1]
+            reasons.append(f"cascade-check: {why}{models[c]} answers" + (" (last in the cascade)" if last
+                                                                         else f" (P(right)={d[c]:.2f} >= {t:.3g})"))
+        return Decision(choice, reasons)
+
+    @property
+    def label(self) -> str:
+        return "cascade-check:" + super().label.partition(":")[2]
+
+    def __repr__(self) -> str:
+        return f"CheckedCascade(models={self.models}, threshold={self.threshold}, samples={self.samples})"
+
+
+class _Scorer:
+    """Logistic P(right) from answer features; a constant when training saw one outcome only."""
+
+    def __init__(self, model=None, rate: float = 0.0):
+        self.model, self.rate = model, rate
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(x)[:, 1] if self.model is not None else np.full(len(x), self.rate)
+
+
+def _fit_scorer(x: np.ndarray, y: np.ndarray) -> _Scorer:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if y.all() or not y.any():
+        return _Scorer(rate=float(y.mean()) if len(y) else 0.0)
+    model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                          LogisticRegression(C=1.0, max_iter=1000))
+    return _Scorer(model.fit(x, y))
+
+
 POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
-            "random-likely": RandomLikely, "sorted": CheapestLikely, "cascade": Cascade}
+            "random-likely": RandomLikely, "sorted": CheapestLikely, "cascade": Cascade,
+            "cascade-check": CheckedCascade}
 
 
 def make_policy(spec: str):
     """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
     'budget:0.002' (USD per query), 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4),
     'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct)), 'cascade:small,big'
-    (threshold tuned) or 'cascade:small,big@0.8'."""
+    (threshold tuned) or 'cascade:small,big@0.8', and 'cascade-check:small,big[@T]' (which
+    reads each answer before it accepts it)."""
     name, _, arg = spec.partition(":")
-    if name == "cascade":
+    if name in ("cascade", "cascade-check"):
+        cls = POLICIES[name]
         models, at, value = arg.rpartition("@")
         try:
-            return Cascade(models, float(value)) if at else Cascade(arg)
+            return cls(models, float(value)) if at else cls(arg)
         except ValueError:
             if at and not _is_number(value):  # an '@' inside a model name, as in 'Llama-3@together'
-                return Cascade(arg)
+                return cls(arg)
             raise
     if name == "budget":
         model, _, share = arg.rpartition(":")

@@ -243,9 +243,8 @@ def get_grader(name: str) -> Grader:
         raise ValueError(f"unknown grader {name!r}; choose from {sorted(GRADERS)}") from None
 
 
-def majority(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> Optional[str]:
-    """The most common extracted answer (answers that grade equal count together); ties go to
-    the one seen first; no answers -> None."""
+def _answer_groups(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> list[list[str]]:
+    """Extracted answers grouped by grading equal, in order of first appearance; None left out."""
     groups: list[list[str]] = []
     for a in answers:
         if a is None:
@@ -256,4 +255,18 @@ def majority(answers: list[Optional[str]], same: Callable[[Optional[str], str], 
                 break
         else:
             groups.append([a])
+    return groups
+
+
+def majority(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> Optional[str]:
+    """The most common extracted answer (answers that grade equal count together); ties go to
+    the one seen first; no answers -> None."""
+    groups = _answer_groups(answers, same)
     return max(groups, key=len)[0] if groups else None
+
+
+def agreement(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> float:
+    """Share of the samples that give the majority answer (a sample with no answer agrees with
+    none): self-consistency, the signal a cascade checks before it accepts an answer."""
+    groups = _answer_groups(answers, same)
+    return max(map(len, groups)) / len(answers) if groups else 0.0

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from herd import __version__
-from herd.collect.grading import get_grader, majority
+from herd.collect.grading import agreement, get_grader, majority
 from herd.collect.tasks import Task
 from herd.pool import ModelConfig
 
@@ -129,9 +129,9 @@ def write_run_info(out: Path, run_config: dict) -> None:
 def compact(rec: Recorder, task: Task, models: list[ModelConfig], expected: dict[Call, str], samples: int) -> dict[str, int]:
     """Write ``outcomes.parquet``, ``queries.parquet`` and ``models.csv`` from the answered calls
     that match ``expected``, graded now with the task's grader and gold answers. With k samples,
-    ``correct`` is maj@k (the majority answer equals the gold one, as SelectLLM labels) and
-    ``share_correct`` the share of samples right. A question whose calls all failed has no row:
-    a failure is not a wrong answer."""
+    ``correct`` is maj@k (the majority answer equals the gold one, as SelectLLM labels),
+    ``share_correct`` the share of samples right and ``agreement`` the share that give the
+    majority answer. A question whose calls all failed has no row: a failure is not a wrong answer."""
     grader = get_grader(task.grader)
     gold = {i.id: i.answer for i in task.items}
     calls: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -146,13 +146,14 @@ def compact(rec: Recorder, task: Task, models: list[ModelConfig], expected: dict
             "source": SOURCE, "benchmark": task.benchmark, "qid": qid, "model": model,
             "correct": float(grader.correct(answer, gold[qid])), "share_correct": float(np.mean(right)),
             "samples": len(rs), "answer": answer,
+            "agreement": agreement(answers, grader.correct) if len(rs) > 1 else None,
             "cost_usd": _mean([r.get("cost_usd") for r in rs]),
             "latency_s": _mean([r.get("latency_s") for r in rs]),
             "output_tokens": _mean([r.get("completion_tokens") for r in rs]),
             "output_chars": float(np.mean([len(r.get("text") or "") for r in rs])),
         })
     outcomes = pd.DataFrame(rows, columns=["source", "benchmark", "qid", "model", "correct", "share_correct", "samples",
-                                           "answer", "cost_usd", "latency_s", "output_tokens", "output_chars"])
+                                           "answer", "agreement", "cost_usd", "latency_s", "output_tokens", "output_chars"])
     outcomes = outcomes.sort_values(["model", "qid"]).reset_index(drop=True)
     outcomes["correct"] = outcomes["correct"].astype("float32")
     for col in ("output_tokens", "output_chars"):
