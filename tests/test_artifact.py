@@ -109,8 +109,6 @@ def test_route_missing_artifact(tmp_path):
 
 
 def test_eval_a_trained_router_on_held_out_data(tmp_path, frames):
-    import pandas as pd
-
     q, o, m = frames
     train_q, test_q = q.iloc[::2], q.iloc[1::2]
     for name, part in (("train", train_q), ("test", test_q)):

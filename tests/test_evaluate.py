@@ -210,7 +210,7 @@ def test_checked_cascade_in_evaluation_charges_both_calls():
     b = ev.benchmarks[0]
     checked = b.row("router", "logistic (cascade-check:small,big)")
     m = data.matrix(b.models)
-    small, big = b.models.index("small"), b.models.index("big")
+    small = b.models.index("small")
     assert checked.accuracy >= b.row("single", "big").accuracy
     # Owned answers are exactly those small got right; every query paid small, the rest big too.
     assert checked.ownership == pytest.approx(m.labels[:, small].mean())

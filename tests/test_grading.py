@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from herd.collect.grading import (GRADERS, agreement, canonical_number, extract_choice, extract_literal,
-                                  extract_math, extract_number, get_grader, gsm8k_gold, majority, normalize_latex,
+from herd.collect.grading import (GRADERS, agreement, canonical_number, extract_choice, extract_math, extract_number, get_grader, gsm8k_gold, majority, normalize_latex,
                                   same_math, same_number)
 
 

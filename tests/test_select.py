@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from herd.cli import app
-from herd.data import Matrix, Outcomes
+from herd.data import Matrix
 from herd.select import Constraints, PoolSelector, coverage, pool_cost
 
 

@@ -166,7 +166,7 @@ def evaluate_matrix(
     policies = _as_list(policy)
     source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
     label = f"{source}/{benchmark}"
-    y, cost, lat = m.labels, m.cost, m.latency
+    y, cost = m.labels, m.cost
     n, k = y.shape
     splits = m.kfold(folds, seed)
 

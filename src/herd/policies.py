@@ -435,10 +435,11 @@ class CheckedCascade(Cascade):
         held_out = np.array(scores, float)
         for stage in self.stages_[:-1]:
             name = models[stage]
-            used = [k for k in ANSWER_FEATURES if observed and k in observed and not np.isnan(observed[k][:, stage]).all()]
+            # Only what varies: a constant says nothing about whether an answer is right.
+            used = [k for k in ANSWER_FEATURES if observed and k in observed and _varies(observed[k][:, stage])]
             if not used:
-                raise ValueError(f"{self.name}: no answer observations for {name!r} in this data (it needs one of "
-                                 f"{list(ANSWER_FEATURES)}); use 'cascade' to defer on the router's score alone")
+                raise ValueError(f"{self.name}: no answer observations that vary for {name!r} in this data (it needs "
+                                 f"one of {list(ANSWER_FEATURES)}); use 'cascade' to defer on the router's score alone")
             self.features_[stage] = used
             x, y = self._features(scores, observed, stage), labels[:, stage] >= 0.5
             folds = min(SCORER_FOLDS, len(y) // 2)
@@ -499,6 +500,11 @@ class CheckedCascade(Cascade):
 
     def __repr__(self) -> str:
         return f"CheckedCascade(models={self.models}, threshold={self.threshold}, samples={self.samples})"
+
+
+def _varies(values: np.ndarray) -> bool:
+    known = values[~np.isnan(values)]
+    return known.size > 1 and bool(known.std() > 0)
 
 
 class _Scorer:

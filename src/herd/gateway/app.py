@@ -14,9 +14,10 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
+import numpy as np
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from herd import __version__
 from herd.gateway import telemetry as tm
 from herd.backends import Backend, Outcome, token_count
+from herd.collect.grading import agreement, get_grader, majority
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.errors import GatewayError, error_body, error_response
 from herd.gateway.selection import Plan, Selector
@@ -103,18 +105,26 @@ class Gateway:
             if not streaming:
                 tm.IN_FLIGHT.dec()
 
-    async def _dispatch(self, req: ChatRequest, plan: Plan) -> tuple[str, Outcome, list[dict]]:
+    async def _dispatch(self, candidates: list[str], body: dict, stream: bool) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
+        name, outcome, attempts = await self._call_in_order(candidates, body, stream)
+        if outcome is None:
+            chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
+            raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
+                               headers={"x-herd-attempts": str(_calls(attempts))})
+        return name, outcome, attempts
+
+    async def _call_in_order(self, candidates: list[str], body: dict, stream: bool) -> tuple[str | None, Outcome | None, list[dict]]:
         attempts: list[dict] = []
         too_long = None
-        for rank, name in enumerate(plan.candidates):
+        for rank, name in enumerate(candidates):
             backend = self.backends[name]
             for retry in range(backend.config.retries + 1):
                 if not backend.circuit.allow():
                     attempts.append({"model": name, "outcome": "skipped: circuit open"})
                     break
                 t0 = time.perf_counter()
-                outcome = await backend.call(req.body, req.stream)
+                outcome = await backend.call(body, stream)
                 seconds = time.perf_counter() - t0
                 attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
                 tm.BACKEND_SECONDS.labels(name).observe(seconds)
@@ -129,19 +139,21 @@ class Gateway:
                 if (outcome.retry_after or 0) > self.pool.gateway.max_backoff_s:
                     break  # the backend asks for a longer pause than a caller should wait: next model
                 await asyncio.sleep(backend.backoff(retry, outcome.retry_after))
-            if rank < len(plan.candidates) - 1:
+            if rank < len(candidates) - 1:
                 tm.FALLBACKS.labels(name).inc()
         if too_long is not None:  # no model took it: the caller sees why (a 400 or 413 of OpenAI's shape)
             name, outcome = too_long
             outcome.kind = "client"
             return name, outcome, attempts
-        chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
-        raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
-                           headers={"x-herd-attempts": str(_calls(attempts))})
+        return None, None, attempts
 
-    def _meta(self, plan: Plan, name: str, attempts: list[dict], cost: float | None = None) -> dict:
-        return {"model": name, "chosen": plan.candidates[0], **plan.describe(), "attempts": attempts,
+    def _meta(self, plan: Plan, name: str, attempts: list[dict], cost: float | None = None,
+              checked: Checked | None = None) -> dict:
+        meta = {"model": name, "chosen": (plan.checks or plan.candidates)[0], **plan.describe(), "attempts": attempts,
                 "cost_usd": cost}
+        if checked is not None:
+            meta["cascade"] = checked.steps
+        return meta
 
     def _headers(self, plan: Plan, name: str, attempts: list[dict]) -> dict:
         headers = {"x-herd-model": _header(name), "x-herd-reason": _header(plan.reason)[:400],
@@ -151,7 +163,12 @@ class Gateway:
         return headers
 
     async def _answer(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
-        name, outcome, attempts = await self._dispatch(req, plan)
+        checked = await self._check(req, plan) if plan.checks else None
+        if checked is not None and checked.answer is not None:
+            return self._accepted(req, plan, route, started, checked)
+        name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
+        if checked is not None:
+            attempts = checked.attempts + attempts
         headers = self._headers(plan, name, attempts)
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
@@ -159,12 +176,13 @@ class Gateway:
                             headers=headers)
         tm.ANSWERS.labels(name).inc()
         if req.stream:
-            return self._relay(req, route, started, name, outcome, self._meta(plan, name, attempts), headers)
+            return self._relay(req, route, started, name, outcome, self._meta(plan, name, attempts, None, checked), headers)
         data = outcome.data
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        cost = self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        cost = self._account_reply(name, data)
+        if checked is not None and cost is not None:
+            cost += checked.cost
         data["model"] = name
-        data["herd"] = self._meta(plan, name, attempts, cost)
+        data["herd"] = self._meta(plan, name, attempts, cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         return Response(json.dumps(data), media_type="application/json", headers=headers)
@@ -196,6 +214,67 @@ class Gateway:
 
         return _Relay(relay(), close, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
+    async def _check(self, req: ChatRequest, plan: Plan) -> Checked:
+        """Ask each checked model of a cascade in turn (``samples`` answers at once) and keep the
+        first answer the policy's scorer trusts: its P(right) from the router's score, the
+        answers' length and their agreement (maj@k) must reach the tuned threshold."""
+        policy, checked = plan.check_policy, Checked()
+        grader = get_grader(policy.grader)
+        models = self.selector.router_models
+        for name in plan.checks:
+            bodies = [_sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
+            replies = await asyncio.gather(*(self._call_in_order([name], b, False) for b in bodies))
+            answered = []
+            for _, outcome, attempts in replies:
+                checked.attempts += attempts
+                if outcome is not None and outcome.kind == "ok":
+                    checked.cost = _plus(checked.cost, self._account_reply(name, outcome.data))
+                    answered.append(outcome.data)
+            step = {"model": name, "samples": len(answered)}
+            checked.steps.append(step)
+            if not answered:
+                step["outcome"] = "no answer"
+                continue
+            texts = [_reply_text(d) for d in answered]
+            answers = [grader.extract(t) for t in texts]
+            observed = {"output_chars": float(np.mean([len(t) for t in texts]))}
+            tokens = [token_count(_usage(d).get("completion_tokens")) for d in answered]
+            if all(t is not None for t in tokens):
+                observed["output_tokens"] = float(np.mean(tokens))
+            if policy.samples > 1:
+                observed["agreement"] = agreement(answers, grader.correct)
+            stage = models.index(name)
+            grid = {k: np.where(np.arange(len(models)) == stage, v, np.nan)[None, :] for k, v in observed.items()}
+            p_right = float(policy.deferral(plan.score_row[None, :], grid)[0, stage])
+            accepted = p_right >= policy.threshold_
+            step.update(answers=answers, **{k: round(v, 4) for k, v in observed.items()},
+                        p_right=round(p_right, 4), threshold=round(policy.threshold_, 4), accepted=accepted)
+            if accepted:
+                top = majority(answers, grader.correct)
+                checked.model = name
+                checked.answer = next((d for d, a in zip(answered, answers) if top is not None and grader.correct(a, top)),
+                                      answered[0])
+                break
+        return checked
+
+    def _accepted(self, req: ChatRequest, plan: Plan, route: str, started: float, checked: Checked) -> Response:
+        """Answer with the checked model's reply that stood, as JSON or as a stream."""
+        data, name = checked.answer, checked.model
+        tm.ANSWERS.labels(name).inc()
+        headers = self._headers(plan, name, checked.attempts)
+        data["model"] = name
+        data["herd"] = self._meta(plan, name, checked.attempts, checked.cost, checked)
+        tm.REQUESTS.labels(route, "200").inc()
+        tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        if req.stream:
+            return StreamingResponse(_as_events(data), media_type="text/event-stream",
+                                     headers={**headers, "cache-control": "no-cache"})
+        return Response(json.dumps(data), media_type="application/json", headers=headers)
+
+    def _account_reply(self, name: str, data: dict) -> float | None:
+        usage = _usage(data)
+        return self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
     def _account(self, name: str, prompt, completion) -> float | None:
         model = self.backends[name].config
         prompt, completion = token_count(prompt) or 0.0, token_count(completion) or 0.0
@@ -221,6 +300,63 @@ class Gateway:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
+
+
+@dataclass
+class Checked:
+    """What a checked cascade's first models did: each step, every call, what they cost, and
+    the answer that stood (None: pass the query on)."""
+
+    steps: list[dict] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
+    cost: float | None = 0.0
+    model: str | None = None
+    answer: dict | None = None
+
+
+def _sample_body(body: dict, i: int, samples: int) -> dict:
+    """One of ``samples`` answers to check: a single choice, not streamed; several samples are
+    drawn at temperature 0.7 unless the request sets a positive one, each with its own seed."""
+    out = {**body, "stream": False, "n": 1}
+    out.pop("stream_options", None)
+    if samples > 1:
+        if not body.get("temperature"):
+            out["temperature"] = 0.7
+        out["seed"] = int(body.get("seed") or 0) + i
+    return out
+
+
+def _usage(data: dict) -> dict:
+    return data.get("usage") if isinstance(data.get("usage"), dict) else {}
+
+
+def _reply_text(data: dict) -> str:
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""
+
+
+def _plus(total: float | None, cost: float | None) -> float | None:
+    return None if total is None or cost is None else total + cost
+
+
+async def _as_events(data: dict):
+    """A complete answer as a chat.completion.chunk stream: content, finish, usage, done."""
+    choice = (data.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    base = {"id": data.get("id"), "object": "chat.completion.chunk", "created": data.get("created"), "model": data["model"]}
+    delta = {"role": "assistant", "content": message.get("content") or ""}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+    events = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], "herd": data["herd"]},
+              {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}]
+    if data.get("usage"):
+        events.append({**base, "choices": [], "usage": data["usage"]})
+    for e in events:
+        yield f"data: {json.dumps(e)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 class _Relay(StreamingResponse):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from herd import artifact
+from herd.collect.grading import get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
 from herd.policies import policy_from_config
@@ -25,6 +26,11 @@ class Plan:
     scores: dict[str, float] = field(default_factory=dict)
     ineligible: dict[str, str] = field(default_factory=dict)
     router_ms: float = 0.0
+    # A checked cascade: these models answer first, in turn, and an answer stands only if the
+    # policy's scorer trusts it; the candidates come after.
+    checks: list[str] = field(default_factory=list)
+    check_policy: object = None
+    score_row: np.ndarray | None = None  # the router's scores in its model order
 
     def describe(self) -> dict:
         return {"policy": self.policy, "reason": self.reason, "scores": self.scores,
@@ -67,6 +73,8 @@ class Selector:
                 policies[name] = trained.policy if spec in (None, "trained") else trained.fit_policy(policy_from_config(spec))
             except (ValueError, TypeError) as e:
                 raise PoolError(f"policy {name!r}: {e}") from None
+            if getattr(policies[name], "post_call", False):
+                _check_answer_reading(name, policies[name])
         return cls(pool, trained, policies)
 
     def warm_up(self) -> None:
@@ -109,6 +117,8 @@ class Selector:
             plan.candidates, plan.reason = unscored, "no model the router scores is eligible: first eligible model in the pool's order"
             return plan
         costs = self._costs(req, models, ok)
+        if getattr(policy, "post_call", False):
+            return self._checked(plan, policy, scores, costs, ok)
         anchor = getattr(policy, "anchor_", None)
         if anchor is not None and not ok[anchor]:
             first = _best(scores, costs, ok)
@@ -125,6 +135,24 @@ class Selector:
                                f"highest P(correct) among eligible: {models[first]} {scores[first]:.2f}")
         rest = sorted((i for i in np.flatnonzero(ok) if i != first), key=lambda i: (-scores[i], costs[i]))
         plan.candidates = [models[first]] + [models[i] for i in rest] + unscored
+        return plan
+
+    def _checked(self, plan: Plan, policy, scores: np.ndarray, costs: np.ndarray, ok: np.ndarray) -> Plan:
+        """A cascade that reads answers: its eligible models before the last are checked in turn;
+        the last eligible one, then the others by P(correct), take what they pass on."""
+        models = self.router_models
+        stages = [i for i in policy.stages_ if ok[i]]
+        last = stages[-1] if stages else _best(scores, costs, ok)
+        rest = sorted((i for i in np.flatnonzero(ok) if i not in stages), key=lambda i: (-scores[i], costs[i]))
+        plan.checks = [models[i] for i in stages[:-1]]
+        plan.check_policy, plan.score_row = policy, scores
+        plan.candidates = [models[last]] + [models[i] for i in rest] + [m for m in self.unscored if m not in plan.ineligible]
+        skipped = [models[i] for i in policy.stages_ if not ok[i]]
+        plan.reason = (f"cascade-check: {', '.join(plan.checks)} answer(s) first, each kept if its P(right) >= "
+                       f"{policy.threshold_:.3g}; else {models[last]}" if plan.checks
+                       else f"cascade-check: only {models[last]} of the cascade can take this request")
+        if skipped:
+            plan.reason += f" ({', '.join(skipped)} ruled out)"
         return plan
 
     def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
@@ -155,6 +183,18 @@ class Selector:
             if cost > o.max_cost_usd:
                 return f"estimated ${cost:.2g} exceeds the ceiling ${o.max_cost_usd:g}"
         return None
+
+
+def _check_answer_reading(name: str, policy) -> None:
+    """A checked cascade must read answers the way its scorer learned to."""
+    try:
+        get_grader(policy.grader)
+    except ValueError as e:
+        raise PoolError(f"policy {name!r}: {e}") from None
+    uses_agreement = any("agreement" in used for used in policy.features_.values())
+    if uses_agreement and policy.samples < 2:
+        raise PoolError(f"policy {name!r}: its answer scorer was trained on the agreement of several samples; "
+                        "set 'samples' (2 or more, as many as the data was collected with)")
 
 
 def _best(scores: np.ndarray, costs: np.ndarray, ok: np.ndarray) -> int:
