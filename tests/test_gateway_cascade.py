@@ -24,12 +24,14 @@ HISTORY_Q = "the old kingdom and its war history question number 4"
 CHECKED = {"name": "cascade-check", "models": ["hist-7b", "big-70b"], "samples": 3, "threshold": 0.5}
 
 
-def _router_with_agreement(directory):
+def _router_with_agreement(directory, rename: dict[str, str] | None = None):
     """The toy router, trained on outcomes where hist-7b is wrong on a third of its own topic too,
-    and its three samples agreed exactly when it was right."""
+    and its three samples agreed exactly when it was right. ``rename`` gives models other names."""
     from conftest import make_frames
 
     q, o, models = make_frames()
+    if rename:
+        o["model"], models["model"] = o["model"].replace(rename), models["model"].replace(rename)
     number = o["qid"].str.rsplit("-", n=1).str[1].astype(int)
     slips = (o["model"] == "hist-7b") & o["qid"].str.startswith("history") & (number % 3 == 0)
     o.loc[slips, "correct"] = 0.0

@@ -16,21 +16,24 @@ QUESTION = [{"role": "user", "content": "What is 2 + 3? Answer with a number."}]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
+def models():
+    """The local model and a fake cloud model, as pool entries."""
     proc, url = start_local_model()
     cloud = start_backend(name="cloud-70b")
-    pool = tmp_path_factory.mktemp("pool") / "pool.yaml"
-    pool.write_text(pool_yaml([
-        {"name": "cloud-70b", "base_url": cloud.url, "price_in_per_mtok": 3, "price_out_per_mtok": 15},
-        {"name": "gemma-3-270m", "base_url": url, "tags": ["open", "on_prem"], "context_window": 2048,
-         "timeout_s": 120, "price_in_per_mtok": 0, "price_out_per_mtok": 0},
-    ]))
-    gw = start_gateway(pool)
-    yield gw
-    gw.stop()
+    yield [{"name": "cloud-70b", "base_url": cloud.url, "price_in_per_mtok": 3, "price_out_per_mtok": 15},
+           {"name": "gemma-3-270m", "base_url": url, "tags": ["open", "on_prem"], "context_window": 2048,
+            "timeout_s": 120, "price_in_per_mtok": 0, "price_out_per_mtok": 0}]
     cloud.stop()
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway(models, tmp_path_factory):
+    pool = tmp_path_factory.mktemp("pool") / "pool.yaml"
+    pool.write_text(pool_yaml(models))
+    with start_gateway(pool) as gw:
+        yield gw
 
 
 def test_private_requests_reach_the_local_model(gateway):
@@ -52,6 +55,28 @@ def test_streamed_from_the_local_model(gateway):
     assert all(ch.model == "gemma-3-270m" for ch in chunks)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text.strip() and chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_checked_cascade_samples_the_local_model_and_reads_its_answers(models, tmp_path):
+    """Three sampled answers from the real model, compared as numbers; the cascade's step says
+    what they were and whether they stood."""
+    import numpy as np
+
+    from test_gateway_cascade import _router_with_agreement
+
+    renamed = {"hist-7b": "gemma-3-270m", "big-70b": "cloud-70b"}
+    _router_with_agreement(tmp_path / "router", renamed)
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(pool_yaml(models, router="router", policies={"checked": {
+        "name": "cascade-check", "models": ["gemma-3-270m", "cloud-70b"], "samples": 3, "threshold": 0.5}}))
+    with start_gateway(pool) as gw:
+        c = openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=300)
+        answer = c.chat.completions.create(model="herd:checked", messages=QUESTION, max_tokens=24)
+    (step,) = answer.model_extra["herd"]["cascade"]
+    assert step["model"] == "gemma-3-270m" and step["samples"] == 3 and len(step["answers"]) == 3
+    assert 0 <= step["agreement"] <= 1 and step["output_chars"] > 0 and isinstance(step["accepted"], bool)
+    assert answer.model == ("gemma-3-270m" if step["accepted"] else "cloud-70b")
+    assert np.isfinite(step["p_right"])
 
 
 def test_collect_from_the_local_model_in_both_prompt_styles(tmp_path):

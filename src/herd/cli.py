@@ -310,6 +310,8 @@ def serve(
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds in-flight requests get to finish "
                                            "after SIGTERM/Ctrl-C."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    choice_log: Optional[str] = typer.Option(None, "--choice-log", help="Append one JSON line per answered request "
+                                             "(session, turn, choice, model, reason, cost) to this file."),
 ) -> None:
     """Run the OpenAI-compatible routing gateway.
 
@@ -329,10 +331,11 @@ def serve(
     import uvicorn
 
     from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, read_api_keys
+    from herd.gateway.choices import ENV_CHOICE_LOG
 
     try:
         keys = read_api_keys(api_keys_file)
-        app_ = build_app(pool, keys)  # validate everything before any worker starts
+        app_ = build_app(pool, keys, choice_log)  # validate everything before any worker starts
     except OSError as e:
         _fail(f"{e.filename}: {e.strerror}")
     except _usage_errors() as e:
@@ -346,6 +349,8 @@ def serve(
     os.environ[ENV_POOL] = str(Path(pool).resolve())
     if api_keys_file:
         os.environ[ENV_KEYS_FILE] = str(Path(api_keys_file).resolve())
+    if choice_log:
+        os.environ[ENV_CHOICE_LOG] = str(Path(choice_log).resolve())
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="herd-metrics-")

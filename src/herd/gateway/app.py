@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import time
+import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from herd.gateway import telemetry as tm
 from herd.backends import Backend, Outcome, token_count
 from herd.collect.grading import agreement, get_grader, majority
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
+from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog
 from herd.gateway.errors import GatewayError, error_body, error_response
 from herd.gateway.selection import Plan, Selector
 from herd.pool import PoolConfig, load_pool
@@ -46,9 +48,11 @@ def read_api_keys(keys_file: str | Path | None = None) -> list[str]:
 
 
 class Gateway:
-    def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None):
+    def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
+                 choice_log: ChoiceLog | None = None):
         self.pool = pool
         self.selector = selector
+        self.choice_log = choice_log
         self.keys = [k.encode() for k in api_keys or []]
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
         self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
@@ -86,6 +90,9 @@ class Gateway:
         started = time.perf_counter()
         self.check_key(request)
         req = parse_chat(await self.read_body(request))
+        req.request_id = uuid.uuid4().hex
+        if req.options.session is None and request.headers.get("x-herd-session"):
+            req.options = replace(req.options, session=request.headers["x-herd-session"])
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
@@ -155,9 +162,9 @@ class Gateway:
             meta["cascade"] = checked.steps
         return meta
 
-    def _headers(self, plan: Plan, name: str, attempts: list[dict]) -> dict:
+    def _headers(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict]) -> dict:
         headers = {"x-herd-model": _header(name), "x-herd-reason": _header(plan.reason)[:400],
-                   "x-herd-attempts": str(_calls(attempts))}
+                   "x-herd-attempts": str(_calls(attempts)), "x-herd-request-id": req.request_id}
         if plan.policy:
             headers["x-herd-policy"] = plan.policy
         return headers
@@ -166,29 +173,48 @@ class Gateway:
         checked = await self._check(req, plan) if plan.checks else None
         if checked is not None and checked.answer is not None:
             return self._accepted(req, plan, route, started, checked)
-        name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
+        try:
+            name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
+        except GatewayError as e:
+            self._log_choice(req, plan, route, None, [], str(e.status), None, started, checked)
+            raise
         if checked is not None:
             attempts = checked.attempts + attempts
-        headers = self._headers(plan, name, attempts)
+        headers = self._headers(req, plan, name, attempts)
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
+            self._log_choice(req, plan, route, name, attempts, str(outcome.status), None, started, checked)
             return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
                             headers=headers)
         tm.ANSWERS.labels(name).inc()
         if req.stream:
-            return self._relay(req, route, started, name, outcome, self._meta(plan, name, attempts, None, checked), headers)
+            meta = self._meta(plan, name, attempts, None, checked)
+            return self._relay(req, plan, route, started, name, outcome, meta, headers, attempts, checked)
         data = outcome.data
         cost = self._account_reply(name, data)
-        if checked is not None and cost is not None:
-            cost += checked.cost
+        if checked is not None:
+            cost = _plus(cost, checked.cost)
         data["model"] = name
         data["herd"] = self._meta(plan, name, attempts, cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        self._log_choice(req, plan, route, name, attempts, "200", cost, started, checked)
         return Response(json.dumps(data), media_type="application/json", headers=headers)
 
-    def _relay(self, req: ChatRequest, route: str, started: float, name: str, outcome: Outcome, meta: dict,
-               headers: dict) -> Response:
+    def _log_choice(self, req: ChatRequest, plan: Plan, route: str, name: str | None, attempts: list[dict],
+                    status: str, cost: float | None, started: float, checked: Checked | None) -> None:
+        if self.choice_log is None:
+            return
+        self.choice_log.write({
+            "time": round(time.time(), 3), "request_id": req.request_id, "session": req.session, "turn": req.turn,
+            "route": route, "policy": plan.policy, "chosen": (plan.checks or plan.candidates)[0], "model": name,
+            "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "cascade": None if checked is None else [{"model": s["model"], "accepted": s.get("accepted")}
+                                                     for s in checked.steps]})
+
+    def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
+               meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
         state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False}
 
         async def relay():
@@ -207,8 +233,11 @@ class Gateway:
         async def close() -> None:
             await self.backends[name].finish(outcome, state["finished"])
             completion = state["completion"] or state["chars"] / CHARS_PER_TOKEN_COST
-            self._account(name, state["prompt"] or req.prompt_tokens_estimate(), completion)
-            tm.REQUESTS.labels(route, state["status"] if state["finished"] or state["status"] != "200" else "499").inc()
+            cost = self._account(name, state["prompt"] or req.prompt_tokens_estimate(), completion)
+            status = state["status"] if state["finished"] or state["status"] != "200" else "499"
+            tm.REQUESTS.labels(route, status).inc()
+            self._log_choice(req, plan, route, name, attempts, status,
+                             _plus(cost, checked.cost) if checked is not None else cost, started, checked)
             tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
             tm.IN_FLIGHT.dec()
 
@@ -261,11 +290,12 @@ class Gateway:
         """Answer with the checked model's reply that stood, as JSON or as a stream."""
         data, name = checked.answer, checked.model
         tm.ANSWERS.labels(name).inc()
-        headers = self._headers(plan, name, checked.attempts)
+        headers = self._headers(req, plan, name, checked.attempts)
         data["model"] = name
         data["herd"] = self._meta(plan, name, checked.attempts, checked.cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+        self._log_choice(req, plan, route, name, checked.attempts, "200", checked.cost, started, checked)
         if req.stream:
             return StreamingResponse(_as_events(data), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
@@ -300,6 +330,8 @@ class Gateway:
 
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
+        if self.choice_log is not None:
+            self.choice_log.close()
 
 
 @dataclass
@@ -446,8 +478,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None) -> FastAPI:
-    gateway = Gateway(pool, selector, api_keys)
+def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
+               choice_log: str | Path | None = None) -> FastAPI:
+    gateway = Gateway(pool, selector, api_keys, ChoiceLog(choice_log) if choice_log else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -496,11 +529,11 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     return app
 
 
-def build_app(pool_path: str | Path, api_keys: list[str] | None = None) -> FastAPI:
+def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None) -> FastAPI:
     pool, router_dir = load_pool(pool_path)
-    return create_app(pool, Selector.from_config(pool, router_dir), api_keys)
+    return create_app(pool, Selector.from_config(pool, router_dir), api_keys, choice_log)
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: the pool file and key file come from the environment."""
-    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)))
+    """Factory for uvicorn workers: the pool file, key file and choice log come from the environment."""
+    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)), os.environ.get(ENV_CHOICE_LOG))

@@ -28,9 +28,11 @@ class HerdOptions:
     max_cost_usd: float | None = None
     tags: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    session: str | None = None  # pins a blend's per-turn draws; default: the conversation's opening
 
     def as_dict(self) -> dict:
-        return {"max_cost_usd": self.max_cost_usd, "tags": list(self.tags), "exclude": list(self.exclude)}
+        return {"max_cost_usd": self.max_cost_usd, "tags": list(self.tags), "exclude": list(self.exclude),
+                "session": self.session}
 
 
 @dataclass
@@ -45,6 +47,13 @@ class ChatRequest:
     max_tokens: int | None
     n: int = 1
     options: HerdOptions = field(default_factory=HerdOptions)
+    turn: int = 1  # user turns so far, this one included: a conversation's position is in its history
+    opening: str = ""  # the first user turn, which keys a conversation that names no session
+    request_id: str = ""
+
+    @property
+    def session(self) -> str:
+        return self.options.session if self.options.session is not None else self.opening
 
     def window_tokens(self) -> int:
         """Tokens the conversation may need, prompt plus requested completion, estimated high."""
@@ -90,7 +99,7 @@ def parse_chat(raw: bytes) -> ChatRequest:
     return ChatRequest(body=body, model=model, stream=stream, router_text=router_text,
                        prompt_tokens_high=sum(_tokens_high(t) for t in texts + extra) + TOKENS_PER_IMAGE * _images(body),
                        prompt_chars=sum(map(len, texts + extra)), n_messages=len(texts), max_tokens=max_tokens,
-                       n=body.get("n") or 1, options=options)
+                       n=body.get("n") or 1, options=options, turn=max(1, len(users)), opening=users[0] if users else "")
 
 
 def _read_messages(messages) -> tuple[list[str], list[str]]:
@@ -156,9 +165,13 @@ def _options(body: dict) -> HerdOptions:
             raw.setdefault(key.removeprefix("herd_"), _from_metadata(key, value))
         if not meta:
             body.pop("metadata")
-    unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude"}
+    unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude", "session"}
     if unknown:
-        raise GatewayError(400, f"unknown herd option(s) {sorted(unknown)}; known: max_cost_usd, tags, private, exclude", param="herd")
+        raise GatewayError(400, f"unknown herd option(s) {sorted(unknown)}; known: max_cost_usd, tags, private, exclude, "
+                                "session", param="herd")
+    session = raw.get("session")
+    if session is not None and (not isinstance(session, (str, int)) or isinstance(session, bool)):
+        raise GatewayError(400, f"herd.session must be a string, got {json.dumps(session)}", param="herd.session")
     cost = raw.get("max_cost_usd")
     if cost is not None and (not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 0):
         raise GatewayError(400, f"herd.max_cost_usd must be a number >= 0, got {json.dumps(cost)}", param="herd.max_cost_usd")
@@ -168,12 +181,15 @@ def _options(body: dict) -> HerdOptions:
         raise GatewayError(400, f"herd.private must be a boolean, got {json.dumps(private)}", param="herd.private")
     if private and "on_prem" not in tags:
         tags.append("on_prem")
-    return HerdOptions(max_cost_usd=cost, tags=tuple(tags), exclude=tuple(_str_list(raw.get("exclude", []), "herd.exclude")))
+    return HerdOptions(max_cost_usd=cost, tags=tuple(tags), exclude=tuple(_str_list(raw.get("exclude", []), "herd.exclude")),
+                       session=None if session is None else str(session))
 
 
 def _from_metadata(key: str, value):
     """Metadata values are strings: 'true', '0.01', 'a,b'."""
     if not isinstance(value, str):
+        return value
+    if key == "herd_session":
         return value
     if key == "herd_private":
         return value.strip().lower() in ("1", "true", "yes")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from herd import artifact
+from herd.blend import Blend
 from herd.collect.grading import get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
@@ -56,10 +57,15 @@ class Selector:
 
     @classmethod
     def from_config(cls, pool: PoolConfig, router_dir: Path | None) -> Selector:
+        specs = [(DEFAULT, pool.policy), *((f"{DEFAULT}:{k}", v) for k, v in pool.policies.items())]
+        # Blends draw per turn and need no router; every other policy turns a router's scores into a choice.
+        blends = {name: _blend(name, spec, pool) for name, spec in specs if Blend.is_spec(spec)}
+        routed = [(name, spec) for name, spec in specs if name not in blends]
         if router_dir is None:
-            if pool.policy is not None or pool.policies:
-                raise PoolError("the pool file sets a policy but no router; add 'router: DIR' (from `herd train`)")
-            return cls(pool)
+            if any(spec is not None for _, spec in routed):
+                raise PoolError("the pool file sets a policy but no router; add 'router: DIR' (from `herd train`) "
+                                "or use a blend, which needs none")
+            return cls(pool, None, blends)
         try:
             trained = artifact.load(router_dir)
         except artifact.ArtifactError as e:
@@ -67,8 +73,8 @@ class Selector:
         if not set(trained.models) & set(pool.names):
             raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}; "
                             "pool model names must match the names in the router's training data")
-        policies = {}
-        for name, spec in [(DEFAULT, pool.policy), *((f"{DEFAULT}:{k}", v) for k, v in pool.policies.items())]:
+        policies = dict(blends)
+        for name, spec in routed:
             try:
                 policies[name] = trained.policy if spec in (None, "trained") else trained.fit_policy(policy_from_config(spec))
             except (ValueError, TypeError) as e:
@@ -84,7 +90,7 @@ class Selector:
 
     @property
     def route_names(self) -> list[str]:
-        return list(self.policies) if self.trained is not None else [DEFAULT]
+        return list(self.policies) if DEFAULT in self.policies else [DEFAULT, *self.policies]
 
     def plan(self, req: ChatRequest) -> Plan:
         ineligible = {m.name: why for m in self.pool.models if (why := self._ineligible(m, req))}
@@ -100,9 +106,23 @@ class Selector:
         if not eligible:
             detail = "; ".join(f"{k}: {v}" for k, v in ineligible.items())
             raise GatewayError(400, f"no model in the pool can take this request ({detail})", code="no_eligible_model")
+        policy = self.policies.get(req.model)
+        if isinstance(policy, Blend):
+            return self._blend(req, policy, eligible, ineligible)
         if self.trained is None:
             return Plan(eligible, "no router configured: first eligible model in the pool's order", ineligible=ineligible)
-        return self._route(req, self.policies[req.model], ineligible)
+        return self._route(req, policy, ineligible)
+
+    def _blend(self, req: ChatRequest, blend: Blend, eligible: list[str], ineligible: dict[str, str]) -> Plan:
+        """A per-turn draw among the blend's eligible models, keyed by the session and the turn, so a
+        conversation replayed gets the same models; the others follow as fallbacks."""
+        members = [m for m in blend.models or self.names if m not in ineligible]
+        if not members:
+            detail = "; ".join(f"{m}: {ineligible[m]}" for m in blend.models)
+            raise GatewayError(400, f"no model in the blend can take this request ({detail})", code="no_eligible_model")
+        pick, reason = blend.pick(members, req.session, req.turn)
+        rest = [m for m in members if m != pick] + [m for m in eligible if m not in members]
+        return Plan([pick, *rest], reason, blend.label, ineligible=ineligible)
 
     def _route(self, req: ChatRequest, policy, ineligible: dict[str, str]) -> Plan:
         started = time.perf_counter()
@@ -183,6 +203,17 @@ class Selector:
             if cost > o.max_cost_usd:
                 return f"estimated ${cost:.2g} exceeds the ceiling ${o.max_cost_usd:g}"
         return None
+
+
+def _blend(name: str, spec, pool: PoolConfig) -> Blend:
+    try:
+        blend = Blend.from_config(spec)
+    except (ValueError, TypeError) as e:
+        raise PoolError(f"policy {name!r}: {e}") from None
+    unknown = [m for m in blend.models if m not in pool.names]
+    if unknown:
+        raise PoolError(f"policy {name!r}: blend model(s) {unknown} are not in the pool {pool.names}")
+    return blend
 
 
 def _check_answer_reading(name: str, policy) -> None:
