@@ -12,7 +12,7 @@ import pytest
 from conftest import make_frames
 
 from herd.blend import (
-    BLENDS, Blend, BlendResult, blend_pick, build_conversations, conversation_texts, evaluate_blends, running_text,
+    Blend, BlendResult, blend_pick, build_conversations, conversation_texts, evaluate_blends, running_text,
 )
 from herd.data import Outcomes
 from herd.policies import ArgMax
@@ -20,6 +20,12 @@ from herd.routers import Router, make_router
 
 MODELS = ["always", "half", "never"]
 COSTS = {"always": 0.01, "half": 0.001, "never": 0.0001}
+BLENDS = ("uniform blend", "weighted blend", "learned blend (history)", "learned blend (turn only)")
+
+
+def row(result: BlendResult, method: str) -> dict:
+    (r,) = [r for r in result.rows if r["method"] == method]
+    return r
 
 
 def known_table(n: int = 240):
@@ -114,17 +120,17 @@ def replay() -> BlendResult:
 
 def test_replay_figures_on_a_table_with_known_answers(replay):
     assert replay.n_conversations == 60 and replay.models == MODELS
-    assert replay.row("always")["per_turn_accuracy"] == [1.0] * 4
-    assert replay.row("never")["per_turn_accuracy"] == [0.0] * 4
-    assert replay.row("half")["accuracy"] == pytest.approx(0.5)
-    assert replay.row("always")["cost_usd"] == pytest.approx(0.01) and replay.row("always")["cost_coverage"] == 1.0
-    assert replay.row("best single (train)")["accuracy"] == 1.0
+    assert row(replay, "always")["per_turn_accuracy"] == [1.0] * 4
+    assert row(replay, "never")["per_turn_accuracy"] == [0.0] * 4
+    assert row(replay, "half")["accuracy"] == pytest.approx(0.5)
+    assert row(replay, "always")["cost_usd"] == pytest.approx(0.01) and row(replay, "always")["cost_coverage"] == 1.0
+    assert row(replay, "best single (train)")["accuracy"] == 1.0
     for learned in ("learned blend (history)", "learned blend (turn only)"):
-        assert replay.row(learned)["accuracy"] == 1.0 and replay.row(learned)["switch_rate"] == 0.0
-    assert replay.row("uniform blend")["accuracy"] == pytest.approx(0.5, abs=0.1)
-    assert replay.row("uniform blend")["switch_rate"] == pytest.approx(2 / 3, abs=0.1)
+        assert row(replay, learned)["accuracy"] == 1.0 and row(replay, learned)["switch_rate"] == 0.0
+    assert row(replay, "uniform blend")["accuracy"] == pytest.approx(0.5, abs=0.1)
+    assert row(replay, "uniform blend")["switch_rate"] == pytest.approx(2 / 3, abs=0.1)
     weighted = [r for r in replay.log_rows if r["method"] == "weighted blend"]
-    assert "never" not in {r["model"] for r in weighted}  # no training accuracy, no weight
+    assert "never" not in {r["model"] for r in weighted}  # no training accuracy, (next to) no weight
     assert {r["kind"] for r in replay.rows} == {"single", "best-single", "blend"}
 
 
@@ -135,8 +141,8 @@ def test_the_log_has_every_turn_of_every_blend(replay):
     assert set(first) == {"fold", "conversation", "turn", "qid", "method", "model", "correct", "cost_usd"}
     assert first["turn"] == 1 and first["cost_usd"] == COSTS[first["model"]]
     uniform = [r for r in replay.log_rows if r["method"] == "uniform blend"]
-    assert all(MODELS[blend_pick(MODELS, None, f"{r['fold']}-{r['conversation']}", r["turn"])] == r["model"]
-               for r in uniform)
+    # A logged turn replays to its draw, numbered from 1 as the gateway counts user turns.
+    assert all(MODELS[blend_pick(MODELS, None, r["conversation"], r["turn"])] == r["model"] for r in uniform)
     json.dumps(replay.to_json())
 
 
@@ -152,6 +158,32 @@ def test_given_weights_and_a_learned_blend_on_topics():
     r = evaluate_blends(m, make_router("logistic"), turns=3, folds=3, weights={"math-7b": 1.0})
     assert {x["model"] for x in r.log_rows if x["method"] == "weighted blend"} == {"math-7b"}
     # Topic specialists: reading the question beats the best single model.
-    assert r.row("learned blend (turn only)")["accuracy"] > r.row("best single (train)")["accuracy"]
+    assert row(r, "learned blend (turn only)")["accuracy"] > row(r, "best single (train)")["accuracy"]
     with pytest.raises(ValueError):
         evaluate_blends(m, make_router("logistic"), weights={"nobody": 1.0})
+
+
+def test_a_policy_that_needs_tuning_is_tuned_inside_the_training_fold():
+    from herd.policies import SafeArgMax
+
+    r = evaluate_blends(known_table(), make_router("logistic"), turns=2, folds=3, policy=SafeArgMax())
+    assert row(r, "learned blend (history)")["accuracy"] == 1.0  # the safe policy's anchor is 'always'
+    assert row(evaluate_blends(known_table(), make_router("logistic"), turns=1, folds=3), "uniform blend")[
+        "switch_rate"] is None  # one turn: nothing to switch
+
+
+def test_eval_replays_conversations_into_the_report(tmp_path, dataset_dir):
+    from typer.testing import CliRunner
+
+    from herd.cli import app
+
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["eval", str(dataset_dir), "--router", "logistic", "--policy", "argmax", "--no-sweep",
+                                 "--folds", "3", "--conversations", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "conversations of 3 turns" in r.output and "learned blend (history)" in r.output
+    assert (out / "toy-mix-blends.png").exists() and "Conversations: 30 of 3 turns" in (out / "report.html").read_text()
+    turns = [json.loads(line) for line in (out / "conversations.jsonl").read_text().splitlines()]
+    assert len(turns) == 30 * 3 * len(BLENDS) and turns[0]["source"] == "toy"
+    bench = json.loads((out / "metrics.json").read_text())["benchmarks"][0]
+    assert bench["blends"]["router"] == "logistic" and bench["blends"]["turns"] == 3

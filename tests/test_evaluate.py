@@ -197,7 +197,7 @@ def test_a_checked_cascade_reads_the_answers_and_pays_for_every_call():
     reasons = c.decide(scores, m.models, observed=m.observed).reasons
     assert "small's answer P(right)=" in reasons[int(np.argmax(choice))] and "big answers" in reasons[int(np.argmax(choice))]
     assert "small answers first" in c.decide(scores[:1], m.models).reasons[0]  # before any call
-    with pytest.raises(ValueError, match="no answer observations for 'small'"):
+    with pytest.raises(ValueError, match="no answer observations that vary for 'small'"):
         CheckedCascade(["small", "big"]).fit(scores, y, None, m.models, observed=None)
 
 

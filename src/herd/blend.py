@@ -14,6 +14,7 @@ accuracy and cost per turn, not the engagement the paper reports, which needs li
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +24,7 @@ from sklearn.base import clone
 from herd import metrics
 from herd.data import Matrix
 from herd.policies import ArgMax
+from herd.routers.auto import validation_scores
 from herd.routers.base import Router
 
 # User turns the router reads, the current one last (the gateway reads the same).
@@ -143,6 +145,9 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
     router and the weights learn from the training fold. The weighted blend draws in
     proportion to ``weights`` (default: each model's training accuracy)."""
     policy = policy or ArgMax()
+    unknown = sorted(set(weights or {}) - set(m.models))
+    if unknown:
+        raise ValueError(f"blend weights name model(s) {unknown} that are not in the pool {m.models}")
     y = m.labels
     choices: dict[str, list[np.ndarray]] = {}
     convs, log = [], []
@@ -160,16 +165,20 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
         for j, name in enumerate(m.models):
             record(name, np.full(conv.shape, j))
         record("best single (train)", np.full(conv.shape, metrics.best_model(train.labels, train.cost)))
-        w = (np.array([weights.get(x, 0.0) for x in m.models], float) if weights
-             else train.labels.mean(axis=0) + 1e-9)
+        w = np.array([weights.get(x, 0.0) for x in m.models], float) if weights else train.labels.mean(axis=0)
+        w = w if w.sum() > 0 else None  # nothing to weigh by: uniform
         sessions = [f"{f}-{c}" for c in range(len(conv))]
-        record("uniform blend", np.array([[blend_pick(m.models, None, s, t) for t in range(turns)] for s in sessions]))
-        record("weighted blend", np.array([[blend_pick(m.models, w, s, t) for t in range(turns)] for s in sessions]))
+        record("uniform blend", np.array([[blend_pick(m.models, None, s, t + 1) for t in range(turns)] for s in sessions]))
+        record("weighted blend", np.array([[blend_pick(m.models, w, s, t + 1) for t in range(turns)] for s in sessions]))
         fitted = clone(router).fit(train)
+        tuned = policy
+        if hasattr(policy, "fit"):  # tuned on held-out scores inside the training fold, as in evaluate
+            tuned = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs,
+                                              m.models)
         running = conversation_texts(m.texts, conv).ravel().tolist()
-        record("learned blend (history)", policy.choose(fitted.predict_scores(running), costs).reshape(conv.shape))
+        record("learned blend (history)", tuned.choose(fitted.predict_scores(running), costs).reshape(conv.shape))
         alone = [m.texts[r] for r in conv.ravel()]
-        record("learned blend (turn only)", policy.choose(fitted.predict_scores(alone), costs).reshape(conv.shape))
+        record("learned blend (turn only)", tuned.choose(fitted.predict_scores(alone), costs).reshape(conv.shape))
         for method, parts in choices.items():
             if "blend" in method:
                 for c, s in enumerate(sessions):
@@ -189,7 +198,7 @@ def _summary(method: str, choice: np.ndarray, rows: np.ndarray, m: Matrix) -> di
     correct = m.labels[rows, choice]
     cost, coverage = metrics.mean_known(m.cost[rows, choice].ravel())
     kind = "blend" if "blend" in method else ("best-single" if method.startswith("best single") else "single")
-    switches = float((choice[:, 1:] != choice[:, :-1]).mean()) if choice.shape[1] > 1 else 0.0
+    switches = float((choice[:, 1:] != choice[:, :-1]).mean()) if choice.shape[1] > 1 else None
     return {"method": method, "kind": kind, "accuracy": float(correct.mean()),
             "per_turn_accuracy": correct.mean(axis=0).tolist(), "cost_usd": cost, "cost_coverage": coverage,
             "switch_rate": switches}

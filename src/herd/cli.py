@@ -82,7 +82,7 @@ def _progress_bar():
 
 
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
-              size_prices, sweep, groups=None) -> None:
+              size_prices, sweep, groups=None, conversations: int = 0) -> None:
     from herd.evaluate import evaluate
     from herd.policies import make_policy
     from herd.routers import make_router
@@ -105,7 +105,8 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
             def progress(message: str, done: int, total: int) -> None:
                 bar.update(task, description=message, completed=done, total=max(total, 1))
 
-            ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
+            ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
+                          conversations=conversations)
     except _usage_errors() as e:
         _fail(str(e))
     _show(ev, out, json_path, started)
@@ -129,15 +130,20 @@ def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, js
 
 
 def _show(ev, out, json_path, started) -> None:
-    from herd.report import console_table, write_report
+    from herd.report import blend_table, console_table, write_report
 
     for b in ev.benchmarks:
         console.print(console_table(b, ev))
         console.print()
+        if b.blends:
+            console.print(blend_table(b))
+            console.print()
     written = write_report(ev, Path(out), Path(json_path) if json_path else None)
     console.print(f"report:  {written['report'].resolve()}")
     console.print(f"metrics: {written['metrics'].resolve()}")
-    console.print(f"plots:   {len(written) - 2} PNG file(s) in {Path(out).resolve()}")
+    console.print(f"plots:   {sum(p.suffix == '.png' for p in written.values())} PNG file(s) in {Path(out).resolve()}")
+    if "conversations" in written:
+        console.print(f"turns:   {written['conversations'].resolve()} (each blend's choice per conversation and turn)")
     console.print(f"took {time.perf_counter() - started:.1f} s")
 
 
@@ -174,11 +180,13 @@ def eval_cmd(
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
     sweep: bool = SweepOpt,
+    conversations: int = typer.Option(0, "--conversations", min=0, help="Also replay conversations of this many "
+                                      "turns (chained questions) under single models, uniform/weighted/learned blends."),
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
               _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEFAULT_POLICIES, folds, seed, out,
-              json_path, min_outcomes, size_prices, sweep)
+              json_path, min_outcomes, size_prices, sweep, conversations=conversations)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.base import clone
 
 from herd import metrics
+from herd.blend import evaluate_blends
 from herd.data import Matrix, Outcomes
 from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds
 from herd.routers import Router, make_router
@@ -64,6 +65,9 @@ class BenchmarkResult:
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # Per cascade method: {threshold, accuracy, cost_usd, ownership} over fixed thresholds.
     cascade_curves: dict[str, list[dict]] = field(default_factory=dict)
+    # Conversations replayed turn by turn (herd.blend): per method, accuracy per turn and cost.
+    blends: dict | None = None
+    blend_log: list[dict] = field(default_factory=list)  # per (conversation, turn, blend): the choice
     single_aiq: float | None = None
     cost_range: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
@@ -104,6 +108,7 @@ class Evaluation:
                     "cost_range": b.cost_range,
                     "curves": {k: [list(p) for p in v] for k, v in b.curves.items()},
                     "cascade_curves": b.cascade_curves,
+                    "blends": b.blends,
                     "notes": b.notes,
                 }
                 for b in self.benchmarks
@@ -120,19 +125,30 @@ def evaluate(
     seed: int = 0,
     sweep: bool = True,
     progress: Progress | None = None,
+    conversations: int = 0,
 ) -> Evaluation:
     """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``.
 
     ``policy`` is one policy or a list; every router is scored under each. A policy with a
     ``fit`` method (e.g. SafeArgMax) is tuned on out-of-fold scores from an inner
-    cross-validation of each outer training split, never on the test fold.
+    cross-validation of each outer training split, never on the test fold. ``conversations``
+    > 0 also replays conversations of that many turns under single models and blends, with
+    the first router as the learned blend's.
     """
     policies = _as_list(policy)
     named = _name_routers(routers)
     results = []
     for source, benchmark in data.groups():
         m = data.filter(source=source, benchmark=benchmark).matrix()
-        results.append(evaluate_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress))
+        result = evaluate_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
+        if conversations:
+            name, proto = next(iter(named.items()))
+            if progress:
+                progress(f"{source}/{benchmark}: conversations of {conversations} turns, {name}", 0, 1)
+            blends = evaluate_blends(m, proto, turns=conversations, folds=folds, seed=seed)
+            result.blends = {**blends.to_json(), "router": name}
+            result.blend_log = [{"source": source, "benchmark": benchmark, **row} for row in blends.log_rows]
+        results.append(result)
     return Evaluation(data.origin, folds, seed, ", ".join(repr(p) for p in policies), results)
 
 

@@ -156,6 +156,42 @@ def cascade_summary(b: BenchmarkResult) -> list[str]:
     return lines
 
 
+TOP_SINGLES_IN_BLENDS = 3
+
+
+def blend_rows(b: BenchmarkResult) -> list[dict]:
+    """The blends and the best single model, then the top single models, for tables and plots."""
+    rows = b.blends["rows"]
+    singles = sorted((r for r in rows if r["kind"] == "single"), key=lambda r: -r["accuracy"])
+    return [r for r in rows if r["kind"] != "single"] + singles[:TOP_SINGLES_IN_BLENDS]
+
+
+def blend_table(b: BenchmarkResult) -> Table:
+    bl = b.blends
+    t = Table(title=f"{b.source}/{b.benchmark}: conversations of {bl['turns']} turns ({bl['n_conversations']}, "
+                    f"learned blend: {bl['router']} + argmax)", title_justify="left")
+    for col in ("method", "accuracy %", *(f"turn {i + 1}" for i in range(bl["turns"])), "cost/turn", "switches %"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in blend_rows(b):
+        t.add_row(r["method"], fmt_pct(r["accuracy"]), *(fmt_pct(a) for a in r["per_turn_accuracy"]),
+                  _blend_cost(r), fmt_pct(r["switch_rate"]),
+                  style="bold" if r["kind"] == "blend" else None)
+    t.caption = blend_note(b)
+    t.caption_justify = "left"
+    return t
+
+
+def _blend_cost(r: dict) -> str:
+    return "n/a" if r["cost_usd"] is None else f"${r['cost_usd']:.3g}"
+
+
+def blend_note(b: BenchmarkResult) -> str:
+    return ("Each conversation chains independent questions of this benchmark (built from each test fold; the "
+            "router and the weights learn from the training fold), so a turn is right when the model answers that "
+            "question right. Engagement, the measure of blending's paper, needs live users: log per-turn choices "
+            "with `herd serve --choice-log` and run the A/B test.")
+
+
 # ---- plots ------------------------------------------------------------------------------
 def _slug(b: BenchmarkResult) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{b.source}-{b.benchmark}")
@@ -277,6 +313,29 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
     return path
 
 
+def plot_blends(b: BenchmarkResult, path: Path) -> Path | None:
+    """Accuracy per turn for the blends, the best single model and the top single models."""
+    if not b.blends:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    turns = np.arange(1, b.blends["turns"] + 1)
+    for r, color in zip(blend_rows(b), COLORS * 4):
+        style = "o-" if r["kind"] == "blend" else "s--"
+        cost = "" if r["cost_usd"] is None else f", ${r['cost_usd']:.2g}/turn"
+        ax.plot(turns, [100 * a for a in r["per_turn_accuracy"]], style, ms=4, color=color,
+                label=f"{r['method']} ({100 * r['accuracy']:.1f}%{cost})")
+    ax.set_xlabel("turn")
+    ax.set_ylabel("accuracy %")
+    ax.set_xticks(turns)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{b.source}/{b.benchmark}: conversations, per turn")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_pool_size(steps, router: str, path: Path) -> Path:
     """Oracle, routed and best-single accuracy as the greedy pool grows (the Herd paper's open
     question: what does each added model buy?)."""
@@ -307,7 +366,8 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
         slug = _slug(b)
         images = [p for p in (plot_cost_accuracy(b, out / f"{slug}-cost-accuracy.png"),
                               plot_model_accuracy(b, out / f"{slug}-models.png"),
-                              plot_cascades(b, out / f"{slug}-cascades.png")) if p]
+                              plot_cascades(b, out / f"{slug}-cascades.png"),
+                              plot_blends(b, out / f"{slug}-blends.png")) if p]
         written.update({p.stem: p for p in images})
         sections.append(_html_section(b, ev, images))
     page = _HTML.format(
@@ -323,6 +383,10 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
     )
     written["report"] = out / "report.html"
     written["report"].write_text(page)
+    log = [row for b in ev.benchmarks for row in b.blend_log]
+    if log:
+        written["conversations"] = out / "conversations.jsonl"
+        written["conversations"].write_text("".join(json.dumps(row) + "\n" for row in log))
     return written
 
 
@@ -342,7 +406,25 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
         for p in images
     )
     return (f"<section><h2>{html.escape(_title(b, ev))}</h2><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul><div class='plots'>{imgs}</div></section>")
+            f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul>{_html_blends(b)}"
+            f"<div class='plots'>{imgs}</div></section>")
+
+
+def _html_blends(b: BenchmarkResult) -> str:
+    if not b.blends:
+        return ""
+    turns = b.blends["turns"]
+    head = "".join(f"<th>{h}</th>" for h in ("method", "accuracy %", *(f"turn {i + 1}" for i in range(turns)),
+                                            "cost/turn", "switches %"))
+    body = "".join(
+        f"<tr class='{'router' if r['kind'] == 'blend' else r['kind']}'><td>{html.escape(r['method'])}</td>"
+        f"<td>{fmt_pct(r['accuracy'])}</td>" + "".join(f"<td>{fmt_pct(a)}</td>" for a in r["per_turn_accuracy"])
+        + f"<td>{_blend_cost(r)}</td>"
+        f"<td>{fmt_pct(r['switch_rate'])}</td></tr>"
+        for r in blend_rows(b))
+    return (f"<h3>Conversations: {b.blends['n_conversations']} of {turns} turns, learned blend "
+            f"{html.escape(b.blends['router'])} + argmax</h3><table><thead><tr>{head}</tr></thead><tbody>{body}"
+            f"</tbody></table><p class='notes'>{html.escape(blend_note(b))}</p>")
 
 
 _HTML = """<!doctype html>
