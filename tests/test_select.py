@@ -71,5 +71,29 @@ def test_select_command(tmp_path, dataset_dir):
     assert [s["k"] for s in result["greedy"]] == [1, 2, 3]
     assert result["greedy"][-1]["oracle"] == pytest.approx(result["exhaustive"]["3"]["oracle"])
     assert (tmp_path / "sel" / "pool-size.png").exists() and "greedy oracle" in r.output
+    page = (tmp_path / "sel" / "report.html").read_text()
+    assert "Greedy pool selection, k = 3" in page and "data:image/png;base64" in page and "best possible" in page
     bad = CliRunner().invoke(app, ["select", str(dataset_dir), "--k", "2", "--tags", "on_prem", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "only knows 'open'" in bad.output
+
+
+def test_select_writes_a_pool_file_the_gateway_serves(tmp_path, dataset_dir):
+    from herd.gateway.selection import Selector
+    from herd.pool import load_pool
+
+    (tmp_path / "cfg").mkdir()
+    full = tmp_path / "cfg" / "pool.yaml"
+    full.write_text("models:\n" + "".join(f"  - name: {n}\n    base_url: http://127.0.0.1:9/v1\n    tags: [open]\n"
+                                          for n in ("math-7b", "hist-7b", "big-70b", "spare")))
+    r = CliRunner().invoke(app, ["select", str(dataset_dir), "--k", "2", "--folds", "3", "--router", "logistic",
+                                 "--out", str(tmp_path / "sel"), "--pool", str(full), "--write-pool", str(tmp_path / "two.yaml")])
+    assert r.exit_code == 0, r.output
+    chosen = [s["added"] for s in json.loads((tmp_path / "sel" / "select.json").read_text())["greedy"]]
+    pool, _ = load_pool(tmp_path / "two.yaml")
+    assert pool.names == chosen and "herd select --k 2" in (tmp_path / "two.yaml").read_text()
+    assert Selector.from_config(pool, None).plan  # serveable as it is
+    missing = tmp_path / "cfg" / "small.yaml"
+    missing.write_text("models:\n  - name: spare\n    base_url: http://127.0.0.1:9/v1\n")
+    bad = CliRunner().invoke(app, ["select", str(dataset_dir), "--k", "2", "--folds", "3", "--router", "logistic",
+                                   "--out", str(tmp_path / "s2"), "--pool", str(missing), "--write-pool", str(tmp_path / "x.yaml")])
+    assert bad.exit_code == 2 and "no entry for model(s)" in bad.output

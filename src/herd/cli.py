@@ -553,12 +553,17 @@ def select_cmd(
     policy: str = typer.Option("safe", "--policy", help="Policy for the re-scoring (tuned inside each training split)."),
     folds: int = typer.Option(5, "--folds", min=2),
     seed: int = SeedOpt,
-    out: str = typer.Option("herd-select", "--out", help="Directory for select.json and the plot."),
+    out: str = typer.Option("herd-select", "--out", help="Directory for select.json, report.html and the plot."),
+    pool_file: Optional[str] = typer.Option(None, "--pool", help="A pool file naming every candidate model; with "
+                                            "--write-pool, the chosen K are written as a pool file to serve."),
+    write_pool: Optional[str] = typer.Option(None, "--write-pool", help="Where to write the pool file of the chosen K."),
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """Choose the K models that together answer the most (greedy on oracle coverage, checked
     against exhaustive search where small), then re-score each pool with a router under CV."""
+    if (pool_file is None) != (write_pool is None):
+        _fail("--pool and --write-pool go together: the full pool file to read and the chosen pool file to write")
     import json
 
     from rich.table import Table
@@ -616,10 +621,21 @@ def select_cmd(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "select.json").write_text(json.dumps(result, indent=2))
-    from herd.report import plot_pool_size
+    from herd.report import plot_pool_size, write_select_report
 
     plot = plot_pool_size(steps, f"{router}+{chosen_policy.label}", out_dir / "pool-size.png")
-    console.print(f"wrote {out_dir / 'select.json'} and {plot}")
+    page = write_select_report(result, plot, out_dir / "report.html")
+    console.print(f"wrote {out_dir / 'select.json'}, {page} and {plot}")
+    if write_pool:
+        from herd.pool import write_subset
+
+        chosen = [st.added for st in steps]
+        try:
+            written = write_subset(pool_file, chosen, write_pool,
+                                   f"herd select --k {k} on {path}: {', '.join(chosen)}")
+        except _usage_errors() as e:
+            _fail(str(e))
+        console.print(f"pool of {len(chosen)}: {written} (serve it with `herd serve {written}`)")
 
 
 @app.command()

@@ -125,6 +125,25 @@ def load_pool(path: str | Path) -> tuple[PoolConfig, Path]:
     return config, router
 
 
+def write_subset(src: str | Path, names: list[str], dst: str | Path, note: str = "") -> Path:
+    """A copy of the pool file ``src`` with only the models ``names``, written to ``dst`` (the
+    router directory made absolute, so the copy can live anywhere). The result is checked."""
+    load_pool(src)
+    raw = yaml.safe_load(Path(src).read_text())
+    by_name = {m["name"]: m for m in raw["models"]}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise PoolError(f"{src}: no entry for model(s) {missing}; the pool file must name every model it may keep")
+    raw["models"] = [by_name[n] for n in names]
+    if raw.get("router"):
+        raw["router"] = str((Path(src).parent / raw["router"]).resolve())
+    out = Path(dst)
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    out.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    load_pool(out)
+    return out
+
+
 def _describe(path: Path, root, err: dict) -> str:
     loc = tuple(err["loc"]) or _path_in(err["msg"])
     field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or "(top level)"

@@ -28,6 +28,10 @@ def fmt_cost(r: MethodResult) -> str:
     return text + ("*" if r.cost_coverage < 0.999 else "")
 
 
+def fmt_usd(x: float | None) -> str:
+    return "n/a" if x is None else f"${x:.3g}"
+
+
 def fmt_pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
@@ -174,15 +178,11 @@ def blend_table(b: BenchmarkResult) -> Table:
         t.add_column(col, justify="left" if col == "method" else "right")
     for r in blend_rows(b):
         t.add_row(r["method"], fmt_pct(r["accuracy"]), *(fmt_pct(a) for a in r["per_turn_accuracy"]),
-                  _blend_cost(r), fmt_pct(r["switch_rate"]),
+                  fmt_usd(r['cost_usd']), fmt_pct(r["switch_rate"]),
                   style="bold" if r["kind"] == "blend" else None)
     t.caption = blend_note(b)
     t.caption_justify = "left"
     return t
-
-
-def _blend_cost(r: dict) -> str:
-    return "n/a" if r["cost_usd"] is None else f"${r['cost_usd']:.3g}"
 
 
 def blend_note(b: BenchmarkResult) -> str:
@@ -357,6 +357,30 @@ def plot_pool_size(steps, router: str, path: Path) -> Path:
     return path
 
 
+def write_select_report(result: dict, plot: Path, path: Path) -> Path:
+    """``herd select``'s greedy path, the exhaustive check and the pool-size plot as one page."""
+    head = "".join(f"<th>{h}</th>" for h in ("k", "adds", "oracle %", "gain", "pool cost/query",
+                                            f"{result['router']}+{result['policy']} % (CV)", "best single % (CV)"))
+    body = "".join(
+        f"<tr><td>{st['k']}</td><td>{html.escape(st['added'])}</td><td>{fmt_pct(st['oracle'])}</td>"
+        f"<td>+{100 * st['gain']:.2f}</td><td>{fmt_usd(st['pool_cost'])}</td>"
+        f"<td>{fmt_pct(st['routed_accuracy'])}</td><td>{fmt_pct(st['best_single'])}</td></tr>"
+        for st in result["greedy"])
+    checks = [f"k={j}: exhaustive search skipped (too many pools)" if best is None else
+              f"k={j}: greedy oracle {fmt_pct(result['greedy'][int(j) - 1]['oracle'])}% vs best possible "
+              f"{fmt_pct(best['oracle'])}% ({', '.join(best['models'])})"
+              for j, best in result["exhaustive"].items() if int(j) <= len(result["greedy"])]
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [
+        "Pools are chosen on all the data (in-sample); the routed and best-single columns are cross-validated "
+        "for the chosen pool.", *checks])
+    img = f"<img alt='pool size' src='data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}'>"
+    section = (f"<section><h2>Greedy pool selection, k = {result['k']}</h2><table><thead><tr>{head}</tr></thead>"
+               f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul><div class='plots'>{img}</div></section>")
+    path.write_text(_HTML.format(title=html.escape(f"herd select: {result['data']}"),
+                                 intro=html.escape(f"constraints: {json.dumps(result['constraints'])}"), body=section))
+    return path
+
+
 def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
     """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +443,7 @@ def _html_blends(b: BenchmarkResult) -> str:
     body = "".join(
         f"<tr class='{'router' if r['kind'] == 'blend' else r['kind']}'><td>{html.escape(r['method'])}</td>"
         f"<td>{fmt_pct(r['accuracy'])}</td>" + "".join(f"<td>{fmt_pct(a)}</td>" for a in r["per_turn_accuracy"])
-        + f"<td>{_blend_cost(r)}</td>"
+        + f"<td>{fmt_usd(r['cost_usd'])}</td>"
         f"<td>{fmt_pct(r['switch_rate'])}</td></tr>"
         for r in blend_rows(b))
     return (f"<h3>Conversations: {b.blends['n_conversations']} of {turns} turns, learned blend "
