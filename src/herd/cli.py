@@ -158,7 +158,8 @@ SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for u
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
 POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
                "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
-               "by inner CV unless given; give a cascade as its own --policy)")
+               "by inner CV unless given; give a cascade as its own --policy), cascade-check:CHEAP,...,STRONG[@T] "
+               "(reads each answer: length, sample agreement)")
 PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
