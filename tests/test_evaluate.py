@@ -220,3 +220,17 @@ def test_checked_cascade_in_evaluation_charges_both_calls():
     assert checked.ownership > pre.ownership  # the router's scores alone cannot tell these queries apart
     curve = b.cascade_curves["logistic (cascade-check:small,big)"]
     assert curve[-1]["cost_usd"] == pytest.approx(0.011) and curve[-1]["first_model_share"] == 0.0
+
+
+def test_a_checked_cascade_whose_first_answers_never_pay_skips_the_check():
+    from herd.policies import CheckedCascade
+
+    m = _agreeing_small_model_table(90).matrix(["small", "big"])
+    y = m.labels.copy()
+    y[:, 1] = 1.0  # big is always right: small may keep only the odd answer, and the check costs more than it saves
+    noise = {"output_chars": np.random.default_rng(1).integers(100, 900, (90, 2)).astype(float)}
+    c = CheckedCascade(["small", "big"]).fit(np.full(y.shape, 0.5), y, np.array([0.001, 0.01]), m.models,
+                                             observed=noise)
+    assert c.direct_ and c.choose(np.full(y.shape, 0.5), None, noise).tolist() == [1] * 90
+    assert c.called(np.array([1, 1]), 2).tolist() == [[False, True]] * 2  # small is never called, never paid
+    assert "straight to big" in c.decide(np.full((1, 2), 0.5), m.models).reasons[0]

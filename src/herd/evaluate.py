@@ -199,6 +199,7 @@ def evaluate_matrix(
     sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
     router_scores = {name: np.empty((n, k)) for name in routers}
     deferral: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: held-out P(answer right)
+    called: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: every model called per query
     total, done = len(splits) * len(routers), 0
     for f, (tr, te) in enumerate(splits):
         b = metrics.best_model(y[tr], cost[tr])
@@ -231,6 +232,7 @@ def evaluate_matrix(
                 if post_call:
                     test_observed = m.take(te).observed
                     router_choice[key][te] = p.choose(scores, model_costs, test_observed)
+                    called.setdefault(key, np.zeros((n, k), bool))[te] = p.called(router_choice[key][te], k)
                     deferral.setdefault(key, np.empty((n, k)))[te] = p.deferral(scores, test_observed)
                 else:
                     router_choice[key][te] = p.choose(scores, model_costs)
@@ -253,9 +255,8 @@ def evaluate_matrix(
         if getattr(p, "max_share", None) is not None and p.model in m.models:
             share = float(np.mean(router_choice[key] == m.models.index(p.model)))
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
-        called = (cascade_called(router_choice[key], [m.models.index(x) for x in p.models], k)
-                  if getattr(p, "post_call", False) else None)
-        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n, called))
+        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n,
+                             called.get(key)))
     result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
     result.cascade_curves = cascade_curves
     return result

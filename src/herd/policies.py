@@ -448,6 +448,11 @@ class CheckedCascade(Cascade):
                     held_out[va, stage] = _fit_scorer(x[tr], y[tr]).predict(x[va])
             self.scorers_[stage] = _fit_scorer(x, y)
         self._tune(held_out, labels)
+        # When keeping early answers does not pay on validation (none is kept, or the calls cost
+        # more than the last model alone), go straight to the last model.
+        costs = _known_costs(model_costs, labels.shape[1])
+        spent = cascade_called(self._choose(held_out, self.threshold_), self.stages_, len(costs)) @ costs
+        self.direct_ = bool(self.threshold_ > 1.0 or (costs.any() and spent.mean() >= costs[self.stages_[-1]]))
         return self
 
     def _features(self, scores: np.ndarray, observed: dict[str, np.ndarray] | None, stage: int) -> np.ndarray:
@@ -470,14 +475,23 @@ class CheckedCascade(Cascade):
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None,
                observed: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        if self.direct_:
+            return np.full(len(scores), self.stages_[-1])
         return self._choose(self.deferral(scores, observed), self.threshold_)
 
     def called(self, choice: np.ndarray, n_models: int) -> np.ndarray:
         """(n_queries, n_models) bool: the models called to reach each choice (all paid for)."""
+        if self.direct_:
+            return np.eye(n_models, dtype=bool)[choice]
         return cascade_called(choice, self.stages_, n_models)
 
     def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None,
                observed: dict[str, np.ndarray] | None = None) -> Decision:
+        if self.direct_:
+            last = models[self.stages_[-1]]
+            return Decision(np.full(len(scores), self.stages_[-1]),
+                            [f"cascade-check: straight to {last}; on validation no earlier answer was worth keeping"]
+                            * len(scores))
         if observed is None:  # before any call: the first model is asked, its answer decides the rest
             first, rest = models[self.stages_[0]], ", ".join(models[i] for i in self.stages_[1:])
             return Decision(np.full(len(scores), self.stages_[0]),

@@ -164,12 +164,14 @@ class Selector:
         stages = [i for i in policy.stages_ if ok[i]]
         last = stages[-1] if stages else _best(scores, costs, ok)
         rest = sorted((i for i in np.flatnonzero(ok) if i not in stages), key=lambda i: (-scores[i], costs[i]))
-        plan.checks = [models[i] for i in stages[:-1]]
+        plan.checks = [] if policy.direct_ else [models[i] for i in stages[:-1]]
         plan.check_policy, plan.score_row = policy, scores
         plan.candidates = [models[last]] + [models[i] for i in rest] + [m for m in self.unscored if m not in plan.ineligible]
         skipped = [models[i] for i in policy.stages_ if not ok[i]]
         plan.reason = (f"cascade-check: {', '.join(plan.checks)} answer(s) first, each kept if its P(right) >= "
                        f"{policy.threshold_:.3g}; else {models[last]}" if plan.checks
+                       else f"cascade-check: straight to {models[last]} (no earlier answer was worth keeping on "
+                            "validation)" if policy.direct_
                        else f"cascade-check: only {models[last]} of the cascade can take this request")
         if skipped:
             plan.reason += f" ({', '.join(skipped)} ruled out)"
