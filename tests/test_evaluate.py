@@ -234,3 +234,26 @@ def test_a_checked_cascade_whose_first_answers_never_pay_skips_the_check():
     assert c.direct_ and c.choose(np.full(y.shape, 0.5), None, noise).tolist() == [1] * 90
     assert c.called(np.array([1, 1]), 2).tolist() == [[False, True]] * 2  # small is never called, never paid
     assert "straight to big" in c.decide(np.full((1, 2), 0.5), m.models).reasons[0]
+
+
+def test_prediction_learns_from_the_whole_score_vector():
+    from herd.policies import Prediction, make_policy
+
+    rng = np.random.default_rng(0)
+    n = 400
+    b_right = rng.random(n) < 0.3
+    labels = np.column_stack([~b_right, b_right]).astype(float)  # A is right exactly when B is not
+    # A's own score says nothing; B's is higher where B is right, yet still below A's (B is miscalibrated).
+    scores = np.column_stack([np.full(n, 0.7), np.where(b_right, 0.6, 0.3) + rng.normal(0, 0.03, n)])
+    p = make_policy("prediction").fit(scores, labels, np.array([0.01, 0.001]), ["a", "b"])
+    assert isinstance(p, Prediction) and (metrics.picked(labels, p.choose(scores)) == 1).mean() > 0.95
+    assert argmax_accuracy(scores, labels) < 0.8  # read one score at a time, A's flat 0.7 always wins
+    assert "learned from the score vector: b" in p.decide(scores[b_right][:1], ["a", "b"]).reasons[0]
+    one = Prediction().fit(scores, np.ones((n, 2)), None, ["a", "b"])  # nothing to learn: the best single
+    assert one.choose(scores).tolist() == [0] * n
+
+
+def argmax_accuracy(scores, labels) -> float:
+    from herd.policies import ArgMax
+
+    return float(metrics.picked(labels, ArgMax().choose(scores)).mean())

@@ -292,6 +292,63 @@ class CheapestLikely:
         return Decision(choice, reasons)
 
 
+class Prediction:
+    """SelectLLM's Prediction policy: a classifier learned over the whole score vector that
+    predicts which model to ask, rather than reading each score alone.
+
+    ``fit`` trains a multinomial logistic regression on held-out scores of training queries.
+    Each query's target is, among the models that answered it right, the one with the best
+    training accuracy (the cheaper on ties): deviate from the strong model only when the
+    scores say it will fail and another will not. A query nobody answered goes to the best
+    single model.
+    """
+
+    name = "prediction"
+    label = "prediction"
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None) -> Prediction:
+        from sklearn.linear_model import LogisticRegression
+
+        costs = _known_costs(model_costs, labels.shape[1])
+        rank = np.lexsort((costs, -labels.mean(axis=0)))  # best training accuracy first, then cheaper
+        order = np.empty_like(rank)
+        order[rank] = np.arange(len(rank))
+        right = labels >= 0.5
+        target = np.where(right.any(axis=1), np.argmin(np.where(right, order[None, :], len(rank)), axis=1), rank[0])
+        self.fallback_ = int(rank[0])
+        self.classes_ = np.unique(target)
+        if len(self.classes_) > 1:
+            self.model_ = LogisticRegression(C=self.C, max_iter=2000).fit(_logit(scores), target)
+        return self
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        if not hasattr(self, "fallback_"):
+            raise RuntimeError("Prediction is not fitted: call fit() on validation scores first")
+        if len(self.classes_) == 1:
+            return np.full(len(scores), self.classes_[0])
+        return self.model_.classes_[np.argmax(self.model_.predict_proba(_logit(scores)), axis=1)]
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        choice = self.choose(scores, model_costs)
+        return Decision(choice, [f"learned from the score vector: {models[c]} (P={s[c]:.2f}; best single "
+                                 f"{models[self.fallback_]} P={s[self.fallback_]:.2f})" for s, c in zip(scores, choice)])
+
+    def summary(self) -> str:
+        return f"{len(self.classes_)} model(s) ever chosen"
+
+    def __repr__(self) -> str:
+        return f"Prediction(C={self.C:g})"
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
+
+
 def cascade_thresholds(scores: np.ndarray, stages: list[int]) -> np.ndarray:
     """Candidate thresholds, ascending: the percentiles of the earlier models' scores (so every
     share of queries kept early is reachable, however narrow the scores), then 1.01 (never)."""
@@ -456,11 +513,10 @@ class CheckedCascade(Cascade):
         return self
 
     def _features(self, scores: np.ndarray, observed: dict[str, np.ndarray] | None, stage: int) -> np.ndarray:
-        p = np.clip(scores[:, stage], 1e-3, 1 - 1e-3)
-        columns = [np.log(p / (1 - p))]
+        columns = [_logit(scores[:, stage])]
         for k in self.features_[stage]:
             values = (observed or {}).get(k)
-            columns.append(np.full(len(p), np.nan) if values is None else ANSWER_FEATURES[k](values[:, stage]))
+            columns.append(np.full(len(scores), np.nan) if values is None else ANSWER_FEATURES[k](values[:, stage]))
         return np.column_stack(columns)
 
     def deferral(self, scores: np.ndarray, observed: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -545,7 +601,7 @@ def _fit_scorer(x: np.ndarray, y: np.ndarray) -> _Scorer:
 
 
 POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
-            "random-likely": RandomLikely, "sorted": CheapestLikely, "cascade": Cascade,
+            "random-likely": RandomLikely, "sorted": CheapestLikely, "prediction": Prediction, "cascade": Cascade,
             "cascade-check": CheckedCascade}
 
 
