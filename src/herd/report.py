@@ -200,6 +200,13 @@ def _slug(b: BenchmarkResult) -> str:
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def _pyplot():
     import matplotlib
 
@@ -244,10 +251,7 @@ def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
     ax.set_ylim(max(0, lo - 3), 100.5)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_model_accuracy(b: BenchmarkResult, path: Path) -> Path:
@@ -262,10 +266,7 @@ def plot_model_accuracy(b: BenchmarkResult, path: Path) -> Path:
     ax.set_title(f"{b.source} / {b.benchmark}: per-model accuracy")
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---- files ------------------------------------------------------------------------------
@@ -307,10 +308,7 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
     right.set_ylabel("accuracy %")
     left.legend(fontsize=7)
     fig.suptitle(f"{b.source}/{b.benchmark}: cascades across deferral thresholds (dotted: last model alone)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_blends(b: BenchmarkResult, path: Path) -> Path | None:
@@ -330,10 +328,7 @@ def plot_blends(b: BenchmarkResult, path: Path) -> Path | None:
     ax.set_xticks(turns)
     ax.legend(fontsize=7)
     ax.set_title(f"{b.source}/{b.benchmark}: conversations, per turn")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_pool_size(steps, router: str, path: Path) -> Path:
@@ -351,10 +346,7 @@ def plot_pool_size(steps, router: str, path: Path) -> Path:
     ax.set_ylabel("accuracy %")
     ax.set_xticks(ks)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_select_report(result: dict, plot: Path, path: Path) -> Path:
