@@ -101,7 +101,7 @@ class Gateway:
         plan = await run_in_threadpool(self.selector.plan, req) if routed else self.selector.plan(req)
         request.state.route = route = req.model if routed else "direct"
         if routed:
-            tm.CHOICES.labels(plan.candidates[0]).inc()
+            tm.CHOICES.labels(plan.first).inc()
         tm.IN_FLIGHT.inc()
         streaming = False
         try:
@@ -156,7 +156,7 @@ class Gateway:
 
     def _meta(self, plan: Plan, name: str, attempts: list[dict], cost: float | None = None,
               checked: Checked | None = None) -> dict:
-        meta = {"model": name, "chosen": (plan.checks or plan.candidates)[0], **plan.describe(), "attempts": attempts,
+        meta = {"model": name, "chosen": plan.first, **plan.describe(), "attempts": attempts,
                 "cost_usd": cost}
         if checked is not None:
             meta["cascade"] = checked.steps
@@ -207,7 +207,7 @@ class Gateway:
             return
         self.choice_log.write({
             "time": round(time.time(), 3), "request_id": req.request_id, "session": req.session, "turn": req.turn,
-            "route": route, "policy": plan.policy, "chosen": (plan.checks or plan.candidates)[0], "model": name,
+            "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1),
             "cascade": None if checked is None else [{"model": s["model"], "accepted": s.get("accepted")}

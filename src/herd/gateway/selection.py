@@ -33,6 +33,11 @@ class Plan:
     check_policy: object = None
     score_row: np.ndarray | None = None  # the router's scores in its model order
 
+    @property
+    def first(self) -> str:
+        """The model asked first: a checked cascade's first model, else the routed choice."""
+        return (self.checks or self.candidates)[0]
+
     def describe(self) -> dict:
         return {"policy": self.policy, "reason": self.reason, "scores": self.scores,
                 "ineligible": self.ineligible, "router_ms": round(self.router_ms, 3)}
