@@ -15,10 +15,9 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -27,7 +26,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from herd import __version__
 from herd.gateway import telemetry as tm
 from herd.backends import Backend, Outcome, token_count
-from herd.collect.grading import agreement, get_grader, majority
+from herd.collect.grading import get_grader
+from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog
 from herd.gateway.errors import GatewayError, error_body, error_response
@@ -193,7 +193,7 @@ class Gateway:
         data = outcome.data
         cost = self._account_reply(name, data)
         if checked is not None:
-            cost = _plus(cost, checked.cost)
+            cost = plus(cost, checked.cost)
         data["model"] = name
         data["herd"] = self._meta(plan, name, attempts, cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
@@ -237,7 +237,7 @@ class Gateway:
             status = state["status"] if state["finished"] or state["status"] != "200" else "499"
             tm.REQUESTS.labels(route, status).inc()
             self._log_choice(req, plan, route, name, attempts, status,
-                             _plus(cost, checked.cost) if checked is not None else cost, started, checked)
+                             plus(cost, checked.cost) if checked is not None else cost, started, checked)
             tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
             tm.IN_FLIGHT.dec()
 
@@ -249,40 +249,22 @@ class Gateway:
         answers' length and their agreement (maj@k) must reach the tuned threshold."""
         policy, checked = plan.check_policy, Checked()
         grader = get_grader(policy.grader)
-        models = self.selector.router_models
         for name in plan.checks:
-            bodies = [_sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
+            bodies = [sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
             replies = await asyncio.gather(*(self._call_in_order([name], b, False) for b in bodies))
             answered = []
             for _, outcome, attempts in replies:
                 checked.attempts += attempts
                 if outcome is not None and outcome.kind == "ok":
-                    checked.cost = _plus(checked.cost, self._account_reply(name, outcome.data))
+                    checked.cost = plus(checked.cost, self._account_reply(name, outcome.data))
                     answered.append(outcome.data)
-            step = {"model": name, "samples": len(answered)}
-            checked.steps.append(step)
             if not answered:
-                step["outcome"] = "no answer"
+                checked.steps.append({"model": name, "samples": 0, "outcome": "no answer"})
                 continue
-            texts = [_reply_text(d) for d in answered]
-            answers = [grader.extract(t) for t in texts]
-            observed = {"output_chars": float(np.mean([len(t) for t in texts]))}
-            tokens = [token_count(_usage(d).get("completion_tokens")) for d in answered]
-            if all(t is not None for t in tokens):
-                observed["output_tokens"] = float(np.mean(tokens))
-            if policy.samples > 1:
-                observed["agreement"] = agreement(answers, grader.correct)
-            stage = models.index(name)
-            grid = {k: np.where(np.arange(len(models)) == stage, v, np.nan)[None, :] for k, v in observed.items()}
-            p_right = float(policy.deferral(plan.score_row[None, :], grid)[0, stage])
-            accepted = p_right >= policy.threshold_
-            step.update(answers=answers, **{k: round(v, 4) for k, v in observed.items()},
-                        p_right=round(p_right, 4), threshold=round(policy.threshold_, 4), accepted=accepted)
-            if accepted:
-                top = majority(answers, grader.correct)
+            step, checked.answer = judge(policy, grader, plan.score_row, self.selector.router_models, name, answered)
+            checked.steps.append(step)
+            if checked.answer is not None:
                 checked.model = name
-                checked.answer = next((d for d, a in zip(answered, answers) if top is not None and grader.correct(a, top)),
-                                      answered[0])
                 break
         return checked
 
@@ -297,12 +279,12 @@ class Gateway:
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         self._log_choice(req, plan, route, name, checked.attempts, "200", checked.cost, started, checked)
         if req.stream:
-            return StreamingResponse(_as_events(data), media_type="text/event-stream",
+            return StreamingResponse(as_events(data), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         return Response(json.dumps(data), media_type="application/json", headers=headers)
 
     def _account_reply(self, name: str, data: dict) -> float | None:
-        usage = _usage(data)
+        usage = usage_of(data)
         return self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
     def _account(self, name: str, prompt, completion) -> float | None:
@@ -332,63 +314,6 @@ class Gateway:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
         if self.choice_log is not None:
             self.choice_log.close()
-
-
-@dataclass
-class Checked:
-    """What a checked cascade's first models did: each step, every call, what they cost, and
-    the answer that stood (None: pass the query on)."""
-
-    steps: list[dict] = field(default_factory=list)
-    attempts: list[dict] = field(default_factory=list)
-    cost: float | None = 0.0
-    model: str | None = None
-    answer: dict | None = None
-
-
-def _sample_body(body: dict, i: int, samples: int) -> dict:
-    """One of ``samples`` answers to check: a single choice, not streamed; several samples are
-    drawn at temperature 0.7 unless the request sets a positive one, each with its own seed."""
-    out = {**body, "stream": False, "n": 1}
-    out.pop("stream_options", None)
-    if samples > 1:
-        if not body.get("temperature"):
-            out["temperature"] = 0.7
-        out["seed"] = int(body.get("seed") or 0) + i
-    return out
-
-
-def _usage(data: dict) -> dict:
-    return data.get("usage") if isinstance(data.get("usage"), dict) else {}
-
-
-def _reply_text(data: dict) -> str:
-    try:
-        content = data["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    return content if isinstance(content, str) else ""
-
-
-def _plus(total: float | None, cost: float | None) -> float | None:
-    return None if total is None or cost is None else total + cost
-
-
-async def _as_events(data: dict):
-    """A complete answer as a chat.completion.chunk stream: content, finish, usage, done."""
-    choice = (data.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    base = {"id": data.get("id"), "object": "chat.completion.chunk", "created": data.get("created"), "model": data["model"]}
-    delta = {"role": "assistant", "content": message.get("content") or ""}
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
-    events = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}], "herd": data["herd"]},
-              {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}]
-    if data.get("usage"):
-        events.append({**base, "choices": [], "usage": data["usage"]})
-    for e in events:
-        yield f"data: {json.dumps(e)}\n\n".encode()
-    yield b"data: [DONE]\n\n"
 
 
 class _Relay(StreamingResponse):
