@@ -25,7 +25,7 @@ from herd.routers.auto import validation_scores
 
 MANIFEST = "manifest.json"
 STATE = "state.joblib"
-FORMAT = 1
+FORMAT = 2
 
 
 class ArtifactError(ValueError):

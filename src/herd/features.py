@@ -185,7 +185,9 @@ class Featurizer:
 
             x = self.tfidf_.transform(texts)
             dim = max(1, min(SVD_DIM, x.shape[1] - 1, x.shape[0] - 1))
-            self.svd_ = TruncatedSVD(dim, random_state=self.seed).fit(x)
+            svd = TruncatedSVD(dim, random_state=self.seed).fit(x)
+            # C-ordered, so multiplying a query row does not copy the whole basis on every call.
+            self.svd_basis_ = np.ascontiguousarray(svd.components_.T, dtype=np.float32)
         return self
 
     def transform(self, texts: list[str]):
@@ -197,5 +199,5 @@ class Featurizer:
         if self.kind == "tfidf":
             return self.tfidf_.transform(texts)  # rows are already unit length (norm="l2")
         if "svd" in self.kind:
-            parts.append(normalize(self.svd_.transform(self.tfidf_.transform(texts))).astype(np.float32))
+            parts.append(normalize(self.tfidf_.transform(texts) @ self.svd_basis_).astype(np.float32))
         return parts[0] if len(parts) == 1 else np.hstack(parts) / np.sqrt(len(parts))

@@ -29,7 +29,7 @@ class KNNRouter(FeatureRouter):
         """Indices of the kmax most similar training queries, most similar first."""
         out = np.empty((xq.shape[0], kmax), dtype=np.int64)
         for s in range(0, xq.shape[0], CHUNK):
-            sim = xq[s : s + CHUNK] @ self.x_.T
+            sim = xq[s : s + CHUNK] @ self.xt_
             sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
             if exclude is not None:
                 sim[np.arange(sim.shape[0]), exclude[s : s + CHUNK]] = -np.inf
@@ -43,7 +43,10 @@ class KNNRouter(FeatureRouter):
         return (hits + a * self.prior_) / (k + a)
 
     def _fit(self, texts, y):
-        self.x_ = self._featurize(texts, fit=True)
+        x = self._featurize(texts, fit=True)
+        # Kept transposed in the layout a query's product reads: sparse TF-IDF would otherwise
+        # convert the whole training matrix on every call (most of a single query's time).
+        self.xt_ = x.T.tocsr() if hasattr(x, "tocsr") else np.ascontiguousarray(x.T)
         self.y_ = y.astype(np.float32)
         n = len(texts)
         ks = [k for k in K_GRID if k < n] or [max(1, n - 1)]
@@ -54,7 +57,7 @@ class KNNRouter(FeatureRouter):
         rows = np.sort(rng.choice(n, size=min(n, MAX_TUNING_QUERIES), replace=False))
         kgrid = [min(self.k, n - 1)] if self.k is not None else ks
         agrid = [float(self.prior_strength)] if self.prior_strength is not None else PRIOR_GRID
-        nbrs = self._neighbours(self.x_[rows], max(kgrid), exclude=rows)
+        nbrs = self._neighbours(x[rows], max(kgrid), exclude=rows)
         truth = self.y_[rows]
         best = min(
             ((float(np.mean((self._estimate(nbrs, k, a) - truth) ** 2)), k, a) for k in kgrid for a in agrid),
