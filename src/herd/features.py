@@ -21,6 +21,13 @@ EMBED_MAX_TOKENS = 128
 # that would otherwise make every prompt's embedding the same.
 TRUNCATE = "left"
 EMBED_BATCH = 32
+# Live routing embeds a query or two per call. Keeping those would grow memory and the cache
+# directory with every request, for texts rarely seen twice; datasets come in bigger calls.
+CACHE_MIN_TEXTS = 16
+# "torch": sentence-transformers as shipped. "onnx-int8": the same model exported to ONNX with
+# int8 weights (the onnx extra), 2.5-4x faster on CPU; its vectors differ slightly (cosine ~0.99),
+# so each engine has its own cache and a router is served with the engine it was trained with.
+EMBED_ENGINES = ("torch", "onnx-int8")
 
 
 class EmbeddingsUnavailable(RuntimeError):
@@ -38,6 +45,14 @@ def cache_dir() -> Path:
 
 def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def embed_engine() -> str:
+    """The sentence encoder's engine: $HERD_EMBED_ENGINE, else torch."""
+    engine = os.environ.get("HERD_EMBED_ENGINE") or "torch"
+    if engine not in EMBED_ENGINES:
+        raise EmbeddingsUnavailable(f"HERD_EMBED_ENGINE={engine!r}: choose from {', '.join(EMBED_ENGINES)}")
+    return engine
 
 
 def local_model_path() -> Path:
@@ -61,10 +76,13 @@ def local_model_path() -> Path:
 class SentenceEmbedder:
     """Unit-length sentence embeddings with a disk cache keyed by model and text hash."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None, cache: str | os.PathLike | None = None):
+    def __init__(self, model_path: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                 engine: str | None = None, cache_min: int = CACHE_MIN_TEXTS):
         self.model_path = model_path
         self.cache = cache
-        self._model = None
+        self.cache_min = cache_min
+        self.engine = engine or embed_engine()
+        self._encode = None
         self._memory: dict[str, np.ndarray] = {}
         self._loaded_shards: set[str] = set()
 
@@ -75,7 +93,8 @@ class SentenceEmbedder:
     def _store(self) -> Path:
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
         tag = _model_tag(Path(self.model_path or local_model_path()))
-        return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}"
+        engine = "" if self.engine == "torch" else f"-{self.engine}"  # torch keeps its existing caches
+        return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}{engine}"
 
     def _load_cache(self) -> None:
         store = self._store()
@@ -91,50 +110,74 @@ class SentenceEmbedder:
                 continue  # a shard cut short by an interrupted run: re-embed those texts
             self._loaded_shards.add(shard.name)
 
-    def _encoder(self):
-        if self._model is None:
+    def _encoder(self) -> Callable[[list[str]], np.ndarray]:
+        """texts -> unit vectors, loading the model on first use."""
+        if self._encode is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError:
-                raise EmbeddingsUnavailable(
-                    "sentence-transformers is not installed: install torch's CPU build, then "
-                    "pip install -e '.[embed]' (see README)"
-                ) from None
-            self._model = SentenceTransformer(str(self.model_path or local_model_path()), device="cpu")
-            self._model.max_seq_length = EMBED_MAX_TOKENS
-            self._model.tokenizer.truncation_side = TRUNCATE
-        return self._model
+            self._encode = self._onnx_encoder() if self.engine == "onnx-int8" else self._torch_encoder()
+        return self._encode
+
+    def _torch_encoder(self):
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise EmbeddingsUnavailable(
+                "sentence-transformers is not installed: install torch's CPU build, then "
+                "pip install -e '.[embed]' (see README)"
+            ) from None
+        model = SentenceTransformer(str(self.model_path or local_model_path()), device="cpu")
+        model.max_seq_length = EMBED_MAX_TOKENS
+        model.tokenizer.truncation_side = TRUNCATE
+        return lambda texts: model.encode(
+            texts, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
+        )
+
+    def _onnx_encoder(self):
+        from herd.onnx_encoder import OnnxEncoder, OnnxUnavailable
+
+        path = Path(self.model_path or local_model_path())
+        exported = self._store().parent / "onnx" / f"{self.name}-{_model_tag(path)}-int8.onnx"
+        try:
+            encoder = OnnxEncoder(path, exported, EMBED_MAX_TOKENS)
+        except OnnxUnavailable as e:
+            raise EmbeddingsUnavailable(str(e)) from None
+        return encoder.encode
 
     def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """(n, dim) float32 unit vectors; texts not in the cache are encoded and saved."""
+        """(n, dim) float32 unit vectors. Texts not in the cache are encoded; they are saved
+        only when a call brings at least ``cache_min`` new texts (see CACHE_MIN_TEXTS)."""
         self._load_cache()
         hashes = [text_hash(t) for t in texts]
         todo = list(dict.fromkeys(h for h in hashes if h not in self._memory))
+        fresh: dict[str, np.ndarray] = {}
         if todo:
             by_hash = dict(zip(hashes, texts))
-            model = self._encoder()
-            store = self._store()
-            store.mkdir(parents=True, exist_ok=True)
-            chunk = 1024  # save as we go, so an interrupted run keeps what it paid for
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                vecs = model.encode(
-                    [by_hash[h] for h in part], batch_size=EMBED_BATCH, normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                ).astype(np.float32)
-                name = f"{part[0][:12]}-{len(part)}.npz"
-                tmp = store / f".{name}.tmp.npz"
-                np.savez(tmp, hashes=np.array(part), vectors=vecs)
-                tmp.replace(store / name)
-                self._loaded_shards.add(name)
-                self._memory.update(zip(part, vecs))
-                if progress:
-                    progress(min(start + chunk, len(todo)), len(todo))
-        return np.stack([self._memory[h] for h in hashes]) if hashes else np.zeros((0, 384), np.float32)
+            encode = self._encoder()
+            if len(todo) < self.cache_min:
+                fresh = dict(zip(todo, encode([by_hash[h] for h in todo]).astype(np.float32)))
+            else:
+                self._encode_and_save(todo, by_hash, encode, progress)
+        found = [fresh[h] if h in fresh else self._memory[h] for h in hashes]
+        return np.stack(found) if found else np.zeros((0, 384), np.float32)
+
+    def _encode_and_save(self, todo, by_hash, encode, progress) -> None:
+        store = self._store()
+        store.mkdir(parents=True, exist_ok=True)
+        chunk = 1024  # save as we go, so an interrupted run keeps what it paid for
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            vecs = encode([by_hash[h] for h in part]).astype(np.float32)
+            name = f"{part[0][:12]}-{len(part)}.npz"
+            tmp = store / f".{name}.tmp.npz"
+            np.savez(tmp, hashes=np.array(part), vectors=vecs)
+            tmp.replace(store / name)
+            self._loaded_shards.add(name)
+            self._memory.update(zip(part, vecs))
+            if progress:
+                progress(min(start + chunk, len(todo)), len(todo))
 
 
 def _model_tag(path: Path) -> str:
@@ -150,7 +193,7 @@ _shared: dict[str, SentenceEmbedder] = {}
 
 def shared_embedder() -> SentenceEmbedder:
     """One embedder per process, so routers and folds reuse the loaded model and cache."""
-    key = os.environ.get("HERD_EMBED_MODEL", "") + "|" + os.environ.get("HERD_CACHE", "")
+    key = "|".join(os.environ.get(v, "") for v in ("HERD_EMBED_MODEL", "HERD_CACHE", "HERD_EMBED_ENGINE"))
     if key not in _shared:
         _shared[key] = SentenceEmbedder()
     return _shared[key]

@@ -55,6 +55,9 @@ class EnsembleRouter(Router):
     def _predict(self, texts):
         return np.mean([r.predict_scores(texts) for r in self.routers_], axis=0)
 
+    def uses_embeddings(self) -> bool:
+        return any(r.uses_embeddings() for r in self.routers_)
+
 
 class AutoRouter(Router):
     """Fits each candidate router on inner folds of the training data, keeps the one whose
@@ -115,6 +118,9 @@ class AutoRouter(Router):
 
     def _predict(self, texts):
         return self.router_.predict_scores(texts)
+
+    def uses_embeddings(self) -> bool:
+        return self.router_.uses_embeddings()
 
     def summary(self) -> str:
         if self.chosen_ == ENSEMBLE:

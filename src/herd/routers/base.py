@@ -37,6 +37,10 @@ class Router(BaseEstimator):
     def prepare(self, texts: list[str], progress=None) -> None:
         """Compute and cache expensive features for texts ahead of fitting (optional)."""
 
+    def uses_embeddings(self) -> bool:
+        """Whether the fitted router reads sentence embeddings (so must be served with the same encoder)."""
+        return "embed" in getattr(self, "features", "")
+
     def _fit(self, texts: list[str], y: np.ndarray) -> None:
         raise NotImplementedError
 
