@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from functools import cache
+
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
 from herd.routers.base import FeatureRouter
 
 K_GRID = (5, 10, 20, 40, 80)
 PRIOR_GRID = (0.0, 2.0, 8.0, 32.0)
 MAX_TUNING_QUERIES = 3000
 CHUNK = 1024
+FEW_QUERIES = 8  # live routing: the similarity product runs on one BLAS thread
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 class KNNRouter(FeatureRouter):
@@ -28,8 +39,12 @@ class KNNRouter(FeatureRouter):
     def _neighbours(self, xq, kmax: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Indices of the kmax most similar training queries, most similar first."""
         out = np.empty((xq.shape[0], kmax), dtype=np.int64)
+        # A few queries' product is small: extra BLAS threads gain nothing there and, left
+        # spinning, slow the sentence encoder's threads on the next query (~4 ms a query).
+        few = xq.shape[0] <= FEW_QUERIES and not hasattr(xq, "tocsr")
         for s in range(0, xq.shape[0], CHUNK):
-            sim = xq[s : s + CHUNK] @ self.xt_
+            with _blas().limit(limits=1, user_api="blas") if few else nullcontext():
+                sim = xq[s : s + CHUNK] @ self.xt_
             sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
             if exclude is not None:
                 sim[np.arange(sim.shape[0]), exclude[s : s + CHUNK]] = -np.inf
