@@ -75,6 +75,7 @@ def measure(name: str, train, texts: list[str], single: int, batch_size: int) ->
     t = time.perf_counter()
     router.fit(train)
     fit_s = time.perf_counter() - t
+    kept = os.environ.get("HERD_CACHE")
     with tempfile.TemporaryDirectory() as cold:
         # A fresh cache: every query below is embedded for real, as for live traffic.
         os.environ["HERD_CACHE"] = cold
@@ -89,10 +90,12 @@ def measure(name: str, train, texts: list[str], single: int, batch_size: int) ->
         t = time.perf_counter()
         policy.choose(router.predict_scores(batch))
         qps = len(batch) / (time.perf_counter() - t)
-        del os.environ["HERD_CACHE"]
+    os.environ.pop("HERD_CACHE")
+    if kept is not None:
+        os.environ["HERD_CACHE"] = kept
     row = {"router": name, "fit_s": fit_s, "single_p50_ms": float(np.percentile(lat, 50)),
            "single_p99_ms": float(np.percentile(lat, 99)), "batch_queries_per_s": qps}
-    print(f"{name:13s} {engine if router.uses_embeddings() else 'tfidf':9s} fit {fit_s:6.1f} s   "
+    print(f"{name:13s} {router.embedding_engine() or 'tfidf':9s} fit {fit_s:6.1f} s   "
           f"one query p50 {row['single_p50_ms']:6.2f} ms  p99 {row['single_p99_ms']:6.2f} ms   "
           f"batch {qps:8.0f} queries/s")
     return row

@@ -66,6 +66,21 @@ def test_embedding_routers_contract(dataset_dir, name):
     np.testing.assert_array_equal(s, make_router(name).fit(train).predict_scores(texts))
 
 
+def test_routing_from_many_threads_leaves_blas_threads_alone(dataset_dir):
+    """kNN holds BLAS at one thread for a single query; overlapping requests must restore it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    router = make_router("knn").fit(Outcomes.load(dataset_dir))
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    texts = [f"question {i} about sums" for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        scores = list(pool.map(lambda t: router.predict_scores([t]), texts))
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
+    np.testing.assert_allclose(np.vstack(scores), router.predict_scores(texts), atol=1e-6)
+
+
 def test_long_prompts_keep_their_question(tmp_path):
     """Few-shot prompts share a long prefix; the question at the end must still tell them apart."""
     prefix = "Question: what is the capital of France? Answer: Paris. " * 30

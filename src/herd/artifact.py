@@ -19,7 +19,6 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.data import Matrix
-from herd.features import embed_engine
 from herd.policies import Decision
 from herd.routers import ROUTERS, Router
 from herd.routers.auto import validation_scores
@@ -96,7 +95,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "policy": {"name": policy.name, "spec": policy.label, "repr": repr(policy),
                    "fitted": policy.summary() if hasattr(policy, "summary") else None},
         "features": getattr(router, "features", None),
-        "embedding_engine": embed_engine() if router.uses_embeddings() else None,
+        "embedding_engine": router.embedding_engine(),  # the router embeds with it wherever it is served
         "models": list(m.models),
         "model_costs_usd": [None if np.isnan(c) else float(c) for c in costs],
         "training_data": {
@@ -157,10 +156,6 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
         raise ArtifactError(f"{d}: {STATE} is missing")
     if _sha256(state) != manifest["state_sha256"]:
         raise ArtifactError(f"{state}: contents do not match the manifest's state_sha256 (edited, truncated or from another run)")
-    trained_engine = manifest.get("embedding_engine")
-    if trained_engine and trained_engine != embed_engine():
-        raise ArtifactError(f"{mf}: the router was trained on {trained_engine} embeddings and this process embeds "
-                            f"with {embed_engine()}; set HERD_EMBED_ENGINE={trained_engine}")
     if models is not None:
         absent = [x for x in manifest["models"] if x not in set(models)]
         if absent:

@@ -345,6 +345,9 @@ def serve(
     try:
         keys = read_api_keys(api_keys_file)
         app_ = build_app(pool, keys, choice_log)  # validate everything before any worker starts
+        # Load the router's features here too (an embedding engine may export its model once):
+        # a failure is then one line, not a traceback from each worker's start-up.
+        app_.state.gateway.selector.warm_up()
     except OSError as e:
         _fail(f"{e.filename}: {e.strerror}")
     except _usage_errors() as e:

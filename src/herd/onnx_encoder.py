@@ -8,33 +8,47 @@ embedding cache; nothing is downloaded.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Names the export (opset 17, int8 weights per channel) in the model's and the vectors' cache
+# names: a changed recipe must not reuse an old export or mix its vectors with the old ones.
+RECIPE = "onnx-int8-r1"
 
 
 class OnnxUnavailable(RuntimeError):
     """onnxruntime (or, to export, torch and onnx) is not installed, or the model cannot be exported."""
 
 
-def check_mean_pooling(model_dir: Path) -> None:
-    """The encoder reproduces a transformer + mean pooling (+ normalize) model and nothing else."""
+def check_supported(model_dir: Path) -> None:
+    """The encoder reproduces exactly a transformer at the directory's root, mean pooling and
+    (optionally) normalization, with a fast tokenizer file; anything else would give vectors
+    that differ from torch's without an error."""
     try:
         modules = json.loads((model_dir / "modules.json").read_text())
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
         pooling = next(m for m in modules if m["type"].endswith("Pooling"))
         config = json.loads((model_dir / pooling["path"] / "config.json").read_text())
-    except (OSError, ValueError, StopIteration, KeyError) as e:
+    except (OSError, ValueError, StopIteration, KeyError, TypeError) as e:
         raise OnnxUnavailable(f"{model_dir}: not a sentence-transformers directory with a pooling module ({e})") from None
+    if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]) or modules[0].get("path"):
+        raise OnnxUnavailable(f"{model_dir}: modules {kinds}; the onnx engine supports a root Transformer, "
+                              "Pooling and Normalize only; use HERD_EMBED_ENGINE=torch")
     if not config.get("pooling_mode_mean_tokens") or any(
         config.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
     ):
         raise OnnxUnavailable(f"{model_dir}: the onnx engine supports mean pooling only; use HERD_EMBED_ENGINE=torch")
+    if not (model_dir / "tokenizer.json").exists():
+        raise OnnxUnavailable(f"{model_dir}: no tokenizer.json; use HERD_EMBED_ENGINE=torch")
 
 
 def export_int8(model_dir: Path, out: Path) -> None:
@@ -49,34 +63,37 @@ def export_int8(model_dir: Path, out: Path) -> None:
                               "pip install -e '.[embed,onnx]' (see README)") from None
 
     class LastHidden(torch.nn.Module):
-        def __init__(self, model):
+        def __init__(self, model, names):
             super().__init__()
             self.model = model
+            self.names = names
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, *inputs):
+            return self.model(**dict(zip(self.names, inputs))).last_hidden_state
 
-    model = AutoModel.from_pretrained(str(model_dir)).eval()
-    example = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in ONNX_INPUTS)  # shapes are dynamic below
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*ONNX_INPUTS, "last_hidden_state")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    fp32 = out.with_name(f".{out.stem}-fp32.{os.getpid()}.onnx")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))  # private to this export
     # The tracer's and quantizer's advice concerns shapes and models other than this one
     # (checked by the tests against torch's vectors), so it is not shown to users.
     logging.disable(logging.WARNING)
     try:
+        model = AutoModel.from_pretrained(str(model_dir)).eval()
+        names = [n for n in ONNX_INPUTS if n in inspect.signature(model.forward).parameters]
+        example = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in names)  # shapes are dynamic below
+        axes = {name: {0: "batch", 1: "tokens"} for name in (*names, "last_hidden_state")}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(LastHidden(model), example, str(fp32), input_names=list(ONNX_INPUTS),
+            torch.onnx.export(LastHidden(model, names), example, str(work / "fp32.onnx"), input_names=names,
                               output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
-        tmp.replace(out)  # whole or absent: a concurrent or interrupted export never leaves half a file
+            quantize_dynamic(str(work / "fp32.onnx"), str(work / "int8.onnx"), weight_type=QuantType.QInt8,
+                             per_channel=True)
+        (work / "int8.onnx").replace(out)  # whole or absent: a concurrent or interrupted export leaves no half file
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party exporter is one clear message
+        raise OnnxUnavailable(f"could not export {model_dir} to ONNX ({type(e).__name__}: {e}); "
+                              "torch 2.5 or newer is needed, or use HERD_EMBED_ENGINE=torch") from None
     finally:
         logging.disable(logging.NOTSET)
-        fp32.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class OnnxEncoder:
@@ -89,7 +106,7 @@ class OnnxEncoder:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise OnnxUnavailable(f"the onnx engine needs onnxruntime ({e}): pip install -e '.[onnx]' (see README)") from None
-        check_mean_pooling(model_dir)
+        check_supported(model_dir)
         if not onnx_path.exists():
             export_int8(model_dir, onnx_path)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -97,7 +114,8 @@ class OnnxEncoder:
         self.tokenizer.no_padding()  # tokenizer.json may pad to a fixed length; each text runs alone
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        # Without this, idle worker threads spin between single-query calls and slow the tail.
+        # Idle threads sleep between queries: spinning saved ~1 ms a query here but would take the
+        # CPU from the gateway and the router's own work in between.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -55,8 +55,8 @@ class EnsembleRouter(Router):
     def _predict(self, texts):
         return np.mean([r.predict_scores(texts) for r in self.routers_], axis=0)
 
-    def uses_embeddings(self) -> bool:
-        return any(r.uses_embeddings() for r in self.routers_)
+    def embedding_engine(self) -> str | None:
+        return next((e for r in self.routers_ if (e := r.embedding_engine())), None)
 
 
 class AutoRouter(Router):
@@ -119,8 +119,8 @@ class AutoRouter(Router):
     def _predict(self, texts):
         return self.router_.predict_scores(texts)
 
-    def uses_embeddings(self) -> bool:
-        return self.router_.uses_embeddings()
+    def embedding_engine(self) -> str | None:
+        return self.router_.embedding_engine()
 
     def summary(self) -> str:
         if self.chosen_ == ENSEMBLE:

@@ -37,9 +37,10 @@ class Router(BaseEstimator):
     def prepare(self, texts: list[str], progress=None) -> None:
         """Compute and cache expensive features for texts ahead of fitting (optional)."""
 
-    def uses_embeddings(self) -> bool:
-        """Whether the fitted router reads sentence embeddings (so must be served with the same encoder)."""
-        return "embed" in getattr(self, "features", "")
+    def embedding_engine(self) -> str | None:
+        """The sentence encoder engine the fitted router reads, or None if it reads no embeddings."""
+        featurizer = getattr(self, "featurizer_", None)
+        return featurizer.engine_ if featurizer is not None else None
 
     def _fit(self, texts: list[str], y: np.ndarray) -> None:
         raise NotImplementedError

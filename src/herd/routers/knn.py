@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import threading
+from contextlib import contextmanager, nullcontext
 from functools import cache
 
 import numpy as np
@@ -17,9 +18,20 @@ CHUNK = 1024
 FEW_QUERIES = 8  # live routing: the similarity product runs on one BLAS thread
 
 
+# threadpoolctl's limit is process-wide and restores what it found on entry: one thread at a
+# time may hold it, or overlapping requests would leave BLAS at one thread for good.
+_ONE_BLAS_THREAD = threading.Lock()
+
+
 @cache
 def _blas() -> ThreadpoolController:
     return ThreadpoolController()
+
+
+@contextmanager
+def _one_blas_thread():
+    with _ONE_BLAS_THREAD, _blas().limit(limits=1, user_api="blas"):
+        yield
 
 
 class KNNRouter(FeatureRouter):
@@ -43,7 +55,7 @@ class KNNRouter(FeatureRouter):
         # spinning, slow the sentence encoder's threads on the next query (~4 ms a query).
         few = xq.shape[0] <= FEW_QUERIES and not hasattr(xq, "tocsr")
         for s in range(0, xq.shape[0], CHUNK):
-            with _blas().limit(limits=1, user_api="blas") if few else nullcontext():
+            with _one_blas_thread() if few else nullcontext():
                 sim = xq[s : s + CHUNK] @ self.xt_
             sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
             if exclude is not None:
