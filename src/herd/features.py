@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,9 @@ EMBED_BATCH = 32
 # Live routing embeds a query or two per call. Keeping those would grow memory and the cache
 # directory with every request, for texts rarely seen twice; datasets come in bigger calls.
 CACHE_MIN_TEXTS = 16
+# The latest live queries stay in memory (bounded), so routers sharing an embedder (ensemble,
+# auto's mean) encode a query once.
+RECENT_TEXTS = 1024
 # "torch": sentence-transformers as shipped. "onnx-int8": the same model exported to ONNX with
 # int8 weights (the onnx extra), 2-4x faster on CPU; its vectors differ slightly (cosine ~0.99),
 # so each engine has its own cache and a fitted featurizer keeps the engine it was fitted with.
@@ -93,6 +97,8 @@ class SentenceEmbedder:
         self.engine = embed_engine(engine)
         self._encode = None
         self._loading = threading.Lock()  # threads share one embedder: load (or export) the model once
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self._memory: dict[str, np.ndarray] = {}
         self._loaded_shards: set[str] = set()
 
@@ -164,13 +170,28 @@ class SentenceEmbedder:
         fresh: dict[str, np.ndarray] = {}
         if todo:
             by_hash = dict(zip(hashes, texts))
-            encode = self._encoder()
             if len(todo) < self.cache_min:
-                fresh = dict(zip(todo, encode([by_hash[h] for h in todo]).astype(np.float32)))
+                fresh = self._live(todo, by_hash)
             else:
-                self._encode_and_save(todo, by_hash, encode, progress)
+                self._encode_and_save(todo, by_hash, self._encoder(), progress)
         found = [fresh[h] if h in fresh else self._memory[h] for h in hashes]
         return np.stack(found) if found else np.zeros((0, 384), np.float32)
+
+    def _live(self, todo: list[str], by_hash: dict[str, str]) -> dict[str, np.ndarray]:
+        """Vectors for a few live texts, from the recent ones or encoded and kept among them."""
+        with self._recent_lock:
+            found = {h: self._recent[h] for h in todo if h in self._recent}
+        missing = [h for h in todo if h not in found]
+        if missing:
+            vecs = self._encoder()([by_hash[h] for h in missing]).astype(np.float32)
+            found.update(zip(missing, vecs))
+        with self._recent_lock:
+            for h in todo:
+                self._recent[h] = found[h]
+                self._recent.move_to_end(h)
+            while len(self._recent) > RECENT_TEXTS:
+                self._recent.popitem(last=False)
+        return found
 
     def _encode_and_save(self, todo, by_hash, encode, progress) -> None:
         store = self._store()
