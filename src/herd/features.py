@@ -12,6 +12,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -106,14 +107,16 @@ class SentenceEmbedder:
     def name(self) -> str:
         return Path(self.model_path or local_model_path()).name
 
+    @cached_property
     def _store(self) -> Path:
+        """This model's and engine's vector directory (found once: naming it reads the model's files)."""
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
         tag = _model_tag(Path(self.model_path or local_model_path()))
         engine = "" if self.engine == "torch" else f"-{RECIPE}"  # torch keeps its existing caches
         return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}{engine}"
 
     def _load_cache(self) -> None:
-        store = self._store()
+        store = self._store
         if not store.exists():
             return
         for shard in sorted(store.glob("*.npz")):
@@ -154,7 +157,7 @@ class SentenceEmbedder:
 
     def _onnx_encoder(self):
         path = Path(self.model_path or local_model_path())
-        exported = self._store().parent / "onnx" / f"{self.name}-{_model_tag(path)}-{RECIPE}.onnx"
+        exported = self._store.parent / "onnx" / f"{self.name}-{_model_tag(path)}-{RECIPE}.onnx"
         try:
             encoder = OnnxEncoder(path, exported, EMBED_MAX_TOKENS)
         except OnnxUnavailable as e:
@@ -194,7 +197,7 @@ class SentenceEmbedder:
         return found
 
     def _encode_and_save(self, todo, by_hash, encode, progress) -> None:
-        store = self._store()
+        store = self._store
         store.mkdir(parents=True, exist_ok=True)
         chunk = 1024  # save as we go, so an interrupted run keeps what it paid for
         for start in range(0, len(todo), chunk):
