@@ -218,3 +218,24 @@ def test_sorted_takes_the_cheapest_predicted_correct():
     assert make_policy("sorted:0.7").threshold == 0.7 and make_policy("random-likely").threshold == 0.5
     d = CheapestLikely().decide(scores, list("abc"), costs)
     assert d.reasons[0] == "cheapest model with P >= 0.5: b (P=0.60)" and d.reasons[2].startswith("no model has P >= 0.5")
+
+
+def test_tfidf_features_match_their_reference_computations(toy):
+    """The kept SVD basis and transposed kNN matrix are speed-ups only: same numbers as
+    scikit-learn's TruncatedSVD and a direct similarity product."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.preprocessing import normalize
+
+    from herd.features import Featurizer
+
+    texts = toy.queries.text.tolist()
+    f = Featurizer("tfidf-svd", seed=0).fit(texts)
+    x = f.tfidf_.transform(texts)
+    svd = TruncatedSVD(f.svd_basis_.shape[1], random_state=0).fit(x)
+    np.testing.assert_allclose(f.transform(texts), normalize(svd.transform(x)), atol=1e-5)
+
+    knn = KNNRouter(features="tfidf").fit(toy)
+    q = knn.featurizer_.transform(texts[:5])
+    sim = (q @ knn.featurizer_.transform(texts).T).toarray()
+    found = np.take_along_axis(sim, knn._neighbours(q, 3), axis=1)  # ties may pick either neighbour
+    np.testing.assert_allclose(found, -np.sort(-sim, axis=1)[:, :3], atol=1e-6)

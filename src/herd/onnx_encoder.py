@@ -75,7 +75,8 @@ def export_int8(model_dir: Path, out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))  # private to this export
     # The tracer's and quantizer's advice concerns shapes and models other than this one
     # (checked by the tests against torch's vectors), so it is not shown to users.
-    logging.disable(logging.WARNING)
+    disabled = logging.root.manager.disable  # the application's own setting, restored below
+    logging.disable(max(disabled, logging.WARNING))
     try:
         model = AutoModel.from_pretrained(str(model_dir)).eval()
         names = [n for n in ONNX_INPUTS if n in inspect.signature(model.forward).parameters]
@@ -92,7 +93,7 @@ def export_int8(model_dir: Path, out: Path) -> None:
         raise OnnxUnavailable(f"could not export {model_dir} to ONNX ({type(e).__name__}: {e}); "
                               "torch 2.5 or newer is needed, or use HERD_EMBED_ENGINE=torch") from None
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
         shutil.rmtree(work, ignore_errors=True)
 
 
