@@ -39,8 +39,7 @@ class Router(BaseEstimator):
 
     def embedding_engine(self) -> str | None:
         """The sentence encoder engine the fitted router reads, or None if it reads no embeddings."""
-        featurizer = getattr(self, "featurizer_", None)
-        return featurizer.engine_ if featurizer is not None else None
+        return None
 
     def _fit(self, texts: list[str], y: np.ndarray) -> None:
         raise NotImplementedError
@@ -54,6 +53,9 @@ class FeatureRouter(Router):
 
     def prepare(self, texts, progress=None):
         Featurizer(self.features, self.seed).prepare(texts, progress=progress)
+
+    def embedding_engine(self) -> str | None:
+        return self.featurizer_.engine_
 
     def _featurize(self, texts, fit: bool = False):
         if fit:
