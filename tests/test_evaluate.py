@@ -22,7 +22,7 @@ def test_rows_cover_every_baseline(result):
     (b,) = result.benchmarks
     kinds = {r.kind for r in b.rows}
     assert kinds == set(KINDS) - {"vote"}  # no per-model answers in this table
-    assert "majority vote: not computed" in b.notes[0]
+    assert "majority vote and agreement: not computed" in b.notes[0]
     assert sum(r.kind == "single" for r in b.rows) == 3
     assert all(r.n == 90 for r in b.rows)
 
@@ -67,9 +67,12 @@ def test_majority_vote_when_answers_exist(frames):
     o = o.copy()
     o["answer"] = np.where(o.correct == 1, "a", "b")
     ev = evaluate(Outcomes.from_frames(q, o, m), ["knn-tfidf"], folds=3, sweep=False)
-    vote = ev.benchmarks[0].row("vote")
-    mat = Outcomes.from_frames(q, o, m).matrix()
-    assert vote.accuracy == pytest.approx(metrics.majority_vote(mat.answers, mat.gold).mean())
+    vote = ev.benchmarks[0].row("vote", "majority vote (all models)")
+    y = Outcomes.from_frames(q, o, m).matrix().labels
+    right, wrong = y.sum(axis=1), (1 - y).sum(axis=1)
+    # Every right answer is "a", every wrong one "b": the vote is right where "a" wins (ties go either way).
+    assert (right > wrong).mean() <= vote.accuracy <= (right >= wrong).mean()
+    assert vote.cost_usd == pytest.approx(np.nansum(Outcomes.from_frames(q, o, m).matrix().cost, axis=1).mean())
 
 
 def test_metrics_json_contract_and_report(tmp_path, result):

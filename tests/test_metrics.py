@@ -43,12 +43,22 @@ def test_mean_known_reports_coverage():
     assert metrics.mean_known(np.array([np.nan])) == (None, 0.0)
 
 
-def test_majority_vote():
-    answers = np.array([["4", "4", "5"], ["1", "2", "2"], [None, None, None], ["7", "8", None]], dtype=object)
-    gold = np.array(["4", "1", "3", "8"], dtype=object)
-    # q3 is a tie between "7" and "8": the first given ("7") wins, deterministically.
-    assert metrics.majority_vote(answers, gold).tolist() == [1.0, 0.0, 0.0, 0.0]
+def test_vote_choice_counts_equal_codes_and_breaks_ties_by_priority():
+    codes = np.array([[4, 4, 5], [1, 2, 2], [-1, -1, -1], [7, 8, -1], [7, 8, -1]])
+    priority = np.array([2, 1, 0])  # model 2 ranks first, then 1, then 0
+    choice = metrics.vote_choice(codes, priority)
+    # q0: "4" twice -> its best-ranked giver (model 1); q1: "2" twice -> model 2 (ranked first);
+    # q2: nobody answered -> the best-ranked model; q3/q4: a 1-1 tie goes to model 1's answer.
+    assert choice.tolist() == [1, 2, 2, 1, 1]
+    assert metrics.vote_choice(codes[3:4], np.array([0, 1, 2])).tolist() == [0]
 
+
+def test_fanout_latency_is_the_slowest_first_call_plus_the_later_ones():
+    lat = np.array([[1.0, 3.0, 10.0], [1.0, np.nan, 10.0]])
+    first = np.array([[True, True, False], [True, True, False]])
+    then = np.array([[False, False, True], [False, False, False]])
+    out = metrics.fanout_latency(lat, first, then)
+    assert out[0] == 13.0 and np.isnan(out[1])
 
 def test_gap_closed():
     assert metrics.gap_closed(0.8, 0.6, 1.0) == pytest.approx(0.5)

@@ -89,6 +89,10 @@ class Matrix:
     categories: np.ndarray | None = None
     owned: np.ndarray | None = None  # per model: open weights, so it can be run on one's own hardware
     observed: dict[str, np.ndarray] | None = None  # OBSERVED name -> (n_queries, n_models), NaN unknown
+    # The recorded answers as the benchmark's grader compares them: equal codes for answers that
+    # grade alike, -1 for none (votes and agreement cascades read these). None without answers.
+    answer_codes: np.ndarray | None = None
+    grader: str | None = None
 
     @property
     def n_queries(self) -> int:
@@ -110,6 +114,7 @@ class Matrix:
             cost=self.cost[rows],
             latency=self.latency[rows],
             answers=pick(self.answers),
+            answer_codes=pick(self.answer_codes),
             gold=pick(self.gold),
             categories=pick(self.categories),
             observed=None if self.observed is None else {k: v[rows] for k, v in self.observed.items()},
@@ -251,6 +256,13 @@ class Outcomes:
 
         estimated = o.groupby("model")["cost_estimated"].any().reindex(models, fill_value=False)
         answers = grid(o["answer"].astype(object).to_numpy(), object, None) if "answer" in o else None
+        grader = codes = None
+        if answers is not None and o["answer"].notna().any():
+            from herd.collect.grading import answer_codes, infer_grader
+
+            benchmarks = q["benchmark"].unique()
+            grader = infer_grader(benchmarks[0] if len(benchmarks) == 1 else "", o["answer"].dropna().to_numpy())
+            codes = answer_codes(answers, grader)
         return Matrix(
             keys=q[QUERY_KEY].copy(),
             texts=q["text"].tolist(),
@@ -260,6 +272,8 @@ class Outcomes:
             latency=grid(o["latency_s"].to_numpy(float)),
             cost_estimated=estimated.to_numpy(bool),
             answers=answers,
+            answer_codes=codes,
+            grader=grader,
             gold=q["gold"].to_numpy(object) if "gold" in q else None,
             categories=q["category"].to_numpy(object) if "category" in q else None,
             owned=self._owned(models),

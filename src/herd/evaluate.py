@@ -186,11 +186,19 @@ def evaluate_matrix(
     n, k = y.shape
     splits = m.kfold(folds, seed)
 
-    for name, router in routers.items():
-        router.prepare(m.texts, progress=_tagged(progress, f"{label}: features for {name}"))
+    # Policies that read answers, not scores (agreement cascades), run once, not once per router.
+    answer_policies = [p for p in policies if not getattr(p, "uses_scores", True)]
+    policies = [p for p in policies if getattr(p, "uses_scores", True)]
+    if policies:
+        for name, router in routers.items():
+            router.prepare(m.texts, progress=_tagged(progress, f"{label}: features for {name}"))
+    else:
+        routers = {}
 
     best_choice = np.empty(n, dtype=int)
     best_by_fold = []
+    votes = VoteTally(m, splits) if m.answer_codes is not None else None
+    answered = {p.label: AnswerTally(m, p) for p in answer_policies}
     methods = [(name, p) for name in routers for p in policies]
     router_choice = {(name, p.label): np.empty(n, dtype=int) for name, p in methods}
     router_secs = dict.fromkeys(router_choice, 0.0)
@@ -208,6 +216,10 @@ def evaluate_matrix(
         train = m.take(tr)
         model_costs = metrics.mean_cost_per_model(cost[tr])
         test_texts = [m.texts[i] for i in te]
+        if votes is not None:
+            votes.add(tr, te)
+        for tally in answered.values():
+            tally.add(tr, te, model_costs)
         for name, proto in routers.items():
             if progress:
                 progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
@@ -257,9 +269,104 @@ def evaluate_matrix(
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
         routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n,
                              called.get(key)))
+    for tally in answered.values():
+        if tally.choice is not None:
+            routed.append(tally.routed())
+            cascade_curves[tally.label] = tally.curve()
+        notes += tally.notes
+    if votes is not None:
+        routed += votes.routed()
+    else:
+        notes.append("majority vote and agreement: not computed, the data has no per-model answers")
     result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
     result.cascade_curves = cascade_curves
     return result
+
+
+# Votes reported beside the routers: every model (SelectLLM's "All LLMs"), and the top k by training accuracy.
+VOTE_SIZES = (3, 5)
+
+
+class VoteTally:
+    """Majority votes over recorded answers, fold by fold: the models and the tie order (best
+    training accuracy first) come from each training split."""
+
+    def __init__(self, m: Matrix, splits):
+        self.m = m
+        n, k = m.labels.shape
+        self.sizes = [s for s in VOTE_SIZES if s < k]
+        self.names = ["majority vote (all models)", *(f"majority vote (top {s} on train)" for s in self.sizes)]
+        self.choice = {name: np.empty(n, dtype=int) for name in self.names}
+        self.called = {name: np.zeros((n, k), bool) for name in self.names}
+
+    def add(self, tr: np.ndarray, te: np.ndarray) -> None:
+        y, codes = self.m.labels, self.m.answer_codes
+        costs = np.nan_to_num(metrics.mean_cost_per_model(self.m.cost[tr]), nan=np.inf)
+        rank = np.lexsort((costs, -y[tr].mean(axis=0)))  # best, then cheaper
+        priority = np.empty_like(rank)
+        priority[rank] = np.arange(len(rank))
+        for name, members in zip(self.names, [rank, *(rank[:s] for s in self.sizes)]):
+            members = np.sort(members)
+            self.choice[name][te] = members[metrics.vote_choice(codes[np.ix_(te, members)], priority[members])]
+            self.called[name][np.ix_(te, members)] = True
+
+    def routed(self) -> list[Routed]:
+        lat = self.m.latency
+        return [Routed(name, name, self.choice[name], None, self.called[name], kind="vote",
+                       latency=metrics.fanout_latency(lat, self.called[name], np.zeros_like(self.called[name])))
+                for name in self.names]
+
+
+class AnswerTally:
+    """A policy that reads answers (an agreement cascade), fitted on each training split's
+    outcomes and recorded answers, and its tolerance sweep for the report."""
+
+    def __init__(self, m: Matrix, policy):
+        self.m, self.policy, self.label = m, policy, policy.label
+        n, k = m.labels.shape
+        self.choice = None if m.answer_codes is None else np.empty(n, dtype=int)
+        self.called = np.zeros((n, k), bool)
+        self.first = np.zeros((n, k), bool)
+        self.sweep: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # choice, called, accepted
+        self.summaries: list[str] = []
+        self.notes: list[str] = [] if m.answer_codes is not None else [
+            f"{self.label}: not computed, the data has no per-model answers"]
+
+    def add(self, tr: np.ndarray, te: np.ndarray, model_costs: np.ndarray) -> None:
+        if self.choice is None:
+            return
+        m, k = self.m, self.m.labels.shape[1]
+        try:
+            p = copy.deepcopy(self.policy).fit(None, m.labels[tr], model_costs, m.models, answers=m.answer_codes[tr],
+                                               owned=m.owned)
+        except ValueError as e:
+            self.choice, self.notes = None, [f"{self.label}: not computed: {e}"]
+            return
+        codes = m.answer_codes[te]
+        choice = p.choose(None, model_costs, codes)
+        self.choice[te] = choice
+        self.called[te] = p.called(choice, k)
+        self.first[np.ix_(te, p.stage_)] = True
+        self.summaries.append(p.summary())
+        for t, ch in p.sweep_choices(codes).items():
+            n = len(m.labels)
+            c, cl, kept = self.sweep.setdefault(t, (np.empty(n, int), np.zeros(m.labels.shape, bool), np.zeros(n, bool)))
+            c[te], cl[te], kept[te] = ch, p.sweep_called(t, ch, k), ch != p.last_
+
+    def routed(self) -> Routed:
+        self.notes.append(f"{self.label}, chosen per fold on training answers: {', '.join(self.summaries)}")
+        later = self.called & ~self.first
+        return Routed(self.label, self.label, self.choice, None, self.called,
+                      latency=metrics.fanout_latency(self.m.latency, self.first, later))
+
+    def curve(self) -> list[dict]:
+        """Accuracy, cost and ownership of the cascade each tolerance chose on training answers."""
+        y, cost, owned = self.m.labels, self.m.cost, self.m.owned
+        return [{"tolerance": float(t), "accuracy": metrics.accuracy(metrics.picked(y, ch)),
+                 "cost_usd": metrics.mean_known(metrics.summed(cost, cl))[0],
+                 "ownership": None if owned is None else float(owned[ch].mean()),
+                 "first_model_share": float(kept.mean())}
+                for t, (ch, cl, kept) in sorted(self.sweep.items())]
 
 
 def cascade_curve(m: Matrix, cascade: Cascade, signal: np.ndarray) -> list[dict]:
@@ -328,6 +435,8 @@ class Routed:
     choice: np.ndarray
     router_ms: float | None = None
     called: np.ndarray | None = None  # (n, k) bool: every model called per query, when more than the choice
+    kind: str = "router"
+    latency: np.ndarray | None = None  # per query, when calls ran at once (not the sum of the calls)
 
 
 def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], routed: list[Routed],
@@ -343,12 +452,12 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     oracle_acc = metrics.oracle_accuracy(y)
 
     def row(method, kind, choice=None, acc=None, cost_value=None, coverage=1.0, estimated=None, latency=None,
-            called=None, **extra):
+            called=None, per_query_latency=None, **extra):
         if choice is not None:
             acc = metrics.accuracy(metrics.picked(y, choice))
             spent = metrics.picked if called is None else (lambda v, _: metrics.summed(v, called))
             cost_value, coverage = metrics.mean_known(spent(cost, choice))
-            latency = metrics.mean_known(spent(lat, choice))[0]
+            latency = metrics.mean_known(spent(lat, choice) if per_query_latency is None else per_query_latency)[0]
             used = np.unique(choice) if called is None else np.flatnonzero(called.any(axis=0))
             estimated = bool(m.cost_estimated[used].any())
         gap = None if kind == "oracle" else metrics.gap_closed(acc, best_acc, oracle_acc)
@@ -368,15 +477,9 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
     on_test = metrics.best_model(y, cost)
     rows.append(row(f"best on test: {m.models[on_test]}", "best-on-test", choice=np.full(n, on_test)))
-    if m.answers is not None and m.gold is not None:
-        vote = metrics.majority_vote(m.answers, m.gold)
-        all_cost = np.nansum(cost, axis=1)
-        rows.append(row("majority vote (all models)", "vote", acc=metrics.accuracy(vote),
-                        cost_value=float(all_cost.mean()) if priced.any() else None,
-                        coverage=float(priced.mean()), estimated=bool(m.cost_estimated.any()),
-                        latency=_max_or_none(lat)))
-    else:
-        notes.append("majority vote: not computed, the data has no per-model answers")
+    for r in routed:
+        if r.kind == "vote":
+            rows.append(row(r.method, "vote", choice=r.choice, called=r.called, per_query_latency=r.latency))
 
     single_costs = metrics.mean_cost_per_model(cost)
     priced_idx = np.flatnonzero(~np.isnan(single_costs))
@@ -405,8 +508,9 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
             curve_stats.setdefault(name, {}).update(
                 apgr=metrics.apgr(share, pgr), cpt50=metrics.cpt(share, pgr, 0.5), cpt80=metrics.cpt(share, pgr, 0.8))
     for r in routed:
-        rows.append(row(r.method, "router", choice=r.choice, router_ms=r.router_ms, called=r.called,
-                        **curve_stats.get(r.router, {})))
+        if r.kind != "vote":
+            rows.append(row(r.method, r.kind, choice=r.choice, router_ms=r.router_ms, called=r.called,
+                            per_query_latency=r.latency, **curve_stats.get(r.router, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 
@@ -430,12 +534,6 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
 
 def _mean_or_none(a: np.ndarray) -> float | None:
     return metrics.mean_known(a.ravel())[0]
-
-
-def _max_or_none(a: np.ndarray) -> float | None:
-    if np.isnan(a).all():
-        return None
-    return float(np.nanmax(a, axis=1).mean())
 
 
 def _tagged(progress: Progress | None, message: str):

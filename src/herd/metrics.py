@@ -7,8 +7,6 @@ A choice is an int array of model indices, one per query.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 
@@ -88,19 +86,32 @@ def best_model(correct: np.ndarray, cost: np.ndarray | None = None) -> int:
     return int(top[0])
 
 
-def majority_vote(answers: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """1.0 where the most common answer among the models equals gold, per query.
+def vote_choice(codes: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """Majority vote over answers: per query, the model whose answer the most models give.
 
-    ``answers`` is (n_queries, n_models) of normalized answers (None where a model gave none).
-    Ties between equally common answers go to the one given first (lowest model index), so the
-    result is deterministic.
+    ``codes`` is (n_queries, n_models) of answer codes (equal codes: answers that grade alike;
+    -1: no answer). ``priority`` ranks the models (0 = first): a tie between equally common
+    answers goes to the answer of the best-ranked model giving one, and the returned model is
+    that answer's best-ranked giver. A query with no answer at all goes to the best-ranked model.
+    The vote is right where the returned model is right (its answer is the voted one).
     """
-    out = np.zeros(len(answers))
-    for i, (row, g) in enumerate(zip(answers, gold)):
-        votes = Counter(a for a in row if a is not None and a == a)
-        if votes and g is not None:
-            out[i] = float(votes.most_common(1)[0][0] == g)
-    return out
+    codes = np.asarray(codes)
+    order = np.argsort(priority, kind="stable")
+    ranked = codes[:, order]
+    n, k = ranked.shape
+    same = (ranked[:, :, None] == ranked[:, None, :]) & (ranked[:, :, None] >= 0)
+    count = same.sum(axis=2)  # per model: how many models give its answer
+    return order[np.argmax(count, axis=1)]  # first max: the best-ranked giver of a top answer
+
+
+def fanout_latency(latency: np.ndarray, first: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """Per query, the latency of calls made at once (``first``: the slowest of them) followed
+    by calls made in turn (``then``: added up); NaN where a called model's latency is unknown.
+    ``first`` and ``then`` are (n_queries, n_models) bool."""
+    lat = np.asarray(latency, float)
+    unknown = ((first | then) & np.isnan(lat)).any(axis=1)
+    slowest = np.where(first, np.nan_to_num(lat), 0.0).max(axis=1)
+    return np.where(unknown, np.nan, slowest + np.where(then, np.nan_to_num(lat), 0.0).sum(axis=1))
 
 
 def gap_closed(method: float, best_single: float, oracle: float) -> float | None:

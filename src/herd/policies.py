@@ -600,18 +600,310 @@ def _fit_scorer(x: np.ndarray, y: np.ndarray) -> _Scorer:
     return _Scorer(model.fit(x, y))
 
 
+# An agreement cascade keeps the strong model's accuracy within this much on validation data.
+AGREE_TOLERANCE = 0.005
+# Extra margins a first stage must clear on the training queries, chosen by inner CV: picking the
+# cheapest of thousands of candidate stages favours the lucky ones, and the margin pays for that.
+AGREE_MARGINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.04)
+# Tolerances of the accuracy-cost curve of agreement cascades in reports.
+AGREE_SWEEP = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+AGREE_INNER_FOLDS = 3
+AGREE_MAX_STAGE = 3
+
+
+def agreement_choice(codes: np.ndarray, stage: list[int], need: int, last: int) -> np.ndarray:
+    """Per query, the first-stage model whose answer at least ``need`` of ``stage`` give (the
+    earliest such in ``stage`` order), else ``last``: the one rule both offline evaluation and
+    the gateway apply. ``codes`` is (n_queries, n_models) of answer codes, -1 for no answer."""
+    sub = np.asarray(codes)[:, stage]
+    count = ((sub[:, :, None] == sub[:, None, :]) & (sub[:, :, None] >= 0)).sum(axis=2)
+    top = count.argmax(axis=1)
+    ok = count[np.arange(len(sub)), top] >= need
+    return np.where(ok, np.asarray(stage)[top], last)
+
+
+class Agree:
+    """An agreement cascade (FrugalGPT's and Leeroo's deferral after the call, with independent
+    models as the check): ask a first stage of 2-3 models at once, keep the answer that at least
+    ``need`` of them give (answers compared as the benchmark's grader compares them), else ask
+    ``then``, the strong model. Every first-stage model is paid for; ``then`` only on deferral.
+
+    Explicit: ``Agree(["a", "b"], then="strong", need=2)``. With ``models=None``, ``fit`` chooses
+    on the training queries: the strong model is their best single model, and the first stage
+    and ``need`` are the cheapest whose accuracy stays within ``tolerance`` of the strong
+    model's, after a margin chosen by inner cross-validation (the selection procedure itself is
+    validated on held-out training queries); if none does, every query goes straight to the
+    strong model. ``open_only`` restricts the first stage to open-weights models.
+    ``grader`` names how the gateway extracts answers (``herd collect``'s graders); offline,
+    the data's recorded answers are compared with the benchmark's grader.
+    """
+
+    name = "agree"
+    uses_scores = False  # needs no router: the answers decide
+    reads_answers = True
+
+    def __init__(self, models: list[str] | str | None = None, then: str | None = None, need: int | None = None,
+                 open_only: bool = False, tolerance: float = AGREE_TOLERANCE, grader: str | None = None):
+        if isinstance(models, str):
+            models = [m.strip() for m in models.split(",") if m.strip()]
+        if models is not None:
+            if not 2 <= len(models) <= 5 or len(set(models)) != len(models):
+                raise ValueError(f"agree: the first stage needs 2 to 5 distinct models, got {models}")
+            if not then:
+                raise ValueError("agree: name the model to ask when the first stage disagrees ('then')")
+            if then in models:
+                raise ValueError(f"agree: {then!r} is both in the first stage and the model asked after it")
+            if need is not None and not 2 <= int(need) <= len(models):
+                raise ValueError(f"agree: need must be between 2 and {len(models)} (the first stage), got {need}")
+        elif then is not None or need is not None:
+            raise ValueError("agree: 'then' and 'need' go with an explicit first stage ('models')")
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"agree: tolerance must be in [0, 1), got {tolerance}")
+        self.models = models
+        self.then = then
+        self.need = None if need is None else int(need)
+        self.open_only = bool(open_only)
+        self.tolerance = float(tolerance)
+        self.grader = grader
+
+    # ---- fitting -------------------------------------------------------------------------
+    def fit(self, scores: np.ndarray | None, labels: np.ndarray, model_costs: np.ndarray | None = None,
+            models: list[str] | None = None, answers: np.ndarray | None = None,
+            owned: np.ndarray | None = None) -> Agree:
+        """Resolve (explicit) or choose (``models=None``) the stages on training outcomes.
+        ``answers`` is (n_queries, n_models) of answer codes (``Matrix.answer_codes``)."""
+        if models is None:
+            raise ValueError("agree: fit needs the pool's model names")
+        costs = _known_costs(model_costs, len(models))
+        if self.models is not None:
+            self.bind(models)
+            if answers is not None:
+                self._validate(labels, answers, costs)
+            return self
+        self.pool_ = list(models)
+        self.margin_, self.sweep_ = None, {}
+        if answers is None or (np.asarray(answers) < 0).all():
+            raise ValueError("agree: the data has no recorded answers to compare (an 'answer' column in the "
+                             "outcomes); use 'cascade-check' or 'safe', which need none")
+        if self.open_only and (owned is None or not np.asarray(owned).any()):
+            raise ValueError("agree:open: no model in this data is marked open-weights (models.csv: open_weights)")
+        self._search(np.asarray(labels, float), np.asarray(answers), costs, owned)
+        self._validate(labels, answers, costs)
+        return self
+
+    def bind(self, models: list[str]) -> Agree:
+        """An explicit cascade resolved against the pool's model names; nothing to learn."""
+        if self.models is None:
+            raise ValueError("agree: only an explicit first stage ('models' and 'then') binds without data; "
+                             "a chosen one is fitted on outcomes (`herd train --policy agree`)")
+        missing = [m for m in [*self.models, self.then] if m not in models]
+        if missing:
+            raise ValueError(f"agree: model(s) {missing} not in the pool {list(models)}")
+        self.pool_, self.margin_, self.sweep_ = list(models), None, {}
+        self.stage_, self.last_ = [models.index(m) for m in self.models], models.index(self.then)
+        # By default a strict majority of the first stage (both of two, two of three).
+        self.need_, self.direct_ = self.need or max(2, len(self.models) // 2 + 1), False
+        self.reason_ = "as configured"
+        return self
+
+    def _validate(self, labels, answers, costs) -> None:
+        choice = self.choose(None, None, answers)
+        self.validation_accuracy_ = float(labels[np.arange(len(labels)), choice].mean())
+        self.validation_accepted_ = float(np.mean(choice != self.last_))
+        self.validation_cost_ = float((self.called(choice, len(costs)) @ costs).mean())
+
+    def _search(self, y: np.ndarray, codes: np.ndarray, costs: np.ndarray, owned) -> None:
+        from itertools import combinations
+
+        from sklearn.model_selection import KFold
+
+        n, k = y.shape
+        strong = int(_argmax_cheapest(y.mean(axis=0)[None, :], costs)[0])
+        priced = costs[strong] > 0
+        pool = [j for j in np.argsort(costs, kind="stable") if j != strong
+                and (costs[j] < costs[strong] or not priced) and (not self.open_only or bool(owned[j]))]
+        folds = min(AGREE_INNER_FOLDS, n // 2)
+        fold = np.zeros(n, int)
+        if folds >= 2:
+            for f, (_, va) in enumerate(KFold(folds, shuffle=True, random_state=0).split(y)):
+                fold[va] = f
+        nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
+        rows = np.arange(n)
+        candidates, right, kept = [], [], []
+        for size in range(2, AGREE_MAX_STAGE + 1):
+            for stage in combinations(pool, size):
+                stage = list(stage)
+                sub = codes[:, stage]
+                count = ((sub[:, :, None] == sub[:, None, :]) & (sub[:, :, None] >= 0)).sum(axis=2)
+                top = count.argmax(axis=1)
+                agreed = count[rows, top]
+                for need in range(2, size + 1):
+                    ok = agreed >= need
+                    choice = np.where(ok, np.asarray(stage)[top], strong)
+                    candidates.append((stage, need))
+                    right.append(np.bincount(fold, weights=y[rows, choice], minlength=len(nf)))
+                    kept.append(np.bincount(fold, weights=ok, minlength=len(nf)))
+        self.last_ = strong
+        if not candidates:
+            self._go_direct(f"no model cheaper than {self.pool_[strong]} to ask first")
+            return
+        right, kept = np.array(right), np.array(kept)
+        first_cost = np.array([costs[s].sum() for s, _ in candidates])
+        strong_right = np.bincount(fold, weights=y[:, strong], minlength=len(nf))
+
+        def pick(use: np.ndarray, margin: float, tolerance: float) -> int | None:
+            m = nf[use].sum()
+            acc = right[:, use].sum(axis=1) / m
+            share = kept[:, use].sum(axis=1) / m
+            cost = first_cost + (1 - share) * costs[strong]
+            good = acc >= strong_right[use].sum() / m - tolerance + margin - 1e-12
+            good &= (cost < costs[strong] - 1e-15) if priced else (share > 0)
+            if not good.any():
+                return None
+            order = np.lexsort((-acc, -share, cost)) if priced else np.lexsort((-acc, -share))
+            return int(next(i for i in order if good[i]))
+
+        # The margin: the smallest whose selection, made on part of the training queries and
+        # scored on the rest, keeps the strong model's accuracy within the tolerance.
+        every = np.ones(len(nf), bool)
+        for margin in AGREE_MARGINS:
+            if folds < 2:
+                break
+            held_right = 0.0
+            for f in range(folds):
+                c = pick(every & (np.arange(len(nf)) != f), margin, self.tolerance)
+                held_right += strong_right[f] if c is None else right[c, f]
+            if held_right / n >= strong_right.sum() / n - self.tolerance - 1e-12:
+                self.margin_ = margin
+                break
+        if self.margin_ is None and folds >= 2:
+            self._go_direct(f"no first stage kept {self.pool_[strong]}'s accuracy within {self.tolerance:.1%} "
+                            "on held-out training queries")
+            return
+        margin = self.margin_ or 0.0
+        self.sweep_ = {t: (None if (c := pick(every, margin, t)) is None else candidates[c]) for t in AGREE_SWEEP}
+        c = pick(every, margin, self.tolerance)
+        if c is None:
+            self._go_direct(f"no first stage cheaper than {self.pool_[strong]} kept its accuracy within "
+                            f"{self.tolerance:.1%} on the training queries")
+            return
+        self.stage_, self.need_ = candidates[c]
+        self.direct_ = False
+        self.reason_ = (f"chosen on the training queries: the cheapest first stage within {self.tolerance:.1%} of "
+                        f"{self.pool_[strong]} (margin {margin:g} from inner CV)")
+
+    def _go_direct(self, why: str) -> None:
+        self.stage_, self.need_, self.direct_, self.reason_ = [], 0, True, why
+
+    # ---- choosing ------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "stage_"):
+            raise RuntimeError("Agree is not fitted: call fit() with the pool's models (and answers) first")
+
+    def choose(self, scores: np.ndarray | None, model_costs: np.ndarray | None = None,
+               answers: np.ndarray | None = None) -> np.ndarray:
+        """(n_queries,) the model whose answer stands, given every first-stage model's answer code."""
+        self._check_fitted()
+        if answers is None:
+            raise ValueError("agree: choosing needs the first stage's answers")
+        if self.direct_:
+            return np.full(len(answers), self.last_)
+        return agreement_choice(answers, self.stage_, self.need_, self.last_)
+
+    def sweep_choices(self, answers: np.ndarray) -> dict[float, np.ndarray]:
+        """Per tolerance of ``AGREE_SWEEP``: the choices of the cascade chosen at that tolerance."""
+        self._check_fitted()
+        return {t: np.full(len(answers), self.last_) if c is None else agreement_choice(answers, c[0], c[1], self.last_)
+                for t, c in self.sweep_.items()}
+
+    def sweep_called(self, tolerance: float, choice: np.ndarray, n_models: int) -> np.ndarray:
+        c = self.sweep_.get(tolerance)
+        return _agree_called(choice, [] if c is None else c[0], self.last_, n_models)
+
+    def called(self, choice: np.ndarray, n_models: int) -> np.ndarray:
+        """(n_queries, n_models) bool: the whole first stage, plus the strong model on deferral."""
+        self._check_fitted()
+        return _agree_called(choice, self.stage_, self.last_, n_models)
+
+    @property
+    def first_stage(self) -> list[str]:
+        """The models asked first (together), by name."""
+        self._check_fitted()
+        return [self.pool_[i] for i in self.stage_]
+
+    @property
+    def last(self) -> str:
+        self._check_fitted()
+        return self.pool_[self.last_]
+
+    def decide(self, scores: np.ndarray | None, models: list[str], model_costs: np.ndarray | None = None,
+               answers: np.ndarray | None = None) -> Decision:
+        self._check_fitted()
+        if self.direct_:
+            n = len(answers) if answers is not None else len(scores)
+            return Decision(np.full(n, self.last_), [f"agree: straight to {models[self.last_]}: {self.reason_}"] * n)
+        if answers is None:  # before any call: the first stage is asked together
+            n = len(scores)
+            first = ", ".join(models[i] for i in self.stage_)
+            return Decision(np.full(n, self.stage_[0]), [f"agree: ask {first}; keep an answer {self.need_} of them "
+                                                         f"give, else ask {models[self.last_]}"] * n)
+        choice = self.choose(scores, model_costs, answers)
+        reasons = []
+        for row, c in zip(np.asarray(answers)[:, self.stage_], choice):
+            if c == self.last_:
+                reasons.append(f"agree: fewer than {self.need_} of {len(self.stage_)} first-stage answers agree; "
+                               f"{models[self.last_]} answers")
+            else:
+                code = row[self.stage_.index(c)]
+                givers = [models[i] for i, a in zip(self.stage_, row) if a == code]
+                reasons.append(f"agree: {', '.join(givers)} agree ({len(givers)} of {len(self.stage_)}, "
+                               f"{self.need_} needed); {models[c]}'s answer stands")
+        return Decision(choice, reasons)
+
+    @property
+    def label(self) -> str:
+        if self.models is None:
+            return "agree:open" if self.open_only else "agree"
+        need = "" if self.need is None else f"@{self.need}"
+        return f"agree:{','.join(self.models)}>{self.then}{need}"
+
+    def summary(self) -> str:
+        self._check_fitted()
+        if self.direct_:
+            return f"straight to {self.last}"
+        return f"{'+'.join(self.first_stage)} ({self.need_} agree) > {self.last}"
+
+    def __repr__(self) -> str:
+        params = {"models": self.models, "then": self.then, "need": self.need, "open_only": self.open_only,
+                  "tolerance": self.tolerance, "grader": self.grader}
+        defaults = {"models": None, "then": None, "need": None, "open_only": False, "tolerance": AGREE_TOLERANCE,
+                    "grader": None}
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items() if v != defaults[k])
+        return f"Agree({shown})"
+
+
+def _agree_called(choice: np.ndarray, stage: list[int], last: int, n_models: int) -> np.ndarray:
+    mask = np.zeros((len(choice), n_models), bool)
+    mask[:, stage] = True
+    mask[:, last] |= np.asarray(choice) == last
+    return mask
+
+
 POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
             "random-likely": RandomLikely, "sorted": CheapestLikely, "prediction": Prediction, "cascade": Cascade,
-            "cascade-check": CheckedCascade}
+            "cascade-check": CheckedCascade, "agree": Agree}
 
 
 def make_policy(spec: str):
     """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
     'budget:0.002' (USD per query), 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4),
     'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct)), 'cascade:small,big'
-    (threshold tuned) or 'cascade:small,big@0.8', and 'cascade-check:small,big[@T]' (which
-    reads each answer before it accepts it)."""
+    (threshold tuned) or 'cascade:small,big@0.8', 'cascade-check:small,big[@T]' (which
+    reads each answer before it accepts it), and agreement cascades: 'agree' (stages chosen
+    on training data), 'agree:open' (open-weights first stage) or 'agree:a,b[,c]>big[@2]'."""
     name, _, arg = spec.partition(":")
+    if name == "agree":
+        return _agree_spec(spec, arg)
     if name in ("cascade", "cascade-check"):
         cls = POLICIES[name]
         models, at, value = arg.rpartition("@")
@@ -639,6 +931,19 @@ def make_policy(spec: str):
     except ValueError:
         raise ValueError(f"policy {spec!r}: {arg!r} is not a number") from None
     return POLICIES[name](value)
+
+
+def _agree_spec(spec: str, arg: str) -> Agree:
+    """'agree', 'agree:open', 'agree:a,b[,c]>strong[@need]'."""
+    if arg in ("", "open"):
+        return Agree(open_only=arg == "open")
+    first, sep, rest = arg.partition(">")
+    if not sep or not first or not rest:
+        raise ValueError(f"policy {spec!r}: give 'agree', 'agree:open' or 'agree:M1,M2[,M3]>STRONG[@NEED]'")
+    then, at, need = rest.rpartition("@")
+    if at and need.isdigit():
+        return Agree(first, then=then, need=int(need))
+    return Agree(first, then=rest)
 
 
 def _is_number(text: str) -> bool:

@@ -13,6 +13,7 @@ import ast
 import math
 import re
 import string
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
@@ -133,7 +134,9 @@ def extract_final_line(text: str) -> Optional[str]:
 
 def _literal(text: str):
     try:
-        return ast.literal_eval(text.strip())
+        with warnings.catch_warnings():  # answers such as '0123' warn before they fail
+            warnings.simplefilter("ignore")
+            return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text.strip().strip("'\"")
 
@@ -214,26 +217,72 @@ def same_math(answer: Optional[str], gold: str) -> bool:
     return va is not None and vg is not None and math.isclose(va, vg, rel_tol=1e-6, abs_tol=1e-9)
 
 
+def number_key(answer: str) -> Optional[str]:
+    """'18', '18.00', '$18' and '18 apples' share one key: the number as the grader compares it."""
+    return canonical_number(answer) or _first_number(answer)
+
+
+def math_key(answer: str) -> Optional[str]:
+    """LaTeX normalized; a plain number or numeric fraction by its value ('\\frac{1}{2}' = '0.5')."""
+    t = normalize_latex(answer)
+    if not t:
+        return None
+    value = _latex_value(t)
+    return t if value is None else repr(round(value, 9) + 0.0)
+
+
+def _canonical(value) -> str:
+    """A Python value written so that equal values are written alike (dicts and sets sorted)."""
+    if isinstance(value, dict):
+        items = sorted((_canonical(k), _canonical(v)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(_canonical(v) for v in value)) + "}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_canonical(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value + 0.0) if math.isfinite(value) else repr(value)
+    return repr(value)
+
+
+def literal_key(answer: str) -> Optional[str]:
+    return _canonical(_literal(answer))
+
+
 @dataclass(frozen=True)
 class Grader:
+    """How a task's answers are read and graded. ``key`` maps an extracted answer to a canonical
+    form: two answers with one key grade alike (what votes and agreement compare)."""
+
     name: str
     extract: Callable[[str], Optional[str]]
     correct: Callable[[Optional[str], str], bool]
     description: str
+    key: Callable[[str], Optional[str]] = lambda a: a.strip() or None
 
 
 GRADERS = {
-    "number": Grader("number", extract_number, same_number, "final number (GSM8K style)"),
+    "number": Grader("number", extract_number, same_number, "final number (GSM8K style)", number_key),
     "choice": Grader("choice", extract_choice, lambda a, g: a is not None and a.upper() == g.strip().strip("()").upper(),
-                     "multiple-choice letter A-J"),
+                     "multiple-choice letter A-J", lambda a: a.strip().strip("()").strip().upper() or None),
     "exact": Grader("exact", lambda t: t.strip() if t and t.strip() else None,
                     lambda a, g: a is not None and a == g.strip(), "the whole answer, exactly"),
     "string": Grader("string", extract_final_line,
                      lambda a, g: a is not None and normalize_text(a) == normalize_text(g),
-                     "final line, normalized (case, punctuation, articles)"),
-    "literal": Grader("literal", extract_literal, same_literal, "Python literal (CRUXEval style)"),
-    "math": Grader("math", extract_math, same_math, "LaTeX-normalized expression or equal number (MATH style)"),
+                     "final line, normalized (case, punctuation, articles)",
+                     lambda a: normalize_text(a) or a.strip().lower() or None),
+    "literal": Grader("literal", extract_literal, same_literal, "Python literal (CRUXEval style)", literal_key),
+    "math": Grader("math", extract_math, same_math, "LaTeX-normalized expression or equal number (MATH style)",
+                   math_key),
 }
+
+# Benchmarks of the shipped outcome data and the grader their answers need.
+GRADER_BY_BENCHMARK = {"gsm8k": "number", "mgsm": "number", "math": "math", "math-l5": "math", "crux": "literal",
+                       "mmlu-pro": "choice", "mmlu": "choice", "arc-challenge": "choice", "arc": "choice",
+                       "winogrande": "choice", "commonsense-qa": "choice", "openbook-qa": "choice"}
 
 
 def get_grader(name: str) -> Grader:
@@ -270,3 +319,35 @@ def agreement(answers: list[Optional[str]], same: Callable[[Optional[str], str],
     none): self-consistency, the signal a cascade checks before it accepts an answer."""
     groups = _answer_groups(answers, same)
     return max(map(len, groups)) / len(answers) if groups else 0.0
+
+
+def infer_grader(benchmark: str, answers) -> str:
+    """The grader for a benchmark's recorded answers: by its name where herd knows it, else from
+    the answers themselves (letters A-J: choice; numbers: number; otherwise normalized text)."""
+    known = GRADER_BY_BENCHMARK.get(benchmark.lower()) or GRADER_BY_BENCHMARK.get(benchmark.lower().rsplit("-", 1)[-1])
+    if known:
+        return known
+    seen = [str(a).strip() for a in answers if a is not None and a == a and str(a).strip()][:5000]
+    if not seen:
+        return "string"
+    if all(re.fullmatch(r"\(?[A-J]\)?", a) for a in seen):
+        return "choice"
+    if sum(canonical_number(a) is not None for a in seen) >= 0.9 * len(seen):
+        return "number"
+    return "string"
+
+
+def answer_codes(answers, grader: str):
+    """(n_queries, n_models) int codes of recorded answers: equal codes where the grader's keys
+    are equal, -1 where a model gave no answer. Votes and agreement compare these."""
+    import numpy as np
+    import pandas as pd
+
+    answers = np.asarray(answers, dtype=object)
+    flat = pd.Series(answers.ravel())
+    raw, uniques = pd.factorize(flat, use_na_sentinel=True)
+    key = get_grader(grader).key
+    keys = pd.Series([key(str(u)) if str(u).strip() else None for u in uniques], dtype=object)
+    key_codes, _ = pd.factorize(keys, use_na_sentinel=True)
+    codes = np.where(raw >= 0, key_codes[np.maximum(raw, 0)] if len(key_codes) else -1, -1)
+    return codes.reshape(answers.shape).astype(np.int32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from herd.collect.grading import get_grader, gsm8k_gold
+from herd.collect.grading import GRADER_BY_BENCHMARK, get_grader, gsm8k_gold
 from herd.jsonl import read_jsonl
 
 
@@ -39,11 +39,6 @@ class Task:
         asked = {i.id for i in self.items}
         if any(e.id in asked for e in self.exemplars):
             raise TaskError(f"task {self.name}: few-shot examples overlap the questions asked")
-
-
-# Benchmarks of the shipped outcome data and the grader their answers need.
-GRADER_BY_BENCHMARK = {"gsm8k": "number", "math": "math", "math-l5": "math", "crux": "literal", "mmlu-pro": "choice",
-                       "mmlu": "choice", "arc-challenge": "choice", "winogrande": "choice"}
 
 
 def load_task(spec: str, *, data_dir: Path | None = None, split: str = "test", limit: int | None = None,
