@@ -46,6 +46,8 @@ class TrainedRouter:
     validation_scores: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
     validation_observed: dict[str, np.ndarray] | None = None  # what the answers showed, for post-call policies
+    validation_answers: np.ndarray | None = None  # answer codes (Matrix.answer_codes), for agreement cascades
+    owned: np.ndarray | None = None  # per model: open weights
 
     def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
         scores = self.router.predict_scores(texts)
@@ -59,8 +61,12 @@ class TrainedRouter:
         if self.validation_scores is None:
             raise ArtifactError(f"policy {policy.label!r} is tuned on validation scores, which this router directory "
                                 "does not keep; retrain it with this herd's `herd train`")
+        if getattr(policy, "reads_answers", False) and self.validation_answers is None:
+            raise ArtifactError(f"policy {policy.label!r} is chosen on recorded answers, which this router's training "
+                                "data did not have")
         return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models,
-                                         **_observed_for(policy, self.validation_observed))
+                                         **policy_inputs(policy, self.validation_observed, self.validation_answers,
+                                                         self.owned, fit=True))
 
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
@@ -69,10 +75,15 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     router.fit(m)
     oof = validation_scores(router, router, m, seed)
     policy = copy.deepcopy(policy)
+    if getattr(policy, "reads_answers", False):
+        if m.answer_codes is None:
+            raise ArtifactError(f"policy {policy.label!r} compares recorded answers; this data has none "
+                                "(an 'answer' column in the outcomes)")
+        policy.grader = policy.grader or m.grader  # the gateway extracts answers as this data was graded
     if hasattr(policy, "fit"):
-        policy.fit(oof, m.labels, costs, m.models, **_observed_for(policy, m.observed))
+        policy.fit(oof, m.labels, costs, m.models, **policy_inputs(policy, m.observed, m.answer_codes, m.owned, fit=True))
     y = m.labels
-    chosen = policy.choose(oof, costs, **_observed_for(policy, m.observed))
+    chosen = policy.choose(oof, costs, **policy_inputs(policy, m.observed, m.answer_codes))
     best = metrics.best_model(y, m.cost)
     acc = metrics.accuracy(metrics.picked(y, chosen))
     oracle = metrics.oracle_accuracy(y)
@@ -84,7 +95,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "oracle": oracle,
         "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
         "cost_usd": metrics.mean_known(metrics.summed(m.cost, policy.called(chosen, len(m.models)))
-                                       if getattr(policy, "post_call", False) else metrics.picked(m.cost, chosen))[0],
+                                       if hasattr(policy, "called") else metrics.picked(m.cost, chosen))[0],
     }
     manifest = {
         "format": FORMAT,
@@ -108,12 +119,18 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     }
     return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m),
                          np.asarray(oof, np.float32), np.asarray(y, np.float32),
-                         None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()})
+                         None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()},
+                         m.answer_codes, m.owned)
 
 
-def _observed_for(policy, observed) -> dict:
-    """The keyword a post-call policy takes its answer observations by; nothing for others."""
-    return {"observed": observed} if getattr(policy, "post_call", False) else {}
+def policy_inputs(policy, observed=None, answers=None, owned=None, *, fit: bool = False) -> dict:
+    """The keywords a policy reads beyond scores: answer observations for a checked cascade,
+    answer codes (and, to fit, which models are open) for an agreement cascade; none for others."""
+    if getattr(policy, "post_call", False):
+        return {"observed": observed}
+    if getattr(policy, "reads_answers", False):
+        return {"answers": answers, "owned": owned} if fit else {"answers": answers}
+    return {}
 
 
 def query_keys(m: Matrix) -> frozenset:
@@ -126,7 +143,8 @@ def save(trained: TrainedRouter, directory: str | Path) -> Path:
     state = d / STATE
     joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys,
                  "validation_scores": trained.validation_scores, "validation_labels": trained.validation_labels,
-                 "validation_observed": trained.validation_observed}, state)
+                 "validation_observed": trained.validation_observed, "validation_answers": trained.validation_answers,
+                 "owned": trained.owned}, state)
     manifest = dict(trained.manifest, state_sha256=_sha256(state))
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return d
@@ -167,7 +185,8 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
         raise ArtifactError(f"{state}: the fitted router's models differ from the manifest's")
     costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
     return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()),
-                         obj.get("validation_scores"), obj.get("validation_labels"), obj.get("validation_observed"))
+                         obj.get("validation_scores"), obj.get("validation_labels"), obj.get("validation_observed"),
+                         obj.get("validation_answers"), obj.get("owned"))
 
 
 def fingerprint(m: Matrix) -> str:

@@ -21,7 +21,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 DEMO_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "crux"), ("mmlu-pro", "mmlu-pro")]
 DEMO_ROUTERS = ["knn", "logistic"]
-DEFAULT_POLICIES = ["argmax", "safe"]
+DEFAULT_POLICIES = ["argmax", "safe", "agree"]
+DEMO_POLICIES = [*DEFAULT_POLICIES, "agree:open"]
 
 
 def _fail(message: str) -> None:
@@ -43,12 +44,21 @@ def _split_policies(values: Optional[list[str]]) -> Optional[list[str]]:
         return None
     specs = []
     for item in values:
-        found = re.search(r"cascade(-check)?:", item)
+        found = re.search(r"cascade(-check)?:|agree:(?=[^:>]*>)", item)
         head, cascade = (item[:found.start()], item[found.start():]) if found else (item, "")
         specs += [v.strip() for v in head.split(",") if v.strip()]
         if cascade:
             specs.append(cascade.strip())
     return specs
+
+
+def _tagged_policies(policies: list[str], tags: Optional[list[str]]) -> list[str]:
+    """--tags open: agreement cascades chosen on data ask open-weights models first."""
+    tags = _split_list(tags) or []
+    unknown = [t for t in tags if t != "open"]
+    if unknown:
+        _fail(f"--tags {','.join(unknown)}: outcome data marks only 'open' (open_weights in models.csv)")
+    return ["agree:open" if tags and p == "agree" else p for p in policies]
 
 
 def _usage_errors():
@@ -159,8 +169,10 @@ SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for u
 POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
                "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
                "by inner CV unless given; give a cascade as its own --policy), cascade-check:CHEAP,...,STRONG[@T] "
-               "(reads each answer: length, sample agreement)")
+               "(reads each answer: length, sample agreement), agree (an agreement cascade chosen on training "
+               "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]")
 PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
+TagsOpt = typer.Option(None, "--tags", help="'open': an 'agree' policy asks only open-weights models first.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
 
@@ -181,13 +193,14 @@ def eval_cmd(
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
     sweep: bool = SweepOpt,
+    tags: Optional[list[str]] = TagsOpt,
     conversations: int = typer.Option(0, "--conversations", min=0, help="Also replay conversations of this many "
                                       "turns (chained questions) under single models, uniform/weighted/learned blends."),
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
-              _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEFAULT_POLICIES, folds, seed, out,
-              json_path, min_outcomes, size_prices, sweep, conversations=conversations)
+              _split_list(router) or DEMO_ROUTERS, _tagged_policies(_split_policies(policy) or DEFAULT_POLICIES, tags),
+              folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations)
 
 
 @app.command()
@@ -201,7 +214,7 @@ def demo(
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
-    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEFAULT_POLICIES,
+    _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEMO_POLICIES,
               folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS)
 
 
@@ -214,6 +227,7 @@ def train(
     models: Optional[list[str]] = typer.Option(None, "--models", help="Pool models (default: all in the data)."),
     router: str = typer.Option("auto", "--router", help="Router name; see `herd routers`."),
     policy: str = typer.Option("safe", "--policy", help=f"One of: {POLICY_HELP}."),
+    tags: Optional[list[str]] = TagsOpt,
     out: str = typer.Option(..., "--out", "-o", help="Directory to write the router artifact to."),
     seed: int = SeedOpt,
     min_outcomes: int = MinOpt,
@@ -226,7 +240,7 @@ def train(
 
     started = time.perf_counter()
     try:
-        proto, chosen_policy = make_router(router, seed=seed), make_policy(policy)
+        proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
                                     _split_list(models), min_outcomes, size_prices)
         m = outcomes.matrix()
@@ -580,7 +594,7 @@ def select_cmd(
     if set(tag_list) - {"open"}:
         _fail(f"--tags {sorted(set(tag_list) - {'open'})}: outcome data only knows 'open' (models.csv open_weights)")
     try:
-        proto, chosen_policy = make_router(router, seed=seed), make_policy(policy)
+        proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark), None,
                                     min_outcomes, size_prices)
         m = outcomes.matrix()

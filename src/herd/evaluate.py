@@ -50,6 +50,7 @@ class MethodResult:
     cpt50: float | None = None
     cpt80: float | None = None
     ownership: float | None = None  # share of queries answered by open-weights models (None: no such data)
+    accepted: float | None = None  # an agreement cascade's share of queries answered by its first stage
 
 
 @dataclass
@@ -327,6 +328,7 @@ class AnswerTally:
         self.choice = None if m.answer_codes is None else np.empty(n, dtype=int)
         self.called = np.zeros((n, k), bool)
         self.first = np.zeros((n, k), bool)
+        self.accepted = np.zeros(n, bool)
         self.sweep: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # choice, called, accepted
         self.summaries: list[str] = []
         self.notes: list[str] = [] if m.answer_codes is not None else [
@@ -347,6 +349,7 @@ class AnswerTally:
         self.choice[te] = choice
         self.called[te] = p.called(choice, k)
         self.first[np.ix_(te, p.stage_)] = True
+        self.accepted[te] = choice != p.last_
         self.summaries.append(p.summary())
         for t, ch in p.sweep_choices(codes).items():
             n = len(m.labels)
@@ -357,7 +360,7 @@ class AnswerTally:
         self.notes.append(f"{self.label}, chosen per fold on training answers: {', '.join(self.summaries)}")
         later = self.called & ~self.first
         return Routed(self.label, self.label, self.choice, None, self.called,
-                      latency=metrics.fanout_latency(self.m.latency, self.first, later))
+                      latency=metrics.fanout_latency(self.m.latency, self.first, later), accepted=self.accepted)
 
     def curve(self) -> list[dict]:
         """Accuracy, cost and ownership of the cascade each tolerance chose on training answers."""
@@ -393,7 +396,7 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
     The best single model is the one the router's training data named. Queries the router
     was trained on are counted and reported, since their figures are optimistic.
     """
-    from herd.artifact import query_keys
+    from herd.artifact import policy_inputs, query_keys
 
     name = trained.manifest["router"]["name"]
     label = trained.policy.label
@@ -408,10 +411,12 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
         m = sub.matrix(trained.models)
         t0 = time.perf_counter()
         scores = trained.router.predict_scores(m.texts)
-        post_call = getattr(trained.policy, "post_call", False)
-        extra = {"observed": m.observed} if post_call else {}
+        if getattr(trained.policy, "reads_answers", False) and m.answer_codes is None:
+            raise ValueError(f"{source}/{benchmark}: the router's policy {label!r} compares recorded answers, "
+                             "which this data does not have")
+        extra = policy_inputs(trained.policy, m.observed, m.answer_codes)
         choice = trained.policy.choose(scores, trained.model_costs, **extra)
-        called = trained.policy.called(choice, len(m.models)) if post_call else None
+        called = trained.policy.called(choice, len(m.models)) if hasattr(trained.policy, "called") else None
         ms = 1000.0 * (time.perf_counter() - t0) / m.n_queries
         sweeps = {name: np.stack([CostAware(w).choose(scores, trained.model_costs) for w in COST_WEIGHTS])} if sweep else {}
         seen = len(query_keys(m) & trained.train_keys)
@@ -437,6 +442,7 @@ class Routed:
     called: np.ndarray | None = None  # (n, k) bool: every model called per query, when more than the choice
     kind: str = "router"
     latency: np.ndarray | None = None  # per query, when calls ran at once (not the sum of the calls)
+    accepted: np.ndarray | None = None  # per query: answered by an agreement cascade's first stage
 
 
 def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], routed: list[Routed],
@@ -509,8 +515,9 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
                 apgr=metrics.apgr(share, pgr), cpt50=metrics.cpt(share, pgr, 0.5), cpt80=metrics.cpt(share, pgr, 0.8))
     for r in routed:
         if r.kind != "vote":
+            extra = {} if r.accepted is None else {"accepted": float(r.accepted.mean())}
             rows.append(row(r.method, r.kind, choice=r.choice, router_ms=r.router_ms, called=r.called,
-                            per_query_latency=r.latency, **curve_stats.get(r.router, {})))
+                            per_query_latency=r.latency, **extra, **curve_stats.get(r.router, {})))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
 

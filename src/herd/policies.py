@@ -602,9 +602,10 @@ def _fit_scorer(x: np.ndarray, y: np.ndarray) -> _Scorer:
 
 # An agreement cascade keeps the strong model's accuracy within this much on validation data.
 AGREE_TOLERANCE = 0.005
-# Extra margins a first stage must clear on the training queries, chosen by inner CV: picking the
-# cheapest of thousands of candidate stages favours the lucky ones, and the margin pays for that.
-AGREE_MARGINS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.04)
+# How many standard errors of its paired gain over the strong model a first stage must clear on
+# the training queries, chosen by inner CV: picking the cheapest of thousands of candidate stages
+# favours the lucky ones, and the margin pays for that, most where the stage's gain is noisiest.
+AGREE_MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 # Tolerances of the accuracy-cost curve of agreement cascades in reports.
 AGREE_SWEEP = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 AGREE_INNER_FOLDS = 3
@@ -713,8 +714,6 @@ class Agree:
         self.validation_cost_ = float((self.called(choice, len(costs)) @ costs).mean())
 
     def _search(self, y: np.ndarray, codes: np.ndarray, costs: np.ndarray, owned) -> None:
-        from itertools import combinations
-
         from sklearn.model_selection import KFold
 
         n, k = y.shape
@@ -728,26 +727,12 @@ class Agree:
             for f, (_, va) in enumerate(KFold(folds, shuffle=True, random_state=0).split(y)):
                 fold[va] = f
         nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
-        rows = np.arange(n)
-        candidates, right, kept = [], [], []
-        for size in range(2, AGREE_MAX_STAGE + 1):
-            for stage in combinations(pool, size):
-                stage = list(stage)
-                sub = codes[:, stage]
-                count = ((sub[:, :, None] == sub[:, None, :]) & (sub[:, :, None] >= 0)).sum(axis=2)
-                top = count.argmax(axis=1)
-                agreed = count[rows, top]
-                for need in range(2, size + 1):
-                    ok = agreed >= need
-                    choice = np.where(ok, np.asarray(stage)[top], strong)
-                    candidates.append((stage, need))
-                    right.append(np.bincount(fold, weights=y[rows, choice], minlength=len(nf)))
-                    kept.append(np.bincount(fold, weights=ok, minlength=len(nf)))
+        candidates, right, kept, differ = self._candidates(y, codes, pool, strong, np.eye(len(nf))[fold])
         self.last_ = strong
         if not candidates:
+            self.sweep_ = dict.fromkeys(AGREE_SWEEP)
             self._go_direct(f"no model cheaper than {self.pool_[strong]} to ask first")
             return
-        right, kept = np.array(right), np.array(kept)
         first_cost = np.array([costs[s].sum() for s, _ in candidates])
         strong_right = np.bincount(fold, weights=y[:, strong], minlength=len(nf))
 
@@ -756,12 +741,14 @@ class Agree:
             acc = right[:, use].sum(axis=1) / m
             share = kept[:, use].sum(axis=1) / m
             cost = first_cost + (1 - share) * costs[strong]
-            good = acc >= strong_right[use].sum() / m - tolerance + margin - 1e-12
+            gain = acc - strong_right[use].sum() / m
+            se = np.sqrt(np.maximum(differ[:, use].sum(axis=1) / m - gain ** 2, 0.0) / max(m - 1, 1))
+            good = gain - margin * se >= -tolerance - 1e-12
             good &= (cost < costs[strong] - 1e-15) if priced else (share > 0)
             if not good.any():
                 return None
             order = np.lexsort((-acc, -share, cost)) if priced else np.lexsort((-acc, -share))
-            return int(next(i for i in order if good[i]))
+            return int(order[good[order]][0])
 
         # The margin: the smallest whose selection, made on part of the training queries and
         # scored on the rest, keeps the strong model's accuracy within the tolerance.
@@ -776,12 +763,13 @@ class Agree:
             if held_right / n >= strong_right.sum() / n - self.tolerance - 1e-12:
                 self.margin_ = margin
                 break
+        # The curve of the report: what each tolerance would choose (with the largest margin if none passed).
+        margin = AGREE_MARGINS[-1] if self.margin_ is None and folds >= 2 else self.margin_ or 0.0
+        self.sweep_ = {t: (None if (c := pick(every, margin, t)) is None else candidates[c]) for t in AGREE_SWEEP}
         if self.margin_ is None and folds >= 2:
             self._go_direct(f"no first stage kept {self.pool_[strong]}'s accuracy within {self.tolerance:.1%} "
                             "on held-out training queries")
             return
-        margin = self.margin_ or 0.0
-        self.sweep_ = {t: (None if (c := pick(every, margin, t)) is None else candidates[c]) for t in AGREE_SWEEP}
         c = pick(every, margin, self.tolerance)
         if c is None:
             self._go_direct(f"no first stage cheaper than {self.pool_[strong]} kept its accuracy within "
@@ -790,7 +778,39 @@ class Agree:
         self.stage_, self.need_ = candidates[c]
         self.direct_ = False
         self.reason_ = (f"chosen on the training queries: the cheapest first stage within {self.tolerance:.1%} of "
-                        f"{self.pool_[strong]} (margin {margin:g} from inner CV)")
+                        f"{self.pool_[strong]} (by a margin of {margin:g} standard errors, from inner CV)")
+
+    @staticmethod
+    def _candidates(y: np.ndarray, codes: np.ndarray, pool: list[int], strong: int, folds: np.ndarray):
+        """Every first stage of two or three ``pool`` models (cheapest first) and every ``need``:
+        per inner fold (``folds``: one-hot, n_queries x n_folds), the right answers, the answers
+        kept, and the squared paired differences from the strong model. Vectorized over the third
+        model; the rule is ``agreement_choice``'s (the earliest agreeing model's answer stands)."""
+        valid = codes.T >= 0
+        same = (codes.T[:, None, :] == codes.T[None, :, :]) & valid[:, None, :]  # (k, k, n)
+        yt = np.ascontiguousarray(y.T, dtype=np.float32)
+        ys, folds = yt[strong], folds.astype(np.float32)
+        candidates, batches = [], []
+
+        def add(stages, need, got, ok):
+            got = np.atleast_2d(got)
+            candidates.extend((list(st), need) for st in stages)
+            diff = got - ys
+            batches.append((got @ folds, np.atleast_2d(ok).astype(np.float32) @ folds, (diff * diff) @ folds))
+
+        for i, a in enumerate(pool):
+            for j in range(i + 1, len(pool)):
+                b, rest = pool[j], pool[j + 1:]
+                ab = same[a, b]
+                add([(a, b)], 2, np.where(ab, yt[a], ys), ab)
+                if rest:
+                    ac, bc = same[a, rest], same[b, rest]
+                    triples = [(a, b, c) for c in rest]
+                    add(triples, 2, np.where(ab | ac, yt[a], np.where(bc, yt[b], ys)), ab | ac | bc)
+                    add(triples, 3, np.where(ab & ac, yt[a], ys), ab & ac)
+        if not candidates:
+            return [], None, None, None
+        return candidates, *(np.concatenate([b[x] for b in batches]) for x in range(3))
 
     def _go_direct(self, why: str) -> None:
         self.stage_, self.need_, self.direct_, self.reason_ = [], 0, True, why

@@ -138,16 +138,55 @@ def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
         style = "bold" if r.kind in ("router", "best-single") else None
         t.add_row(r.method, r.kind, fmt_pct(r.accuracy), fmt_cost(r), fmt_latency(r.latency_s),
                   fmt_gap(r.gap_closed), *([fmt_pct(r.ownership)] if owned else []), style=style)
-    caption = [x for x in [note, curve_summary(b), two_model_summary(b), *cascade_summary(b)] + footnotes(b) if x]
+    caption = [x for x in [*readings(b), note, curve_summary(b), two_model_summary(b), *cascade_summary(b)]
+               + footnotes(b) if x]
     t.caption = "\n".join(caption)
     t.caption_justify = "left"
     return t
 
 
+def _cost_share(r: MethodResult, best: MethodResult) -> str | None:
+    """A method's cost as a share of the best single model's, where both are known for (nearly) every query."""
+    if r.cost_usd is None or best.cost_usd is None or min(r.cost_coverage, best.cost_coverage) < 0.9 or best.cost_usd <= 0:
+        return None
+    return f"{r.cost_usd / best.cost_usd:.0%}"
+
+
+def readings(b: BenchmarkResult) -> list[str]:
+    """One line per answer-reading method (agreement cascades, the best vote): its accuracy and
+    cost against the best single model, and who answered."""
+    try:
+        best = b.row("best-single")
+    except KeyError:
+        return []
+    name = best.method.split(": ", 1)[-1]
+    lines = []
+    votes = [r for r in b.rows if r.kind == "vote"]
+    shown = [r for r in b.rows if "agree" in r.method] + ([max(votes, key=lambda r: r.accuracy)] if votes else [])
+    for r in shown:
+        share = _cost_share(r, best)
+        cost = f"at {share} of {name}'s cost" if share else f"cost n/a ({r.cost_coverage:.0%} of queries priced)"
+        parts = [f"{r.method}: {100 * r.accuracy:.2f}% ({100 * (r.accuracy - best.accuracy):+.2f} pt vs {name}) {cost}"]
+        if r.ownership is not None and r.kind != "vote":
+            parts.append(f"{r.ownership:.0%} answered by open models")
+        if r.accepted is not None:
+            parts.append(f"{r.accepted:.0%} kept at the first stage")
+        lines.append(", ".join(parts))
+    return lines
+
+
 def cascade_summary(b: BenchmarkResult) -> list[str]:
-    """Per cascade: the most the first model can answer while matching the last model's accuracy."""
+    """Per cascade: the most the first model can answer while matching the last model's accuracy;
+    per agreement cascade, what each tolerance chose on training answers bought on the test folds."""
     lines = []
     for method, pts in b.cascade_curves.items():
+        if "tolerance" in pts[0]:
+            steps = "; ".join(f"{100 * p['tolerance']:g} pt: {100 * p['accuracy']:.2f}%, "
+                              f"{p['first_model_share']:.0%} kept" + ("" if p["cost_usd"] is None else
+                                                                       f", {fmt_usd(p['cost_usd'])}/query")
+                              for p in pts)
+            lines.append(f"{method} across tolerances (each cascade chosen on training answers): {steps}")
+            continue
         last = pts[-1]  # the highest threshold: the last model answers everything
         keep = [p for p in pts if p["accuracy"] >= last["accuracy"] - 1e-12]
         best = min(keep, key=lambda p: p["threshold"])
@@ -301,13 +340,15 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
         cost = [p["cost_usd"] for p in pts]
         if all(c is not None for c in cost):
             right.plot(cost, acc, "o-", ms=3, color=color, label=method)
-        left.axhline(acc[-1], color=color, ls=":", lw=1)
+        if "threshold" in pts[0]:  # a threshold sweep ends with the last model answering everything
+            left.axhline(acc[-1], color=color, ls=":", lw=1)
     left.set_xlabel("owned share of queries, % (first model's share where ownership is unknown)")
     left.set_ylabel("accuracy %")
     right.set_xlabel("mean cost per query (USD)")
     right.set_ylabel("accuracy %")
     left.legend(fontsize=7)
-    fig.suptitle(f"{b.source}/{b.benchmark}: cascades across deferral thresholds (dotted: last model alone)")
+    fig.suptitle(f"{b.source}/{b.benchmark}: cascades across deferral thresholds and agreement tolerances "
+                 "(dotted: last model alone)")
     return _save(fig, path)
 
 
@@ -415,7 +456,7 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
         f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td></tr>"
         for r in rows
     )
-    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [note, curve_summary(b), two_model_summary(b),
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [*readings(b), note, curve_summary(b), two_model_summary(b),
                                                             *cascade_summary(b)] + footnotes(b) if x)
     imgs = "".join(
         f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
