@@ -88,10 +88,13 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     acc = metrics.accuracy(metrics.picked(y, chosen))
     oracle = metrics.oracle_accuracy(y)
     validation = {
-        "method": "out-of-fold scores on the training queries (3-fold inner CV)",
+        "method": ("the training queries' recorded answers (the cascade was chosen on them: optimistic)"
+                   if getattr(policy, "reads_answers", False) else
+                   "out-of-fold scores on the training queries (3-fold inner CV)"),
         "accuracy": acc,
         "best_single": m.models[best],
         "best_single_accuracy": float(y[:, best].mean()),
+        "best_single_cost_usd": metrics.mean_known(m.cost[:, best])[0],
         "oracle": oracle,
         "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
         "cost_usd": metrics.mean_known(metrics.summed(m.cost, policy.called(chosen, len(m.models)))

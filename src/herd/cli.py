@@ -257,8 +257,11 @@ def train(
     fitted = [x for x in (trained.manifest["router"]["fitted"], trained.manifest["policy"]["fitted"]) if x]
     console.print(f"trained {router} + {chosen_policy.label}{' (' + ', '.join(fitted) + ')' if fitted else ''} "
                   f"on {m.n_queries} queries x {len(m.models)} models")
-    console.print(f"validation (inner CV on the training data): accuracy {100 * v['accuracy']:.2f}% vs best single "
-                  f"{v['best_single']} {100 * v['best_single_accuracy']:.2f}%, oracle {100 * v['oracle']:.2f}%{gap}")
+    cost = ""
+    if v.get("cost_usd") is not None and v.get("best_single_cost_usd"):
+        cost = f"; cost ${v['cost_usd']:.3g}/query, {v['cost_usd'] / v['best_single_cost_usd']:.0%} of the best single's"
+    console.print(f"validation ({v['method']}): accuracy {100 * v['accuracy']:.2f}% vs best single "
+                  f"{v['best_single']} {100 * v['best_single_accuracy']:.2f}%, oracle {100 * v['oracle']:.2f}%{gap}{cost}")
     console.print(f"wrote {Path(out).resolve()} in {time.perf_counter() - started:.1f} s")
 
 
