@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 
 import httpx
 
@@ -52,12 +53,14 @@ async def _drop(send) -> None:
 
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
-             keepalive_first=False, odd_json=False, context_tokens=0, vary_word=""):
+             keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", dissent_word=""):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
     ``context_tokens`` > 0 refuses longer prompts with OpenAI's context_length_exceeded 400;
-    ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree."""
+    ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree;
+    ``dissent_word``: a question holding it gets "the answer is <a number of this backend's own>", so
+    backends disagree (otherwise they echo the question and give the same final answer)."""
     rng = random.Random(seed)
     stats = {"requests": 0, "last_body": None, "last_headers": {}}
 
@@ -96,6 +99,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         text = f"{name}: {_text(user[-1].get('content')) if user else ''}"
         if vary_word and vary_word in text:
             text = f"{name}: the answer is {body.get('seed', 0)}"
+        if dissent_word and dissent_word in text:
+            text = f"{name}: the answer is {zlib.crc32(name.encode())}"
         prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
         if completion:  # a base model continuing the prompt: echo its last line
             prompt = str(body.get("prompt", ""))
@@ -267,10 +272,11 @@ def main(argv=None) -> None:
     p.add_argument("--odd-json", action="store_true")
     p.add_argument("--context-tokens", type=int, default=0)
     p.add_argument("--vary-word", default="")
+    p.add_argument("--dissent-word", default="")
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
-                   a.odd_json, a.context_tokens, a.vary_word)
+                   a.odd_json, a.context_tokens, a.vary_word, a.dissent_word)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

@@ -27,6 +27,7 @@ from herd import __version__
 from herd.gateway import telemetry as tm
 from herd.backends import Backend, Outcome, token_count
 from herd.collect.grading import get_grader
+from herd.gateway.agree import ask_first_stage
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog
@@ -114,14 +115,14 @@ class Gateway:
 
     async def _dispatch(self, candidates: list[str], body: dict, stream: bool) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
-        name, outcome, attempts = await self._call_in_order(candidates, body, stream)
+        name, outcome, attempts = await self.call_in_order(candidates, body, stream)
         if outcome is None:
             chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
             raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
                                headers={"x-herd-attempts": str(_calls(attempts))})
         return name, outcome, attempts
 
-    async def _call_in_order(self, candidates: list[str], body: dict, stream: bool) -> tuple[str | None, Outcome | None, list[dict]]:
+    async def call_in_order(self, candidates: list[str], body: dict, stream: bool) -> tuple[str | None, Outcome | None, list[dict]]:
         attempts: list[dict] = []
         too_long = None
         for rank, name in enumerate(candidates):
@@ -159,28 +160,37 @@ class Gateway:
         meta = {"model": name, "chosen": plan.first, **plan.describe(), "attempts": attempts,
                 "cost_usd": cost}
         if checked is not None:
-            meta["cascade"] = checked.steps
+            meta.update(checked.describe(name))
         return meta
 
-    def _headers(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict]) -> dict:
+    def _headers(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict], checked: Checked | None = None,
+                 cost: float | None = None) -> dict:
+        """What herd did, in headers; ``cost`` (of every call) when it is known before the body."""
         headers = {"x-herd-model": _header(name), "x-herd-reason": _header(plan.reason)[:400],
                    "x-herd-attempts": str(_calls(attempts)), "x-herd-request-id": req.request_id}
         if plan.policy:
             headers["x-herd-policy"] = plan.policy
+        if cost is not None:
+            headers["x-herd-cost-usd"] = f"{cost:.6g}"
+        if checked is not None:
+            headers.update({k: _header(v)[:400] for k, v in checked.headers().items()})
         return headers
 
     async def _answer(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
-        checked = await self._check(req, plan) if plan.checks else None
+        checked = await self._first_answers(req, plan)
         if checked is not None and checked.answer is not None:
             return self._accepted(req, plan, route, started, checked)
         try:
             name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
         except GatewayError as e:
-            self._log_choice(req, plan, route, None, [], str(e.status), None, started, checked)
+            if checked is not None:  # the cascade's calls were made too
+                e.headers["x-herd-attempts"] = str(_calls(checked.attempts) + int(e.headers.get("x-herd-attempts", 0)))
+            self._log_choice(req, plan, route, None, checked.attempts if checked else [], str(e.status), None,
+                             started, checked)
             raise
         if checked is not None:
             attempts = checked.attempts + attempts
-        headers = self._headers(req, plan, name, attempts)
+        headers = self._headers(req, plan, name, attempts, checked)
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
             self._log_choice(req, plan, route, name, attempts, str(outcome.status), None, started, checked)
@@ -191,9 +201,10 @@ class Gateway:
             meta = self._meta(plan, name, attempts, None, checked)
             return self._relay(req, plan, route, started, name, outcome, meta, headers, attempts, checked)
         data = outcome.data
-        cost = self._account_reply(name, data)
+        cost = self.account_reply(name, data)
         if checked is not None:
             cost = plus(cost, checked.cost)
+        headers = self._headers(req, plan, name, attempts, checked, cost)
         data["model"] = name
         data["herd"] = self._meta(plan, name, attempts, cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
@@ -209,9 +220,8 @@ class Gateway:
             "time": round(time.time(), 3), "request_id": req.request_id, "session": req.session, "turn": req.turn,
             "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
-            "ms": round((time.perf_counter() - started) * 1000, 1),
-            "cascade": None if checked is None else [{"model": s["model"], "accepted": s.get("accepted")}
-                                                     for s in checked.steps]})
+            "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
+            **(checked.logged() if checked is not None else {})})
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
@@ -243,6 +253,15 @@ class Gateway:
 
         return _Relay(relay(), close, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
+    async def _first_answers(self, req: ChatRequest, plan: Plan) -> Checked | None:
+        """A cascade's answers read before the candidates are called: a checked cascade's in
+        turn, an agreement cascade's together; None for any other plan."""
+        if plan.checks:
+            return await self._check(req, plan)
+        if plan.agree_policy is not None:
+            return await ask_first_stage(self, req, plan)
+        return None
+
     async def _check(self, req: ChatRequest, plan: Plan) -> Checked:
         """Ask each checked model of a cascade in turn (``samples`` answers at once) and keep the
         first answer the policy's scorer trusts: its P(right) from the router's score, the
@@ -251,12 +270,12 @@ class Gateway:
         grader = get_grader(policy.grader)
         for name in plan.checks:
             bodies = [sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
-            replies = await asyncio.gather(*(self._call_in_order([name], b, False) for b in bodies))
+            replies = await asyncio.gather(*(self.call_in_order([name], b, False) for b in bodies))
             answered = []
             for _, outcome, attempts in replies:
                 checked.attempts += attempts
                 if outcome is not None and outcome.kind == "ok":
-                    checked.cost = plus(checked.cost, self._account_reply(name, outcome.data))
+                    checked.cost = plus(checked.cost, self.account_reply(name, outcome.data))
                     answered.append(outcome.data)
             if not answered:
                 checked.steps.append({"model": name, "samples": 0, "outcome": "no answer"})
@@ -272,7 +291,7 @@ class Gateway:
         """Answer with the checked model's reply that stood, as JSON or as a stream."""
         data, name = checked.answer, checked.model
         tm.ANSWERS.labels(name).inc()
-        headers = self._headers(req, plan, name, checked.attempts)
+        headers = self._headers(req, plan, name, checked.attempts, checked, checked.cost)
         data["model"] = name
         data["herd"] = self._meta(plan, name, checked.attempts, checked.cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
@@ -283,7 +302,7 @@ class Gateway:
                                      headers={**headers, "cache-control": "no-cache"})
         return Response(json.dumps(data), media_type="application/json", headers=headers)
 
-    def _account_reply(self, name: str, data: dict) -> float | None:
+    def account_reply(self, name: str, data: dict) -> float | None:
         usage = usage_of(data)
         return self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 

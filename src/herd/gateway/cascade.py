@@ -24,6 +24,17 @@ class Checked:
     model: str | None = None
     answer: dict | None = None
 
+    def describe(self, name: str) -> dict:
+        """Its entries in the ``herd`` object; ``name`` is the model whose reply stands."""
+        return {"cascade": self.steps}
+
+    def logged(self) -> dict:
+        """Its entries in the choice log."""
+        return {"cascade": [{"model": s["model"], "accepted": s.get("accepted")} for s in self.steps]}
+
+    def headers(self) -> dict:
+        return {}
+
 
 def sample_body(body: dict, i: int, samples: int) -> dict:
     """One of ``samples`` answers to check: a single choice, not streamed; several samples are

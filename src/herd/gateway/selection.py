@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +11,10 @@ import numpy as np
 
 from herd import artifact
 from herd.blend import Blend
-from herd.collect.grading import get_grader
+from herd.collect.grading import GRADERS, get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
-from herd.policies import policy_from_config
+from herd.policies import Agree, policy_from_config
 from herd.pool import PoolConfig, PoolError
 
 DEFAULT = "herd"
@@ -32,11 +33,15 @@ class Plan:
     checks: list[str] = field(default_factory=list)
     check_policy: object = None
     score_row: np.ndarray | None = None  # the router's scores in its model order
+    # An agreement cascade: these models answer first, together, and a reply stands if enough
+    # of their answers agree; the candidates come after.
+    fan_out: list[str] = field(default_factory=list)
+    agree_policy: object = None
 
     @property
     def first(self) -> str:
-        """The model asked first: a checked cascade's first model, else the routed choice."""
-        return (self.checks or self.candidates)[0]
+        """The model asked first: a cascade's first model, else the routed choice."""
+        return (self.checks or self.fan_out or self.candidates)[0]
 
     def describe(self) -> dict:
         return {"policy": self.policy, "reason": self.reason, "scores": self.scores,
@@ -62,30 +67,21 @@ class Selector:
 
     @classmethod
     def from_config(cls, pool: PoolConfig, router_dir: Path | None) -> Selector:
+        trained = None if router_dir is None else _load_router(router_dir, pool)
         specs = [(DEFAULT, pool.policy), *((f"{DEFAULT}:{k}", v) for k, v in pool.policies.items())]
-        # Blends draw per turn and need no router; every other policy turns a router's scores into a choice.
-        blends = {name: _blend(name, spec, pool) for name, spec in specs if Blend.is_spec(spec)}
-        routed = [(name, spec) for name, spec in specs if name not in blends]
-        if router_dir is None:
-            if any(spec is not None for _, spec in routed):
+        policies = {}
+        for name, spec in specs:
+            # Blends draw per turn and agreement cascades read answers: neither needs a router.
+            # Every other policy turns a router's scores into a choice.
+            if Blend.is_spec(spec):
+                policies[name] = _blend(name, spec, pool)
+            elif _is_agree(spec):
+                policies[name] = _agree(name, spec, pool, trained)
+            elif trained is not None:
+                policies[name] = _routed(name, spec, trained, pool)
+            elif spec is not None:
                 raise PoolError("the pool file sets a policy but no router; add 'router: DIR' (from `herd train`) "
-                                "or use a blend, which needs none")
-            return cls(pool, None, blends)
-        try:
-            trained = artifact.load(router_dir)
-        except artifact.ArtifactError as e:
-            raise PoolError(f"router: {e}") from None
-        if not set(trained.models) & set(pool.names):
-            raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}; "
-                            "pool model names must match the names in the router's training data")
-        policies = dict(blends)
-        for name, spec in routed:
-            try:
-                policies[name] = trained.policy if spec in (None, "trained") else trained.fit_policy(policy_from_config(spec))
-            except (ValueError, TypeError) as e:
-                raise PoolError(f"policy {name!r}: {e}") from None
-            if getattr(policies[name], "post_call", False):
-                _check_answer_reading(name, policies[name])
+                                "or use a blend or an agreement cascade that names its models, which need none")
         return cls(pool, trained, policies)
 
     def warm_up(self) -> None:
@@ -114,6 +110,8 @@ class Selector:
         policy = self.policies.get(req.model)
         if isinstance(policy, Blend):
             return self._blend(req, policy, eligible, ineligible)
+        if isinstance(policy, Agree):
+            return self._agree(req, policy, eligible, ineligible)
         if self.trained is None:
             return Plan(eligible, "no router configured: first eligible model in the pool's order", ineligible=ineligible)
         return self._route(req, policy, ineligible)
@@ -128,6 +126,51 @@ class Selector:
         pick, reason = blend.pick(members, req.session, req.turn)
         rest = [m for m in members if m != pick] + [m for m in eligible if m not in members]
         return Plan([pick, *rest], reason, blend.label, ineligible=ineligible)
+
+    def _agree(self, req: ChatRequest, policy: Agree, eligible: list[str], ineligible: dict[str, str]) -> Plan:
+        """An agreement cascade: its eligible first-stage models together, then the strong model
+        (or, if it cannot take the request, the best eligible model), then the other eligible ones."""
+        stage = [] if policy.direct_ else [m for m in policy.first_stage if m not in ineligible]
+        others = [m for m in eligible if m not in stage]
+        strong = policy.last if policy.last not in ineligible else self._best_of(req, others or stage)
+        plan = Plan([strong, *(m for m in others + stage if m != strong)], "", policy.label, ineligible=ineligible,
+                    agree_policy=policy)
+        skipped = [m for m in ([] if policy.direct_ else policy.first_stage) if m in ineligible]
+        if policy.direct_:
+            plan.reason = f"agree: straight to {strong}: {policy.reason_}"
+        elif len(stage) < policy.need_:
+            plan.reason = (f"agree: only {len(stage)} of the first stage ({', '.join(policy.first_stage)}) can take "
+                           f"this request, fewer than the {policy.need_} that must agree: straight to {strong}")
+        elif (over := self._over_ceiling(req, [*stage, strong])) is not None:
+            plan.reason = f"agree: straight to {strong}: {over}"
+        else:
+            plan.fan_out = stage
+            plan.reason = (f"agree: ask {', '.join(stage)} together; keep an answer {policy.need_} of them give, "
+                           f"else {strong}")
+        if skipped:
+            plan.reason += " (" + "; ".join(f"{m} ruled out: {ineligible[m]}" for m in skipped) + ")"
+        if strong != policy.last:
+            plan.reason += f"; {policy.last} cannot take this request ({ineligible[policy.last]}), so {strong} stands in"
+        return plan
+
+    def _best_of(self, req: ChatRequest, names: list[str]) -> str:
+        """The router's highest P(correct) among ``names`` (cheaper on ties); without a router or
+        scores for them, the first in the pool's order."""
+        scored = [m for m in names if self.trained is not None and m in self.scored]
+        if not scored:
+            return names[0]
+        scores = dict(zip(self.router_models, self.trained.router.predict_scores([req.router_text])[0]))
+        cost = {m: np.nan_to_num(self.estimate_cost(self.by_name[m], req), nan=np.inf) for m in scored}
+        return max(scored, key=lambda m: (scores[m], -cost[m]))
+
+    def _over_ceiling(self, req: ChatRequest, called: list[str]) -> str | None:
+        """Why asking all of ``called`` could break the request's cost ceiling, if it could: the
+        ceiling bounds the request, not each call."""
+        ceiling = req.options.max_cost_usd
+        if ceiling is None:
+            return None
+        worst = sum(self.estimate_cost(self.by_name[m], req) for m in called)
+        return None if worst <= ceiling else f"the first stage and {called[-1]} could cost ${worst:.2g}, over the ceiling ${ceiling:g}"
 
     def _route(self, req: ChatRequest, policy, ineligible: dict[str, str]) -> Plan:
         started = time.perf_counter()
@@ -210,6 +253,73 @@ class Selector:
             if cost > o.max_cost_usd:
                 return f"estimated ${cost:.2g} exceeds the ceiling ${o.max_cost_usd:g}"
         return None
+
+
+def _load_router(router_dir: Path, pool: PoolConfig) -> artifact.TrainedRouter:
+    try:
+        trained = artifact.load(router_dir)
+    except artifact.ArtifactError as e:
+        raise PoolError(f"router: {e}") from None
+    if not set(trained.models) & set(pool.names):
+        raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}; "
+                        "pool model names must match the names in the router's training data")
+    return trained
+
+
+def _routed(name: str, spec, trained: artifact.TrainedRouter, pool: PoolConfig):
+    """The trained policy, or another tuned on the router's validation scores."""
+    try:
+        policy = trained.policy if spec in (None, "trained") else trained.fit_policy(policy_from_config(spec))
+    except (ValueError, TypeError) as e:
+        raise PoolError(f"policy {name!r}: {e}") from None
+    if isinstance(policy, Agree):  # `herd train --policy agree` chose this cascade
+        return _servable_agree(name, policy, pool)
+    if getattr(policy, "post_call", False):
+        _check_answer_reading(name, policy)
+    return policy
+
+
+def _is_agree(spec) -> bool:
+    if isinstance(spec, dict):
+        return spec.get("name") == "agree"
+    return isinstance(spec, str) and (spec == "agree" or spec.startswith("agree:"))
+
+
+def _agree(name: str, spec, pool: PoolConfig, trained: artifact.TrainedRouter | None) -> Agree:
+    """An agreement cascade from the pool file: one that names its models is bound to the pool
+    as it is; one that does not is the cascade `herd train --policy agree` chose, read from the
+    router directory, with the grader the pool file names."""
+    try:
+        policy = policy_from_config(spec)
+        if policy.models is not None:
+            policy.bind(pool.names)
+    except (ValueError, TypeError) as e:
+        raise PoolError(f"policy {name!r}: {e}") from None
+    if policy.models is not None:
+        return _servable_agree(name, policy, pool)
+    if trained is None or not isinstance(trained.policy, Agree):
+        found = "there is no router" if trained is None else f"the router was trained with {trained.policy.label!r}"
+        raise PoolError(f"policy {name!r}: an agree policy without 'models' is the one `herd train --policy agree` "
+                        f"chose, but {found}; name the first stage ('models', 'then') or serve such a router")
+    chosen = copy.copy(trained.policy)
+    chosen.grader = policy.grader or chosen.grader
+    return _servable_agree(name, chosen, pool)
+
+
+def _servable_agree(name: str, policy: Agree, pool: PoolConfig) -> Agree:
+    """An agreement cascade the gateway can run: its models in the pool, a grader to compare answers."""
+    missing = [m for m in [*([] if policy.direct_ else policy.first_stage), policy.last] if m not in pool.names]
+    if missing:
+        raise PoolError(f"policy {name!r}: model(s) {missing} of the agreement cascade are not in the pool {pool.names}")
+    if policy.grader is None:
+        raise PoolError(f"policy {name!r}: an agreement cascade compares answers with a grader; name one of "
+                        f"{sorted(GRADERS)} in the pool file, e.g. {{name: agree, models: [A, B], then: C, "
+                        "grader: number}, or {name: agree, grader: number} for the router's own cascade")
+    try:
+        get_grader(policy.grader)
+    except ValueError as e:
+        raise PoolError(f"policy {name!r}: {e}") from None
+    return policy
 
 
 def _blend(name: str, spec, pool: PoolConfig) -> Blend:
