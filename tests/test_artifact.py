@@ -77,7 +77,7 @@ def herd(*args):
 def test_train_and_route_from_the_command_line(tmp_path, dataset_dir):
     r = herd("train", str(dataset_dir), "--router", "knn-tfidf", "--policy", "safe", "-o", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
-    assert "validation (inner CV on the training data)" in r.stdout
+    assert "validation (out-of-fold scores on the training queries (3-fold inner CV))" in r.stdout
     r = herd("route", str(tmp_path / "r"), "solve for x in the equation math question number 99")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].strip() in {"math-7b", "big-70b", "hist-7b"} and "P(correct)" in r.stdout

@@ -19,7 +19,7 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.data import Matrix
-from herd.policies import Decision
+from herd.policies import Decision, policy_inputs
 from herd.routers import ROUTERS, Router
 from herd.routers.auto import validation_scores
 
@@ -48,10 +48,14 @@ class TrainedRouter:
     validation_observed: dict[str, np.ndarray] | None = None  # what the answers showed, for post-call policies
     validation_answers: np.ndarray | None = None  # answer codes (Matrix.answer_codes), for agreement cascades
     owned: np.ndarray | None = None  # per model: open weights
+    validation_tasks: np.ndarray | None = None  # each training query's task, for policies with per-task anchors
 
-    def route(self, texts: list[str]) -> tuple[np.ndarray, Decision]:
-        scores = self.router.predict_scores(texts)
-        return scores, self.policy.decide(scores, self.models, self.model_costs)
+    def route(self, texts: list[str], tasks: list[str | None] | None = None) -> tuple[np.ndarray, Decision]:
+        """Scores and decisions for queries; ``tasks`` (one per query, None where unknown) for
+        routers and policies that read the task."""
+        scores = self.router.predict_scores(texts, tasks)
+        return scores, self.policy.decide(scores, self.models, self.model_costs,
+                                          **policy_inputs(self.policy, tasks=tasks))
 
     def fit_policy(self, policy):
         """A copy of ``policy`` tuned on this router's validation scores (policies without
@@ -66,7 +70,7 @@ class TrainedRouter:
                                 "data did not have")
         return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models,
                                          **policy_inputs(policy, self.validation_observed, self.validation_answers,
-                                                         self.owned, fit=True))
+                                                         self.owned, self.validation_tasks, fit=True))
 
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
@@ -81,9 +85,10 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
                                 "(an 'answer' column in the outcomes)")
         policy.grader = policy.grader or m.grader  # the gateway extracts answers as this data was graded
     if hasattr(policy, "fit"):
-        policy.fit(oof, m.labels, costs, m.models, **policy_inputs(policy, m.observed, m.answer_codes, m.owned, fit=True))
+        policy.fit(oof, m.labels, costs, m.models,
+                   **policy_inputs(policy, m.observed, m.answer_codes, m.owned, m.tasks, fit=True))
     y = m.labels
-    chosen = policy.choose(oof, costs, **policy_inputs(policy, m.observed, m.answer_codes))
+    chosen = policy.choose(oof, costs, **policy_inputs(policy, m.observed, m.answer_codes, tasks=m.tasks))
     best = metrics.best_model(y, m.cost)
     acc = metrics.accuracy(metrics.picked(y, chosen))
     oracle = metrics.oracle_accuracy(y)
@@ -123,17 +128,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m),
                          np.asarray(oof, np.float32), np.asarray(y, np.float32),
                          None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()},
-                         m.answer_codes, m.owned)
-
-
-def policy_inputs(policy, observed=None, answers=None, owned=None, *, fit: bool = False) -> dict:
-    """The keywords a policy reads beyond scores: answer observations for a checked cascade,
-    answer codes (and, to fit, which models are open) for an agreement cascade; none for others."""
-    if getattr(policy, "post_call", False):
-        return {"observed": observed}
-    if getattr(policy, "reads_answers", False):
-        return {"answers": answers, "owned": owned} if fit else {"answers": answers}
-    return {}
+                         m.answer_codes, m.owned, m.tasks)
 
 
 def query_keys(m: Matrix) -> frozenset:
@@ -147,7 +142,7 @@ def save(trained: TrainedRouter, directory: str | Path) -> Path:
     joblib.dump({"router": trained.router, "policy": trained.policy, "train_keys": trained.train_keys,
                  "validation_scores": trained.validation_scores, "validation_labels": trained.validation_labels,
                  "validation_observed": trained.validation_observed, "validation_answers": trained.validation_answers,
-                 "owned": trained.owned}, state)
+                 "owned": trained.owned, "validation_tasks": trained.validation_tasks}, state)
     manifest = dict(trained.manifest, state_sha256=_sha256(state))
     (d / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return d
@@ -189,7 +184,7 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
     costs = np.array([np.nan if c is None else c for c in manifest["model_costs_usd"]], float)
     return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()),
                          obj.get("validation_scores"), obj.get("validation_labels"), obj.get("validation_observed"),
-                         obj.get("validation_answers"), obj.get("owned"))
+                         obj.get("validation_answers"), obj.get("owned"), obj.get("validation_tasks"))
 
 
 def fingerprint(m: Matrix) -> str:

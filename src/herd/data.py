@@ -93,6 +93,9 @@ class Matrix:
     # grade alike, -1 for none (votes and agreement cascades read these). None without answers.
     answer_codes: np.ndarray | None = None
     grader: str | None = None
+    # What traffic may know of a query before routing it: its benchmark in a mixture of several,
+    # else its category where the data gives one; None where neither is known.
+    tasks: np.ndarray | None = None
 
     @property
     def n_queries(self) -> int:
@@ -115,6 +118,7 @@ class Matrix:
             latency=self.latency[rows],
             answers=pick(self.answers),
             answer_codes=pick(self.answer_codes),
+            tasks=pick(self.tasks),
             gold=pick(self.gold),
             categories=pick(self.categories),
             observed=None if self.observed is None else {k: v[rows] for k, v in self.observed.items()},
@@ -274,6 +278,7 @@ class Outcomes:
             answers=answers,
             answer_codes=codes,
             grader=grader,
+            tasks=_tasks(q),
             gold=q["gold"].to_numpy(object) if "gold" in q else None,
             categories=q["category"].to_numpy(object) if "category" in q else None,
             owned=self._owned(models),
@@ -288,6 +293,15 @@ class Outcomes:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _tasks(q: pd.DataFrame) -> np.ndarray | None:
+    """Each query's task: its benchmark when several are pooled, else its category, if any."""
+    if q["benchmark"].nunique() > 1:
+        return q["benchmark"].astype(str).to_numpy(object)
+    if "category" in q and q["category"].notna().any():
+        return q["category"].astype(object).where(q["category"].notna(), None).to_numpy(object)
+    return None
+
+
 def _find_table(directory: Path, stem: str) -> Path | None:
     for suffix in TABLE_SUFFIXES:
         p = directory / f"{stem}{suffix}"

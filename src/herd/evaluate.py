@@ -15,7 +15,7 @@ from sklearn.base import clone
 from herd import metrics
 from herd.blend import evaluate_blends
 from herd.data import Matrix, Outcomes
-from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds
+from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds, policy_inputs
 from herd.routers import Router, make_router
 from herd.routers.auto import validation_scores
 
@@ -216,7 +216,7 @@ def evaluate_matrix(
         best_by_fold.append(m.models[b])
         train = m.take(tr)
         model_costs = metrics.mean_cost_per_model(cost[tr])
-        test_texts = [m.texts[i] for i in te]
+        test = m.take(te)
         if votes is not None:
             votes.add(tr, te)
         for tally in answered.values():
@@ -228,7 +228,7 @@ def evaluate_matrix(
             if hasattr(router, "summary"):
                 fitted_notes.setdefault(name, []).append(router.summary())
             t0 = time.perf_counter()
-            scores = router.predict_scores(test_texts)
+            scores = router.predict_scores(test.texts, test.tasks)
             score_secs = time.perf_counter() - t0
             router_scores[name][te] = scores
             validation = None
@@ -237,18 +237,18 @@ def evaluate_matrix(
                 if hasattr(p, "fit"):
                     if validation is None:
                         validation = validation_scores(router, proto, train, seed)
-                    extra = {"observed": train.observed} if post_call else {}
-                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models, **extra)
+                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models,
+                                             **policy_inputs(p, train.observed, tasks=train.tasks, fit=True))
                     tuned[(name, p.label)].append(p.summary())
                 key = (name, p.label)
                 t0 = time.perf_counter()
                 if post_call:
-                    test_observed = m.take(te).observed
+                    test_observed = test.observed
                     router_choice[key][te] = p.choose(scores, model_costs, test_observed)
                     called.setdefault(key, np.zeros((n, k), bool))[te] = p.called(router_choice[key][te], k)
                     deferral.setdefault(key, np.empty((n, k)))[te] = p.deferral(scores, test_observed)
                 else:
-                    router_choice[key][te] = p.choose(scores, model_costs)
+                    router_choice[key][te] = p.choose(scores, model_costs, **policy_inputs(p, tasks=test.tasks))
                 router_secs[key] += score_secs + time.perf_counter() - t0
             if sweep:
                 for w, weight in enumerate(COST_WEIGHTS):
@@ -396,7 +396,7 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
     The best single model is the one the router's training data named. Queries the router
     was trained on are counted and reported, since their figures are optimistic.
     """
-    from herd.artifact import policy_inputs, query_keys
+    from herd.artifact import query_keys
 
     name = trained.manifest["router"]["name"]
     label = trained.policy.label
@@ -410,11 +410,11 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
                              "evaluate on data that covers the router's pool")
         m = sub.matrix(trained.models)
         t0 = time.perf_counter()
-        scores = trained.router.predict_scores(m.texts)
+        scores = trained.router.predict_scores(m.texts, m.tasks)
         if getattr(trained.policy, "reads_answers", False) and m.answer_codes is None:
             raise ValueError(f"{source}/{benchmark}: the router's policy {label!r} compares recorded answers, "
                              "which this data does not have")
-        extra = policy_inputs(trained.policy, m.observed, m.answer_codes)
+        extra = policy_inputs(trained.policy, m.observed, m.answer_codes, tasks=m.tasks)
         choice = trained.policy.choose(scores, trained.model_costs, **extra)
         called = trained.policy.called(choice, len(m.models)) if hasattr(trained.policy, "called") else None
         ms = 1000.0 * (time.perf_counter() - t0) / m.n_queries

@@ -237,24 +237,52 @@ FEATURE_KINDS = ("embed", "tfidf", "tfidf-svd", "embed+tfidf-svd")
 SVD_DIM = 256
 
 
+class Queries(list):
+    """Query texts that may carry each query's task (None where unknown): routers whose
+    features include the task read ``tasks``; every other reader sees a list of texts."""
+
+    def __init__(self, texts, tasks=None):
+        super().__init__(texts)
+        self.tasks = None if tasks is None else [None if t is None or t != t else str(t) for t in tasks]
+        if self.tasks is not None and len(self.tasks) != len(self):
+            raise ValueError(f"{len(self)} queries but {len(self.tasks)} tasks")
+
+
+def tasks_of(texts) -> list | None:
+    return getattr(texts, "tasks", None)
+
+
+# How far a task's indicator column reaches next to unit-length text features.
+TASK_WEIGHT = 1.0
+
+
 class Featurizer:
     """Texts -> feature rows, fitted on training texts only.
 
     "embed": unit MiniLM vectors (dense); "tfidf": unit TF-IDF rows (sparse); "tfidf-svd":
     TF-IDF reduced to SVD_DIM dense unit vectors; "embed+tfidf-svd": both, side by side.
+    A "+task" suffix adds one indicator column per task seen in training (``Queries.tasks``);
+    a query of unknown or unseen task gets none, so such a router also routes without it.
     """
 
     def __init__(self, kind: str = "embed", seed: int = 0):
-        if kind not in FEATURE_KINDS:
-            raise ValueError(f"unknown features {kind!r}; choose from {FEATURE_KINDS}")
+        base = kind.removesuffix("+task")
+        if base not in FEATURE_KINDS:
+            raise ValueError(f"unknown features {kind!r}; choose from {FEATURE_KINDS} (each optionally with '+task')")
         self.kind = kind
         self.seed = seed
+
+    @property
+    def uses_task(self) -> bool:
+        return self.kind.endswith("+task")
 
     def prepare(self, texts: list[str], progress=None) -> None:
         if "embed" in self.kind:
             shared_embedder().embed(texts, progress=progress)
 
     def fit(self, texts: list[str]) -> Featurizer:
+        if self.uses_task:
+            self.tasks_ = sorted({t for t in tasks_of(texts) or [] if t is not None})
         # The engine is part of the fitted state: served anywhere, it embeds as it was trained.
         self.engine_ = embed_engine() if "embed" in self.kind else None
         if "tfidf" in self.kind:
@@ -270,13 +298,29 @@ class Featurizer:
         return self
 
     def transform(self, texts: list[str]):
+        x = self._text_features(texts)
+        if not self.uses_task:
+            return x
+        column = {t: j for j, t in enumerate(self.tasks_)}
+        onehot = np.zeros((len(texts), len(self.tasks_)), np.float32)
+        for i, t in enumerate(tasks_of(texts) or []):
+            if t in column:
+                onehot[i, column[t]] = TASK_WEIGHT
+        if hasattr(x, "tocsr"):  # sparse TF-IDF stays sparse
+            from scipy import sparse
+
+            return sparse.hstack([x, sparse.csr_matrix(onehot)], format="csr")
+        return np.hstack([x, onehot])
+
+    def _text_features(self, texts: list[str]):
         from sklearn.preprocessing import normalize
 
+        kind = self.kind.removesuffix("+task")
         parts = []
-        if "embed" in self.kind:
+        if "embed" in kind:
             parts.append(shared_embedder(self.engine_).embed(texts))
-        if self.kind == "tfidf":
+        if kind == "tfidf":
             return self.tfidf_.transform(texts)  # rows are already unit length (norm="l2")
-        if "svd" in self.kind:
+        if "svd" in kind:
             parts.append(normalize(self.tfidf_.transform(texts) @ self.svd_basis_).astype(np.float32))
         return parts[0] if len(parts) == 1 else np.hstack(parts) / np.sqrt(len(parts))

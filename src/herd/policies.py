@@ -90,65 +90,96 @@ class CostAware:
 MARGIN_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, float("inf"))
 
 
+# A task (benchmark of a mixture, or category) needs this many training queries for an anchor of its own.
+MIN_TASK_QUERIES = 20
+
+
 class SafeArgMax:
     """Stay with the anchor model (the best single model on training data) unless another model's
     predicted P(correct) beats the anchor's by more than ``margin``.
+
+    Where queries carry a task (a mixture's benchmark, a category), each task with at least
+    ``MIN_TASK_QUERIES`` training queries has its own anchor, the task's best model on training
+    data, so the guarantee holds per task too; a query of unknown task uses the overall anchor.
 
     ``margin=None`` tunes it with ``fit`` on held-out scores of training queries (out-of-fold
     within the training split): among the margins whose gain over the anchor on those queries
     is significant (paired one-sided z >= ``min_z``, 1.645 = the 5% level), the one with the
     highest accuracy, the larger margin on ties; if none is, an infinite margin, which is
-    exactly the best single model. Small validation sets thus rarely leave the anchor on noise.
+    exactly the anchors. Small validation sets thus rarely leave the anchor on noise.
     """
 
     name = "safe"
+    reads_tasks = True
 
     def __init__(self, margin: float | None = None, min_z: float = 1.645):
         self.margin = margin
         self.min_z = min_z
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
-            models: list[str] | None = None) -> SafeArgMax:
-        """Pick the anchor (best model on ``labels``) and, if unset, the margin, on validation scores."""
+            models: list[str] | None = None, tasks=None) -> SafeArgMax:
+        """Pick the anchors (best model on ``labels``, overall and per task) and, if unset, the
+        margin, on validation scores."""
         costs = _known_costs(model_costs, labels.shape[1])
         self.anchor_ = int(_argmax_cheapest(labels.mean(axis=0)[None, :], costs)[0])
+        self.task_anchors_ = {}
+        if tasks is not None:
+            tasks = np.asarray(tasks, dtype=object)
+            for t in {t for t in tasks if t is not None}:
+                rows_t = tasks == t
+                if rows_t.sum() >= MIN_TASK_QUERIES:
+                    acc = labels[rows_t].mean(axis=0)
+                    # ties stay with the overall anchor
+                    best = self.anchor_ if acc[self.anchor_] >= acc.max() - 1e-12 else int(
+                        _argmax_cheapest(acc[None, :], costs)[0])
+                    if best != self.anchor_:
+                        self.task_anchors_[t] = best
+        anchors = self.anchors(len(labels), tasks)
         rows = np.arange(len(labels))
-        anchor = labels[:, self.anchor_]
+        anchor = labels[rows, anchors]
         if self.margin is not None:
             self.margin_ = float(self.margin)
         else:
             results = [(float(np.inf), anchor.mean())]
             for m in MARGIN_GRID[:-1]:
-                gain = labels[rows, self._choose(scores, costs, m)] - anchor
+                gain = labels[rows, self._choose(scores, costs, m, anchors)] - anchor
                 se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
                 if gain.mean() > 0 and gain.mean() >= self.min_z * se:
                     results.append((m, anchor.mean() + gain.mean()))
             best = max(a for _, a in results)
             self.margin_ = max(m for m, a in results if a >= best - 1e-12)
-        self.validation_accuracy_ = float(labels[rows, self._choose(scores, costs, self.margin_)].mean())
+        self.validation_accuracy_ = float(labels[rows, self._choose(scores, costs, self.margin_, anchors)].mean())
         return self
 
-    def _choose(self, scores, costs, margin) -> np.ndarray:
-        alt = _argmax_cheapest(scores, costs)
-        gain = scores[np.arange(len(scores)), alt] - scores[:, self.anchor_]
-        return np.where(gain > margin, alt, self.anchor_)
+    def anchors(self, n: int, tasks=None) -> np.ndarray:
+        """(n,) each query's anchor: its task's, else the overall one."""
+        if tasks is None or not self.task_anchors_:
+            return np.full(n, self.anchor_)
+        return np.array([self.task_anchors_.get(t, self.anchor_) for t in tasks], dtype=int)
 
-    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+    def _choose(self, scores, costs, margin, anchors) -> np.ndarray:
+        rows = np.arange(len(scores))
+        alt = _argmax_cheapest(scores, costs)
+        gain = scores[rows, alt] - scores[rows, anchors]
+        return np.where(gain > margin, alt, anchors)
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None, tasks=None) -> np.ndarray:
         if not hasattr(self, "anchor_"):
             raise RuntimeError("SafeArgMax is not fitted: call fit() on validation scores first")
-        return self._choose(scores, _known_costs(model_costs, scores.shape[1]), self.margin_)
+        return self._choose(scores, _known_costs(model_costs, scores.shape[1]), self.margin_,
+                            self.anchors(len(scores), tasks))
 
-    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
-        choice = self.choose(scores, model_costs)
-        a = self.anchor_
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None,
+               tasks=None) -> Decision:
+        choice = self.choose(scores, model_costs, tasks)
         why = ("routing away from it did not pay off on validation data" if np.isinf(self.margin_)
                else f"no model beats it by more than {self.margin_:g}")
-        reasons = [
-            f"stayed with best single model {models[a]} (P={s[a]:.2f}): {why}"
-            if c == a else
-            f"{models[c]} P={s[c]:.2f} beats best single {models[a]} P={s[a]:.2f} by more than {self.margin_:g}"
-            for s, c in zip(scores, choice)
-        ]
+        reasons = []
+        for s, c, a, t in zip(scores, choice, self.anchors(len(scores), tasks), tasks if tasks is not None
+                              else [None] * len(scores)):
+            kind = f"best model for task {t}" if t in self.task_anchors_ else "best single model"
+            reasons.append(f"stayed with {kind} {models[a]} (P={s[a]:.2f}): {why}" if c == a else
+                           f"{models[c]} P={s[c]:.2f} beats {kind} {models[a]} P={s[a]:.2f} by more than {self.margin_:g}")
         return Decision(choice, reasons)
 
     @property
@@ -157,7 +188,8 @@ class SafeArgMax:
 
     def summary(self) -> str:
         """The fitted choice, for reports."""
-        return f"margin={self.margin_:g}"
+        own = f", {len(self.task_anchors_)} task(s) with their own anchor" if self.task_anchors_ else ""
+        return f"margin={self.margin_:g}{own}"
 
     def __repr__(self) -> str:
         return f"SafeArgMax(margin={self.margin})"
@@ -989,6 +1021,19 @@ def policy_from_config(spec: str | dict):
     if unknown:
         raise ValueError(f"policy {name!r} takes {accepted or 'no parameters'}, not {unknown}")
     return cls(**params)
+
+
+def policy_inputs(policy, observed=None, answers=None, owned=None, tasks=None, *, fit: bool = False) -> dict:
+    """The keywords a policy reads beyond scores: answer observations for a checked cascade,
+    answer codes (and, to fit, which models are open) for an agreement cascade, the queries'
+    tasks for a policy with per-task anchors; none for others."""
+    if getattr(policy, "post_call", False):
+        return {"observed": observed}
+    if getattr(policy, "reads_answers", False):
+        return {"answers": answers, "owned": owned} if fit else {"answers": answers}
+    if getattr(policy, "reads_tasks", False):
+        return {"tasks": tasks}
+    return {}
 
 
 def _argmax_reason(scores: np.ndarray, chosen: int, models: list[str]) -> str:

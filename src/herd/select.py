@@ -147,7 +147,8 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
         p = policy
         if hasattr(p, "fit"):
             p = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs, train.models)
-        routed[te] = y[te, p.choose(fitted.predict_scores([sub.texts[i] for i in te]), costs)]
+        held = sub.take(te)
+        routed[te] = y[te, p.choose(fitted.predict_scores(held.texts, held.tasks), costs)]
         single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
     return float(routed.mean()), float(single.mean())
 

@@ -17,6 +17,8 @@ ROUTERS: dict[str, tuple[type[Router], dict, str]] = {
     "knn": (KNNRouter, {"features": "embed"}, "k nearest training queries in MiniLM embedding space, shrunk to model priors"),
     "knn-tfidf": (KNNRouter, {"features": "tfidf"}, "k nearest training queries by TF-IDF cosine, shrunk to model priors"),
     "logistic": (LogisticRouter, {}, "TF-IDF + one logistic classifier per model (SelectLLM's separate classifiers)"),
+    "logistic-task": (LogisticRouter, {"features": "tfidf+task"}, "logistic over TF-IDF and the query's task where known"),
+    "knn-task": (KNNRouter, {"features": "embed+task"}, "knn over MiniLM embeddings, neighbours of the same task first"),
     "mf": (MFRouter, {"features": "embed"}, "matrix factorization: learned model embeddings x projected query embeddings (RouteLLM MF)"),
     "mf-tfidf": (MFRouter, {"features": "tfidf-svd"}, "matrix factorization over TF-IDF reduced by SVD"),
     "regression": (RegressionRouter, {"features": "embed"}, "ridge regression of each model's score (the Herd paper)"),

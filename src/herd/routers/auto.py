@@ -18,7 +18,8 @@ def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INN
     """Scores for every training query from a copy of ``proto`` fitted on the other inner folds."""
     out = np.empty(train.correct.shape)
     for tr, va in train.kfold(min(folds, train.n_queries), seed):
-        out[va] = clone(proto).fit(train.take(tr)).predict_scores([train.texts[i] for i in va])
+        held = train.take(va)
+        out[va] = clone(proto).fit(train.take(tr)).predict_scores(held.texts, held.tasks)
     return out
 
 
@@ -74,10 +75,13 @@ class AutoRouter(Router):
         self.candidates = candidates
         self.seed = seed
 
-    def _protos(self):
-        from herd.routers import make_router
+    def _protos(self, with_tasks: bool = False):
+        """The candidates, and where the training queries carry tasks (a mixture's benchmarks,
+        categories), each candidate's task-aware variant ('NAME-task') where there is one."""
+        from herd.routers import ROUTERS, make_router
 
-        return {name: make_router(name, seed=self.seed) for name in self.candidates}
+        names = [*self.candidates, *(f"{c}-task" for c in self.candidates if with_tasks and f"{c}-task" in ROUTERS)]
+        return {name: make_router(name, seed=self.seed) for name in dict.fromkeys(names)}
 
     def prepare(self, texts, progress=None):
         for proto in self._protos().values():
@@ -92,7 +96,8 @@ class AutoRouter(Router):
         rows = np.arange(len(y))
         self.cv_results_ = {}
         fitted: dict[str, np.ndarray] = {}
-        for name, proto in self._protos().items():
+        protos = self._protos(with_tasks=m.tasks is not None and any(t is not None for t in m.tasks))
+        for name, proto in protos.items():
             try:
                 fitted[name] = out_of_fold_scores(proto, m, self.seed)
             except EmbeddingsUnavailable:
@@ -110,7 +115,7 @@ class AutoRouter(Router):
                 best = (acc, brier, name, oof)
         _, _, self.chosen_, self.validation_scores_ = best
         members = tuple(n for n in fitted if n != ENSEMBLE)
-        proto = EnsembleRouter(members, self.seed) if self.chosen_ == ENSEMBLE else self._protos()[self.chosen_]
+        proto = EnsembleRouter(members, self.seed) if self.chosen_ == ENSEMBLE else protos[self.chosen_]
         self.router_ = proto.fit(m)
         self.models_ = self.router_.models_
         self.prior_ = self.router_.prior_

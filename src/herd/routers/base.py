@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from herd.data import Matrix, Outcomes
-from herd.features import Featurizer
+from herd.features import Featurizer, Queries
 
 
 class Router(BaseEstimator):
@@ -23,16 +23,18 @@ class Router(BaseEstimator):
         self.models_ = list(m.models)
         y = m.labels
         self.prior_ = y.mean(axis=0)
-        self._fit(m.texts, y)
+        self._fit(Queries(m.texts, m.tasks), y)
         return self
 
-    def predict_scores(self, texts: list[str]) -> np.ndarray:
-        """(n_queries, n_models) estimated P(correct), columns in ``models_`` order."""
+    def predict_scores(self, texts: list[str], tasks: list[str | None] | None = None) -> np.ndarray:
+        """(n_queries, n_models) estimated P(correct), columns in ``models_`` order. ``tasks``
+        (one per query, None where unknown) is read by routers whose features include the task."""
         if not hasattr(self, "models_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
         if len(texts) == 0:
             return np.zeros((0, len(self.models_)))
-        return np.clip(self._predict(list(texts)), 0.0, 1.0)
+        return np.clip(self._predict(Queries(texts, tasks if tasks is not None else getattr(texts, "tasks", None))),
+                       0.0, 1.0)
 
     def prepare(self, texts: list[str], progress=None) -> None:
         """Compute and cache expensive features for texts ahead of fitting (optional)."""
