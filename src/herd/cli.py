@@ -23,6 +23,11 @@ DEMO_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "cru
 DEMO_ROUTERS = ["knn", "logistic"]
 DEFAULT_POLICIES = ["argmax", "safe", "agree"]
 DEMO_POLICIES = [*DEFAULT_POLICIES, "agree:open"]
+# The demo's mixture: LLMRouter's 13 tasks through one pool of 9 open models, with the text
+# routers (fast) and their task-aware variants.
+DEMO_MIX_SOURCE = "llmrouter"
+DEMO_MIX_ROUTERS = ["logistic", "logistic-task"]
+DEMO_MIX_POLICIES = ["argmax", "safe"]
 
 
 def _fail(message: str) -> None:
@@ -70,14 +75,18 @@ def _usage_errors():
     return (HerdDataError, ArtifactError, EmbeddingsUnavailable, ValueError)
 
 
-def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None):
+def _read_outcomes(data_dir, min_outcomes, size_prices):
     from herd.data import Outcomes, find_data_dir
     from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
 
     schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
     path = find_data_dir(data_dir)
     with console.status(f"loading {path}"):
-        data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+        return path, Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+
+
+def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None, loaded=None):
+    path, data = loaded or _read_outcomes(data_dir, min_outcomes, size_prices)
     if groups:
         data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
     data = data.filter(source=sources, benchmark=benchmarks, models=models)
@@ -92,7 +101,7 @@ def _progress_bar():
 
 
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
-              size_prices, sweep, groups=None, conversations: int = 0) -> None:
+              size_prices, sweep, groups=None, conversations: int = 0, mix: bool = False, demo_mix: bool = False) -> None:
     from herd.evaluate import evaluate
     from herd.policies import make_policy
     from herd.routers import make_router
@@ -107,8 +116,11 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
     try:
         named = {name: make_router(name, seed=seed) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
-        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups)
-        console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s) from {path}")
+        loaded = _read_outcomes(data_dir, min_outcomes, size_prices)
+        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups, loaded)
+        mixture = loaded[1].filter(source=DEMO_MIX_SOURCE) if demo_mix else None
+        console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s)"
+                      f"{' and a mixture' if mix or demo_mix else ''} from {path}")
         with _progress_bar() as bar:
             task = bar.add_task("starting", total=1)
 
@@ -116,7 +128,12 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
                 bar.update(task, description=message, completed=done, total=max(total, 1))
 
             ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
-                          conversations=conversations)
+                          conversations=conversations, mix=mix)
+            if mixture is not None:
+                extra = evaluate(mixture, {r: make_router(r, seed=seed) for r in DEMO_MIX_ROUTERS},
+                                 policy=[make_policy(p) for p in DEMO_MIX_POLICIES], folds=folds, seed=seed,
+                                 sweep=sweep, progress=progress, mix=True)
+                ev.benchmarks += extra.benchmarks
     except _usage_errors() as e:
         _fail(str(e))
     _show(ev, out, json_path, started)
@@ -140,11 +157,14 @@ def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, js
 
 
 def _show(ev, out, json_path, started) -> None:
-    from herd.report import blend_table, console_table, write_report
+    from herd.report import blend_table, console_table, task_table, write_report
 
     for b in ev.benchmarks:
         console.print(console_table(b, ev))
         console.print()
+        if b.tasks:
+            console.print(task_table(b))
+            console.print()
         if b.blends:
             console.print(blend_table(b))
             console.print()
@@ -173,6 +193,9 @@ POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware
                "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]")
 PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 TagsOpt = typer.Option(None, "--tags", help="'open': an 'agree' policy asks only open-weights models first.")
+MixOpt = typer.Option(False, "--mix", help="Pool every benchmark of a source (or those given by --benchmark) into "
+                      "one mixture of tasks over the models they share: folds stratified by task, with the best "
+                      "model per task, a shuffled control and per-task figures.")
 SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight for each router's cost-quality curve.")
 
 
@@ -194,13 +217,14 @@ def eval_cmd(
     size_prices: Optional[str] = SizeOpt,
     sweep: bool = SweepOpt,
     tags: Optional[list[str]] = TagsOpt,
+    mix: bool = MixOpt,
     conversations: int = typer.Option(0, "--conversations", min=0, help="Also replay conversations of this many "
                                       "turns (chained questions) under single models, uniform/weighted/learned blends."),
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
               _split_list(router) or DEMO_ROUTERS, _tagged_policies(_split_policies(policy) or DEFAULT_POLICIES, tags),
-              folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations)
+              folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations, mix=mix)
 
 
 @app.command()
@@ -213,9 +237,10 @@ def demo(
     out: str = typer.Option("herd-demo", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
-    """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data."""
+    """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data, then
+    LLMRouter's 13 tasks as one mixture."""
     _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEMO_POLICIES,
-              folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS)
+              folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS, demo_mix=True)
 
 
 @app.command()
@@ -228,6 +253,8 @@ def train(
     router: str = typer.Option("auto", "--router", help="Router name; see `herd routers`."),
     policy: str = typer.Option("safe", "--policy", help=f"One of: {POLICY_HELP}."),
     tags: Optional[list[str]] = TagsOpt,
+    mix: bool = typer.Option(False, "--mix", help="Train on the benchmarks given (or all of one source) as one "
+                             "mixture of tasks over the models they share; routers may read each query's task."),
     out: str = typer.Option(..., "--out", "-o", help="Directory to write the router artifact to."),
     seed: int = SeedOpt,
     min_outcomes: int = MinOpt,
@@ -243,6 +270,11 @@ def train(
         proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
                                     _split_list(models), min_outcomes, size_prices)
+        if mix:
+            mixtures = outcomes.mixtures()
+            if len(mixtures) > 1:
+                _fail(f"--mix: the data holds mixtures of {len(mixtures)} sources; pick one with --source")
+            outcomes = mixtures[0]
         m = outcomes.matrix()
         with _progress_bar() as bar:
             task = bar.add_task(f"features for {m.n_queries} queries", total=1)
@@ -273,6 +305,9 @@ def route(
                                        "{\"text\": ...} (or \"question\"), optional \"id\"."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query on stdout."),
     top: int = typer.Option(10, "--top", min=1, help="How many per-model scores to show."),
+    task: Optional[str] = typer.Option(None, "--task", help="The queries' task (a benchmark of the router's mixture "
+                                       "or a category), for routers and policies that read it; a --file line's "
+                                       "\"task\" field wins."),
 ) -> None:
     """Route queries with a trained router: the chosen model, why, and every model's score."""
     import json
@@ -284,10 +319,11 @@ def route(
     if (text is None) == (file is None):
         _fail("give either a query text or --file FILE (not both)")
     try:
-        ids, texts = _read_queries(file) if file else ([None], [text])
+        ids, texts, tasks = _read_queries(file) if file else ([None], [text], [None])
+        tasks = [t if t is not None else task for t in tasks]
         trained = artifact.load(router_dir)
         started = time.perf_counter()
-        scores, decision = trained.route(texts)
+        scores, decision = trained.route(texts, tasks if any(t is not None for t in tasks) else None)
         ms = 1000 * (time.perf_counter() - started) / len(texts)
     except _usage_errors() as e:
         _fail(str(e))
@@ -310,19 +346,23 @@ def route(
         console.print(f"routing took {ms:.2f} ms per query")
 
 
-def _read_queries(path: str) -> tuple[list, list[str]]:
+def _read_queries(path: str) -> tuple[list, list[str], list]:
     from herd.jsonl import read_jsonl
 
-    ids, texts = [], []
+    ids, texts, tasks = [], [], []
     for n, rec in read_jsonl(path):
         text = rec.get("text", rec.get("question")) if isinstance(rec, dict) else None
         if not isinstance(text, str):
             raise ValueError(f'{path}, line {n}: needs a string field "text" (or "question")')
+        task = rec.get("task")
+        if task is not None and not isinstance(task, str):
+            raise ValueError(f'{path}, line {n}: "task" must be a string')
         ids.append(rec.get("id", n))
         texts.append(text)
+        tasks.append(task)
     if not texts:
         raise ValueError(f"{path}: no queries")
-    return ids, texts
+    return ids, texts, tasks
 
 
 @app.command()

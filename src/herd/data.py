@@ -199,6 +199,23 @@ class Outcomes:
         g = self.queries[["source", "benchmark"]].drop_duplicates().sort_values(["source", "benchmark"])
         return list(g.itertuples(index=False, name=None))
 
+    def mixtures(self) -> list[Outcomes]:
+        """Per source with two benchmarks or more: all of them pooled as one stream of mixed
+        tasks, over the models that every one of them has outcomes for."""
+        out = []
+        for source in sorted(self.queries["source"].unique()):
+            sub = self.filter(source=source)
+            per_benchmark = sub.outcomes.groupby("benchmark")["model"].unique()
+            if len(per_benchmark) < 2:
+                continue
+            shared = set.intersection(*(set(v) for v in per_benchmark))
+            if len(shared) >= 2:
+                out.append(sub.filter(models=sorted(shared)))
+        if not out:
+            raise HerdDataError(f"{self.origin}: no mixture to evaluate: --mix needs a source with two benchmarks or "
+                                "more whose outcomes share at least two models")
+        return out
+
     def model_names(self) -> list[str]:
         return sorted(self.outcomes["model"].unique())
 

@@ -21,7 +21,7 @@ from herd.routers.auto import validation_scores
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
-KINDS = ("oracle", "random", "single", "best-single", "best-on-test", "vote", "router")
+KINDS = ("oracle", "random", "single", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
 
 Progress = Callable[[str, int, int], None]
 
@@ -72,6 +72,11 @@ class BenchmarkResult:
     single_aiq: float | None = None
     cost_range: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
+    # A mixture's tasks: {task: n_queries}; per method, accuracy per task; per routed method, the
+    # share of each task's queries sent to each model.
+    tasks: dict[str, int] = field(default_factory=dict)
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    task_shares: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def row(self, kind: str, method: str | None = None) -> MethodResult:
         for r in self.rows:
@@ -111,6 +116,9 @@ class Evaluation:
                     "cascade_curves": b.cascade_curves,
                     "blends": b.blends,
                     "notes": b.notes,
+                    "tasks": b.tasks,
+                    "per_task": b.per_task,
+                    "task_shares": b.task_shares,
                 }
                 for b in self.benchmarks
             ],
@@ -127,6 +135,7 @@ def evaluate(
     sweep: bool = True,
     progress: Progress | None = None,
     conversations: int = 0,
+    mix: bool = False,
 ) -> Evaluation:
     """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``.
 
@@ -134,13 +143,16 @@ def evaluate(
     ``fit`` method (e.g. SafeArgMax) is tuned on out-of-fold scores from an inner
     cross-validation of each outer training split, never on the test fold. ``conversations``
     > 0 also replays conversations of that many turns under single models and blends, with
-    the first router as the learned blend's.
+    the first router as the learned blend's. ``mix`` pools every benchmark of a source into one
+    mixture of tasks (benchmark "mix"; folds stratified by task) instead.
     """
     policies = _as_list(policy)
     named = _name_routers(routers)
     results = []
-    for source, benchmark in data.groups():
-        m = data.filter(source=source, benchmark=benchmark).matrix()
+    groups = data.mixtures() if mix else [data.filter(source=s, benchmark=b) for s, b in data.groups()]
+    for sub in groups:
+        m = sub.matrix()
+        source, benchmark = group_name(m)
         result = evaluate_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
         if conversations:
             name, proto = next(iter(named.items()))
@@ -181,7 +193,7 @@ def evaluate_matrix(
     progress: Progress | None = None,
 ) -> BenchmarkResult:
     policies = _as_list(policy)
-    source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
+    source, benchmark = group_name(m)
     label = f"{source}/{benchmark}"
     y, cost = m.labels, m.cost
     n, k = y.shape
@@ -197,6 +209,7 @@ def evaluate_matrix(
         routers = {}
 
     best_choice = np.empty(n, dtype=int)
+    task_best = np.empty(n, dtype=int) if m.tasks is not None else None
     best_by_fold = []
     votes = VoteTally(m, splits) if m.answer_codes is not None else None
     answered = {p.label: AnswerTally(m, p) for p in answer_policies}
@@ -213,6 +226,8 @@ def evaluate_matrix(
     for f, (tr, te) in enumerate(splits):
         b = metrics.best_model(y[tr], cost[tr])
         best_choice[te] = b
+        if task_best is not None:
+            task_best[te] = metrics.task_best_choice(y[tr], cost[tr], m.tasks[tr], m.tasks[te], b)
         best_by_fold.append(m.models[b])
         train = m.take(tr)
         model_costs = metrics.mean_cost_per_model(cost[tr])
@@ -279,9 +294,16 @@ def evaluate_matrix(
         routed += votes.routed()
     else:
         notes.append("majority vote and agreement: not computed, the data has no per-model answers")
-    result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes)
+    result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes,
+                       task_best=task_best)
     result.cascade_curves = cascade_curves
     return result
+
+
+def group_name(m: Matrix) -> tuple[str, str]:
+    """(source, benchmark) of a matrix; "mix" for a mixture of several benchmarks."""
+    benchmarks = m.keys["benchmark"].unique()
+    return m.keys["source"].iloc[0], ("mix" if len(benchmarks) > 1 else benchmarks[0])
 
 
 # Votes reported beside the routers: every model (SelectLLM's "All LLMs"), and the top k by training accuracy.
@@ -446,13 +468,16 @@ class Routed:
 
 
 def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], routed: list[Routed],
-              sweeps: dict[str, np.ndarray], scores: dict[str, np.ndarray], notes: list[str]) -> BenchmarkResult:
+              sweeps: dict[str, np.ndarray], scores: dict[str, np.ndarray], notes: list[str],
+              task_best: np.ndarray | None = None) -> BenchmarkResult:
     """Every baseline and every routed method's figures on ``m``, where ``best_choice`` is the
-    best single model as chosen on training data, per query."""
-    source, benchmark = m.keys["source"].iloc[0], m.keys["benchmark"].iloc[0]
+    best single model as chosen on training data, per query, and ``task_best`` the best model
+    of each query's task, chosen on training data (where tasks are known)."""
+    source, benchmark = group_name(m)
     y, cost, lat = m.labels, m.cost, m.latency
     n, k = y.shape
     notes = list(notes)
+    choices: dict[str, np.ndarray] = {}  # method -> choice, for the per-task figures of a mixture
     best_name = Counter(best_by_fold).most_common(1)[0][0]
     best_acc = metrics.accuracy(metrics.picked(y, best_choice))
     oracle_acc = metrics.oracle_accuracy(y)
@@ -460,6 +485,7 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     def row(method, kind, choice=None, acc=None, cost_value=None, coverage=1.0, estimated=None, latency=None,
             called=None, per_query_latency=None, **extra):
         if choice is not None:
+            choices[method] = choice
             acc = metrics.accuracy(metrics.picked(y, choice))
             spent = metrics.picked if called is None else (lambda v, _: metrics.summed(v, called))
             cost_value, coverage = metrics.mean_known(spent(cost, choice))
@@ -483,6 +509,8 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
     on_test = metrics.best_model(y, cost)
     rows.append(row(f"best on test: {m.models[on_test]}", "best-on-test", choice=np.full(n, on_test)))
+    if task_best is not None:
+        rows.append(row("best per task (train)", "task-best", choice=task_best))
     for r in routed:
         if r.kind == "vote":
             rows.append(row(r.method, "vote", choice=r.choice, called=r.called, per_query_latency=r.latency))
@@ -518,8 +546,25 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
             extra = {} if r.accepted is None else {"accepted": float(r.accepted.mean())}
             rows.append(row(r.method, r.kind, choice=r.choice, router_ms=r.router_ms, called=r.called,
                             per_query_latency=r.latency, **extra, **curve_stats.get(r.router, {})))
+    mixture = benchmark == "mix" and m.tasks is not None
+    if mixture:
+        for r in routed:
+            if r.kind == "router" and r.called is None:
+                acc, spent = metrics.shuffled_expected(y, cost, r.choice)
+                rows.append(row(f"{r.method}, shuffled", "random-control", acc=acc, cost_value=spent,
+                                estimated=bool(m.cost_estimated.any())))
     for j in range(k):
         rows.append(row(m.models[j], "single", choice=np.full(n, j)))
+    tasks, per_task, shares = {}, {}, {}
+    if mixture:
+        tasks = {str(t): int(c) for t, c in zip(*np.unique(m.tasks.astype(str), return_counts=True))}
+        routed_methods = {r.method for r in routed if r.kind == "router"}
+        for method, choice in choices.items():
+            per_task[method] = {t: metrics.accuracy(metrics.picked(y[m.tasks == t], choice[m.tasks == t]))
+                                for t in tasks}
+            if method in routed_methods:
+                shares[method] = {t: {m.models[j]: float(np.mean(choice[m.tasks == t] == j))
+                                      for j in np.unique(choice[m.tasks == t])} for t in tasks}
 
     return BenchmarkResult(
         source=source,
@@ -534,6 +579,9 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
         single_aiq=single_aiq,
         cost_range=cost_range,
         notes=notes,
+        tasks=tasks,
+        per_task=per_task,
+        task_shares=shares,
     )
 
 

@@ -86,6 +86,30 @@ def best_model(correct: np.ndarray, cost: np.ndarray | None = None) -> int:
     return int(top[0])
 
 
+def task_best_choice(correct: np.ndarray, cost: np.ndarray, train_tasks, test_tasks, fallback: int) -> np.ndarray:
+    """The "task known" reference: for each test query, the best model on the training queries
+    of its task (ties to the cheaper); ``fallback`` for a task unknown or unseen in training."""
+    train_tasks, test_tasks = np.asarray(train_tasks, dtype=object), np.asarray(test_tasks, dtype=object)
+    out = np.full(len(test_tasks), fallback)
+    for t in {t for t in test_tasks if t is not None}:
+        seen = train_tasks == t
+        if seen.any():
+            out[test_tasks == t] = best_model(correct[seen], cost[seen])
+    return out
+
+
+def shuffled_expected(correct: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float | None]:
+    """A cost-matched random control: the models of ``choice`` in its proportions, dealt to
+    queries at random. Its expected accuracy and mean cost: sum over models of share x the
+    model's mean. It tells routing (the right model for the query) from mere mixing."""
+    share = np.bincount(choice, minlength=correct.shape[1]) / len(choice)
+    per_cost = mean_cost_per_model(cost)
+    used = share > 0
+    known = used & ~np.isnan(per_cost)
+    spent = float(share[known] @ per_cost[known] / share[known].sum()) if known.any() else None
+    return float(share @ correct.mean(axis=0)), spent
+
+
 def vote_choice(codes: np.ndarray, priority: np.ndarray) -> np.ndarray:
     """Majority vote over answers: per query, the model whose answer the most models give.
 

@@ -17,7 +17,7 @@ from herd import metrics
 from herd.evaluate import BenchmarkResult, Evaluation, MethodResult
 
 MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
-SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "vote", "router")
+SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
 
 
 # ---- cells ------------------------------------------------------------------------------
@@ -154,13 +154,13 @@ def _cost_share(r: MethodResult, best: MethodResult) -> str | None:
 
 def readings(b: BenchmarkResult) -> list[str]:
     """One line per answer-reading method (agreement cascades, the best vote): its accuracy and
-    cost against the best single model, and who answered."""
+    cost against the best single model, and who answered; for a mixture, what routing buys."""
     try:
         best = b.row("best-single")
     except KeyError:
         return []
     name = best.method.split(": ", 1)[-1]
-    lines = []
+    lines = [mixture_headline(b, best)] if b.tasks else []
     votes = [r for r in b.rows if r.kind == "vote"]
     shown = [r for r in b.rows if "agree" in r.method] + ([max(votes, key=lambda r: r.accuracy)] if votes else [])
     for r in shown:
@@ -173,6 +173,43 @@ def readings(b: BenchmarkResult) -> list[str]:
             parts.append(f"{r.accepted:.0%} kept at the first stage")
         lines.append(", ".join(parts))
     return lines
+
+
+def mixture_headline(b: BenchmarkResult, best: MethodResult) -> str:
+    """What routing buys on a mixture: the most accurate routed method against the best single
+    model, the best model per task (task known) and its own shuffled control."""
+    routed = [r for r in b.rows if r.kind == "router"]
+    if not routed:
+        return f"mixture of {len(b.tasks)} tasks"
+    top = max(routed, key=lambda r: r.accuracy)
+    parts = [f"mixture of {len(b.tasks)} tasks: {top.method} {100 * top.accuracy:.2f}% "
+             f"({fmt_gap(top.gap_closed)} of the gap) vs best single {100 * best.accuracy:.2f}%"]
+    task_best = next((r for r in b.rows if r.kind == "task-best"), None)
+    if task_best is not None:
+        parts.append(f"best model per task {100 * task_best.accuracy:.2f}% ({fmt_gap(task_best.gap_closed)})")
+    control = next((r for r in b.rows if r.kind == "random-control" and r.method == f"{top.method}, shuffled"), None)
+    if control is not None:
+        parts.append(f"the same models shuffled {100 * control.accuracy:.2f}%")
+    share = _cost_share(top, best)
+    if share:
+        parts.append(f"at {share} of the best single model's cost")
+    return "; ".join(parts)
+
+
+def task_rows(b: BenchmarkResult) -> list[str]:
+    """The methods shown per task: best single, best per task, the routed ones."""
+    kinds = ("best-single", "task-best", "router")
+    return [r.method for kind in kinds for r in b.rows if r.kind == kind and r.method in b.per_task]
+
+
+def task_table(b: BenchmarkResult) -> Table:
+    t = Table(title=f"{b.source}/{b.benchmark}: accuracy % per task", title_justify="left")
+    t.add_column("method")
+    for task, n in b.tasks.items():
+        t.add_column(f"{task} ({n})", justify="right")
+    for method in task_rows(b):
+        t.add_row(method, *(fmt_pct(b.per_task[method].get(task)) for task in b.tasks))
+    return t
 
 
 def cascade_summary(b: BenchmarkResult) -> list[str]:
@@ -352,6 +389,30 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_task_shares(b: BenchmarkResult, path: Path) -> Path | None:
+    """For the most accurate routed method of a mixture: the share of each task sent to each model."""
+    routed = [r for r in b.rows if r.kind == "router" and r.method in b.task_shares]
+    if not routed:
+        return None
+    top = max(routed, key=lambda r: r.accuracy)
+    shares = b.task_shares[top.method]
+    tasks = list(b.tasks)
+    grid = np.array([[shares.get(t, {}).get(m, 0.0) for m in b.models] for t in tasks])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(b.models), 1.2 + 0.35 * len(tasks)))
+    im = ax.imshow(100 * grid, cmap="Blues", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(b.models)), b.models, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+    for i in range(len(tasks)):
+        for j in range(len(b.models)):
+            if grid[i, j] >= 0.005:
+                ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if grid[i, j] > 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="% of the task's queries")
+    ax.set_title(f"{b.source}/{b.benchmark}: where {top.method} sends each task", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_blends(b: BenchmarkResult, path: Path) -> Path | None:
     """Accuracy per turn for the blends, the best single model and the top single models."""
     if not b.blends:
@@ -424,6 +485,7 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
         images = [p for p in (plot_cost_accuracy(b, out / f"{slug}-cost-accuracy.png"),
                               plot_model_accuracy(b, out / f"{slug}-models.png"),
                               plot_cascades(b, out / f"{slug}-cascades.png"),
+                              plot_task_shares(b, out / f"{slug}-task-shares.png"),
                               plot_blends(b, out / f"{slug}-blends.png")) if p]
         written.update({p.stem: p for p in images})
         sections.append(_html_section(b, ev, images))
@@ -463,8 +525,17 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
         for p in images
     )
     return (f"<section><h2>{html.escape(_title(b, ev))}</h2><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul>{_html_blends(b)}"
+            f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul>{_html_tasks(b)}{_html_blends(b)}"
             f"<div class='plots'>{imgs}</div></section>")
+
+
+def _html_tasks(b: BenchmarkResult) -> str:
+    if not b.tasks:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", *(f"{t} ({n})" for t, n in b.tasks.items())])
+    body = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{fmt_pct(b.per_task[m].get(t))}</td>" for t in b.tasks)
+                   + "</tr>" for m in task_rows(b))
+    return f"<h3>Accuracy % per task</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_blends(b: BenchmarkResult) -> str:
