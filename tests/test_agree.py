@@ -9,6 +9,7 @@ from herd.collect.grading import answer_codes, infer_grader
 from herd.data import Outcomes
 from herd.evaluate import evaluate
 from herd.policies import Agree, agreement_choice, make_policy, policy_from_config
+from herd.routers import make_router
 
 MODELS = ["a", "b", "copy-of-a", "noise", "strong"]
 COSTS = np.array([1.0, 1.0, 1.0, 0.5, 10.0])
@@ -163,3 +164,15 @@ def test_vote_of_normalized_answers_differs_from_a_plain_string_vote():
     as_strings = metrics.picked(m.labels, metrics.vote_choice(plain, priority)).mean()
     assert as_strings == pytest.approx(m.labels[:, 0].mean())  # 'a' and its copy spell alike: they always win
     assert normalized > as_strings  # "7", "7.00" and "$7" are one answer only once normalized
+
+
+def test_pool_selection_scores_an_agreement_cascade_on_the_pool_it_tries():
+    from herd.select import columns, routed_accuracy
+
+    data, y, _ = _frames()
+    m = data.matrix()
+    pool = ["a", "b", "noise", "strong"]
+    routed, single = routed_accuracy(m, pool, make_router("logistic"), make_policy("agree"), folds=3, seed=0)
+    assert routed >= single - 0.03
+    sub = columns(m, pool)
+    assert sub.answer_codes.shape == (len(y), 4) and sub.models == pool

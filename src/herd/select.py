@@ -19,6 +19,7 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix
+from herd.policies import policy_inputs
 from herd.routers import Router
 from herd.routers.auto import validation_scores
 
@@ -146,9 +147,13 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
         fitted = clone(router).fit(train)
         p = policy
         if hasattr(p, "fit"):
-            p = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs, train.models)
+            scores = None if not getattr(p, "uses_scores", True) else validation_scores(fitted, router, train, seed)
+            p = copy.deepcopy(policy).fit(scores, train.labels, costs, train.models,
+                                          **policy_inputs(p, train.observed, train.answer_codes, train.owned,
+                                                          train.tasks, fit=True))
         held = sub.take(te)
-        routed[te] = y[te, p.choose(fitted.predict_scores(held.texts, held.tasks), costs)]
+        routed[te] = y[te, p.choose(fitted.predict_scores(held.texts, held.tasks), costs,
+                                    **policy_inputs(p, held.observed, held.answer_codes, tasks=held.tasks))]
         single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
     return float(routed.mean()), float(single.mean())
 
@@ -158,9 +163,11 @@ def columns(m: Matrix, pool: list[str]) -> Matrix:
     from dataclasses import replace
 
     idx = [m.models.index(x) for x in pool]
+    cols = (lambda a: None if a is None else a[:, idx])
     return replace(m, models=list(pool), correct=m.correct[:, idx], cost=m.cost[:, idx], latency=m.latency[:, idx],
-                   cost_estimated=m.cost_estimated[idx], answers=None if m.answers is None else m.answers[:, idx],
-                   owned=None if m.owned is None else m.owned[idx])
+                   cost_estimated=m.cost_estimated[idx], answers=cols(m.answers), answer_codes=cols(m.answer_codes),
+                   owned=None if m.owned is None else m.owned[idx],
+                   observed=None if m.observed is None else {k: v[:, idx] for k, v in m.observed.items()})
 
 
 def as_dict(steps: list[Step]) -> list[dict]:
