@@ -176,3 +176,20 @@ def test_pool_selection_scores_an_agreement_cascade_on_the_pool_it_tries():
     assert routed >= single - 0.03
     sub = columns(m, pool)
     assert sub.answer_codes.shape == (len(y), 4) and sub.models == pool
+
+
+def test_pool_selection_reports_na_where_an_explicit_cascade_cannot_serve_the_pool():
+    from herd.select import routed_accuracy
+
+    data, _, _ = _frames()
+    routed, single = routed_accuracy(data.matrix(), ["a", "strong"], make_router("logistic"),
+                                     make_policy("agree:a,b>strong"), folds=3, seed=0)
+    assert routed is None and 0 < single <= 1
+
+
+def test_answers_that_defeat_a_grader_key_as_their_text():
+    huge = np.array([["1" * 400, "1" * 400, "1e400000", None]], dtype=object)
+    for grader in ("number", "math", "literal"):
+        codes = answer_codes(huge, grader)[0]
+        assert codes[0] == codes[1] and codes[3] == -1
+    assert answer_codes(np.array([["3:00 pm", "3:10 pm"]], dtype=object), "number")[0].tolist() == [0, 1]

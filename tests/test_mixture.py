@@ -105,3 +105,15 @@ def test_safe_keeps_each_tasks_own_best_model_per_task():
     assert (p.choose(misleading, None) == p.anchor_).all()  # task unknown: the overall anchor
     d = p.decide(misleading[:1], ["mathy", "cody", "generalist"], None, tasks[:1])
     assert "best model for task math mathy" in d.reasons[0]
+
+
+def test_a_router_trained_on_a_mixture_is_scored_on_mixtures_with_its_tasks(tmp_path):
+    from herd import artifact
+    from herd.evaluate import evaluate_trained
+
+    train, test = _mixture(with_text=False, seed=0), _mixture(with_text=False, seed=1)
+    m = train.mixtures()[0].matrix()
+    trained = artifact.train("logistic-task", make_router("logistic-task"), ArgMax(), m)
+    (b,) = evaluate_trained(trained, test, sweep=False).benchmarks
+    assert b.benchmark == "mix" and set(b.tasks) == {"code", "math"}
+    assert b.row("router").accuracy > b.row("best-single").accuracy + 0.15  # the task reached the router

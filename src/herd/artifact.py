@@ -83,6 +83,9 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         if m.answer_codes is None:
             raise ArtifactError(f"policy {policy.label!r} compares recorded answers; this data has none "
                                 "(an 'answer' column in the outcomes)")
+        if policy.grader is None and m.grader is None:
+            raise ArtifactError(f"policy {policy.label!r}: the benchmarks trained on grade answers differently; "
+                                "train an agreement cascade on one benchmark (or benchmarks of one grader)")
         policy.grader = policy.grader or m.grader  # the gateway extracts answers as this data was graded
     if hasattr(policy, "fit"):
         policy.fit(oof, m.labels, costs, m.models,

@@ -665,7 +665,8 @@ def select_cmd(
         t.add_column(col, justify="left" if col == "adds" else "right")
     for st in steps:
         t.add_row(str(st.k), st.added, f"{100 * st.oracle:.2f}", f"+{100 * st.gain:.2f}",
-                  "n/a" if st.pool_cost is None else f"${st.pool_cost:.3g}", f"{100 * st.routed_accuracy:.2f}",
+                  "n/a" if st.pool_cost is None else f"${st.pool_cost:.3g}",
+                  "n/a" if st.routed_accuracy is None else f"{100 * st.routed_accuracy:.2f}",
                   f"{100 * st.best_single:.2f}")
     console.print(t)
     for j, best in exhaustive.items():

@@ -279,11 +279,7 @@ class Outcomes:
         answers = grid(o["answer"].astype(object).to_numpy(), object, None) if "answer" in o else None
         grader = codes = None
         if answers is not None and o["answer"].notna().any():
-            from herd.collect.grading import answer_codes, infer_grader
-
-            benchmarks = q["benchmark"].unique()
-            grader = infer_grader(benchmarks[0] if len(benchmarks) == 1 else "", o["answer"].dropna().to_numpy())
-            codes = answer_codes(answers, grader)
+            codes, grader = _answer_codes(answers, q["benchmark"].to_numpy(), o)
         return Matrix(
             keys=q[QUERY_KEY].copy(),
             texts=q["text"].tolist(),
@@ -310,12 +306,27 @@ class Outcomes:
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _answer_codes(answers: np.ndarray, benchmarks: np.ndarray, o: pd.DataFrame) -> tuple[np.ndarray, str | None]:
+    """Answer codes, each benchmark's rows compared with its own grader (codes are compared
+    within a query only); the grader, if every benchmark has the same one."""
+    from herd.collect.grading import answer_codes, infer_grader
+
+    codes = np.full(answers.shape, -1, dtype=np.int32)
+    graders = set()
+    for b in np.unique(benchmarks):
+        rows = benchmarks == b
+        grader = infer_grader(str(b), o.loc[o["benchmark"] == b, "answer"].dropna().to_numpy())
+        graders.add(grader)
+        codes[rows] = answer_codes(answers[rows], grader)
+    return codes, (graders.pop() if len(graders) == 1 else None)
+
+
 def _tasks(q: pd.DataFrame) -> np.ndarray | None:
     """Each query's task: its benchmark when several are pooled, else its category, if any."""
     if q["benchmark"].nunique() > 1:
         return q["benchmark"].astype(str).to_numpy(object)
     if "category" in q and q["category"].notna().any():
-        return q["category"].astype(object).where(q["category"].notna(), None).to_numpy(object)
+        return np.array([None if c is None or c != c else str(c) for c in q["category"]], dtype=object)
     return None
 
 

@@ -416,7 +416,9 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
     """Score a router trained earlier (``herd train``) on the given data as a held-out test set.
 
     The best single model is the one the router's training data named. Queries the router
-    was trained on are counted and reported, since their figures are optimistic.
+    was trained on are counted and reported, since their figures are optimistic. A router
+    trained on a mixture (several benchmarks) is scored on mixtures, where a query's task is
+    its benchmark, as in training.
     """
     from herd.artifact import query_keys
 
@@ -424,8 +426,13 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
     label = trained.policy.label
     best_name = trained.manifest["validation"]["best_single"]
     results = []
-    for source, benchmark in data.groups():
-        sub = data.filter(source=source, benchmark=benchmark)
+    if len(trained.manifest["training_data"]["groups"]) > 1:
+        known = set(data.outcomes["model"])
+        subs = data.filter(models=[x for x in trained.models if x in known]).mixtures()
+    else:
+        subs = [data.filter(source=s, benchmark=b) for s, b in data.groups()]
+    for sub in subs:
+        source, benchmark = sub.groups()[0][0], ("mix" if len(sub.groups()) > 1 else sub.groups()[0][1])
         missing = sorted(set(trained.models) - set(sub.outcomes["model"]))
         if missing:
             raise ValueError(f"{source}/{benchmark}: no outcomes for the router's model(s) {missing}; "

@@ -124,7 +124,7 @@ class SafeArgMax:
         self.anchor_ = int(_argmax_cheapest(labels.mean(axis=0)[None, :], costs)[0])
         self.task_anchors_ = {}
         if tasks is not None:
-            tasks = np.asarray(tasks, dtype=object)
+            tasks = _task_strings(tasks)
             for t in {t for t in tasks if t is not None}:
                 rows_t = tasks == t
                 if rows_t.sum() >= MIN_TASK_QUERIES:
@@ -155,7 +155,7 @@ class SafeArgMax:
         """(n,) each query's anchor: its task's, else the overall one."""
         if tasks is None or not self.task_anchors_:
             return np.full(n, self.anchor_)
-        return np.array([self.task_anchors_.get(t, self.anchor_) for t in tasks], dtype=int)
+        return np.array([self.task_anchors_.get(t, self.anchor_) for t in _task_strings(tasks)], dtype=int)
 
     def _choose(self, scores, costs, margin, anchors) -> np.ndarray:
         rows = np.arange(len(scores))
@@ -193,6 +193,11 @@ class SafeArgMax:
 
     def __repr__(self) -> str:
         return f"SafeArgMax(margin={self.margin})"
+
+
+def _task_strings(tasks) -> np.ndarray:
+    """Tasks as strings (None where unknown), as requests and ``Queries`` carry them."""
+    return np.array([None if t is None or t != t else str(t) for t in tasks], dtype=object)
 
 
 # Cost weights searched when calibrating a budget: 0, then log-spaced up to "cost is all that matters".
@@ -645,9 +650,9 @@ AGREE_MAX_STAGE = 3
 
 
 def agreement_choice(codes: np.ndarray, stage: list[int], need: int, last: int) -> np.ndarray:
-    """Per query, the first-stage model whose answer at least ``need`` of ``stage`` give (the
-    earliest such in ``stage`` order), else ``last``: the one rule both offline evaluation and
-    the gateway apply. ``codes`` is (n_queries, n_models) of answer codes, -1 for no answer."""
+    """Per query, the earliest first-stage model (in ``stage`` order) giving the answer most of
+    ``stage`` give, if at least ``need`` give it; else ``last``: the one rule both offline
+    evaluation and the gateway apply. ``codes`` is (n_queries, n_models) of answer codes, -1 for no answer."""
     sub = np.asarray(codes)[:, stage]
     count = ((sub[:, :, None] == sub[:, None, :]) & (sub[:, :, None] >= 0)).sum(axis=2)
     top = count.argmax(axis=1)
@@ -761,6 +766,10 @@ class Agree:
         nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
         candidates, right, kept, differ = self._candidates(y, codes, pool, strong, np.eye(len(nf))[fold])
         self.last_ = strong
+        if costs[strong] == 0 and costs.any():
+            self.sweep_ = dict.fromkeys(AGREE_SWEEP)
+            self._go_direct(f"{self.pool_[strong]} costs nothing here; asking others first cannot save")
+            return
         if not candidates:
             self.sweep_ = dict.fromkeys(AGREE_SWEEP)
             self._go_direct(f"no model cheaper than {self.pool_[strong]} to ask first")

@@ -203,12 +203,14 @@ def task_rows(b: BenchmarkResult) -> list[str]:
 
 
 def task_table(b: BenchmarkResult) -> Table:
+    """Tasks down, methods across (a mixture has more tasks than methods worth showing)."""
+    methods = task_rows(b)
     t = Table(title=f"{b.source}/{b.benchmark}: accuracy % per task", title_justify="left")
-    t.add_column("method")
+    t.add_column("task (queries)")
+    for method in methods:
+        t.add_column(method.replace("best single (train): ", "best single: "), justify="right")
     for task, n in b.tasks.items():
-        t.add_column(f"{task} ({n})", justify="right")
-    for method in task_rows(b):
-        t.add_row(method, *(fmt_pct(b.per_task[method].get(task)) for task in b.tasks))
+        t.add_row(f"{task} ({n})", *(fmt_pct(b.per_task[method].get(task)) for method in methods))
     return t
 
 
@@ -440,7 +442,7 @@ def plot_pool_size(steps, router: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = [st.k for st in steps]
     ax.plot(ks, [100 * st.oracle for st in steps], "o-", color="0.4", label="oracle (coverage)")
-    ax.plot(ks, [100 * st.routed_accuracy for st in steps], "o-", color=COLORS[0], label=f"{router} routed (CV)")
+    ax.plot(ks, [np.nan if st.routed_accuracy is None else 100 * st.routed_accuracy for st in steps], "o-", color=COLORS[0], label=f"{router} routed (CV)")
     ax.plot(ks, [100 * st.best_single for st in steps], "o--", color=COLORS[1], label="best single in pool (CV)")
     for st in steps:
         ax.annotate(st.added, (st.k, 100 * st.oracle), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20)
@@ -532,9 +534,11 @@ def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str
 def _html_tasks(b: BenchmarkResult) -> str:
     if not b.tasks:
         return ""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["method", *(f"{t} ({n})" for t, n in b.tasks.items())])
-    body = "".join(f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{fmt_pct(b.per_task[m].get(t))}</td>" for t in b.tasks)
-                   + "</tr>" for m in task_rows(b))
+    methods = task_rows(b)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["task (queries)", *methods])
+    body = "".join(f"<tr><td>{html.escape(f'{t} ({n})')}</td>"
+                   + "".join(f"<td>{fmt_pct(b.per_task[m].get(t))}</td>" for m in methods) + "</tr>"
+                   for t, n in b.tasks.items())
     return f"<h3>Accuracy % per task</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -131,10 +131,12 @@ class PoolSelector:
         return None if best is None else ([self.m.models[j] for j in best], best_cov)
 
 
-def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: int, seed: int) -> tuple[float, float]:
+def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: int,
+                    seed: int) -> tuple[float | None, float]:
     """Out-of-fold accuracy of ``router`` + ``policy`` on the pool (a policy with ``fit`` is
-    tuned inside each training split), and of the pool's best single model chosen on each
-    training split."""
+    tuned inside each training split; None where the policy cannot serve this pool, say an
+    agreement cascade naming a model outside it), and of the pool's best single model chosen
+    on each training split."""
     sub = columns(m, pool)
     y = sub.labels
     if len(pool) == 1:
@@ -142,20 +144,28 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
         return acc, acc
     routed, single = np.empty(len(y)), np.empty(len(y))
     for tr, te in sub.kfold(folds, seed):
-        train = sub.take(tr)
-        costs = metrics.mean_cost_per_model(sub.cost[tr])
-        fitted = clone(router).fit(train)
-        p = policy
-        if hasattr(p, "fit"):
-            scores = None if not getattr(p, "uses_scores", True) else validation_scores(fitted, router, train, seed)
-            p = copy.deepcopy(policy).fit(scores, train.labels, costs, train.models,
-                                          **policy_inputs(p, train.observed, train.answer_codes, train.owned,
-                                                          train.tasks, fit=True))
-        held = sub.take(te)
-        routed[te] = y[te, p.choose(fitted.predict_scores(held.texts, held.tasks), costs,
-                                    **policy_inputs(p, held.observed, held.answer_codes, tasks=held.tasks))]
         single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
+    try:
+        for tr, te in sub.kfold(folds, seed):
+            routed[te] = y[te, _routed_choice(sub, tr, te, router, policy, seed)]
+    except ValueError:
+        return None, float(single.mean())
     return float(routed.mean()), float(single.mean())
+
+
+def _routed_choice(sub: Matrix, tr, te, router: Router, policy, seed: int) -> np.ndarray:
+    train, held = sub.take(tr), sub.take(te)
+    costs = metrics.mean_cost_per_model(sub.cost[tr])
+    # a policy that reads answers needs no router
+    fitted = clone(router).fit(train) if getattr(policy, "uses_scores", True) else None
+    p = policy
+    if hasattr(p, "fit"):
+        validation = None if fitted is None else validation_scores(fitted, router, train, seed)
+        p = copy.deepcopy(policy).fit(validation, train.labels, costs, train.models,
+                                      **policy_inputs(p, train.observed, train.answer_codes, train.owned,
+                                                      train.tasks, fit=True))
+    scores = None if fitted is None else fitted.predict_scores(held.texts, held.tasks)
+    return p.choose(scores, costs, **policy_inputs(p, held.observed, held.answer_codes, tasks=held.tasks))
 
 
 def columns(m: Matrix, pool: list[str]) -> Matrix:

@@ -218,8 +218,9 @@ def same_math(answer: Optional[str], gold: str) -> bool:
 
 
 def number_key(answer: str) -> Optional[str]:
-    """'18', '18.00', '$18' and '18 apples' share one key: the number as the grader compares it."""
-    return canonical_number(answer) or _first_number(answer)
+    """'18', '18.00', '$18' and '18%' share one key: the number as the grader compares it; an
+    answer that is no number keys as its text."""
+    return canonical_number(answer) or answer.strip() or None
 
 
 def math_key(answer: str) -> Optional[str]:
@@ -262,6 +263,15 @@ class Grader:
     correct: Callable[[Optional[str], str], bool]
     description: str
     key: Callable[[str], Optional[str]] = lambda a: a.strip() or None
+
+    def keyed(self, answer: Optional[str]) -> Optional[str]:
+        """``key``, or the stripped text where the answer defeats it (a 400-digit number)."""
+        if answer is None or not str(answer).strip():
+            return None
+        try:
+            return self.key(str(answer))
+        except (ValueError, OverflowError, ZeroDivisionError, RecursionError, MemoryError):
+            return str(answer).strip()
 
 
 GRADERS = {
@@ -346,8 +356,8 @@ def answer_codes(answers, grader: str):
     answers = np.asarray(answers, dtype=object)
     flat = pd.Series(answers.ravel())
     raw, uniques = pd.factorize(flat, use_na_sentinel=True)
-    key = get_grader(grader).key
-    keys = pd.Series([key(str(u)) if str(u).strip() else None for u in uniques], dtype=object)
+    keyed = get_grader(grader).keyed
+    keys = pd.Series([keyed(u) for u in uniques], dtype=object)
     key_codes, _ = pd.factorize(keys, use_na_sentinel=True)
     codes = np.where(raw >= 0, key_codes[np.maximum(raw, 0)] if len(key_codes) else -1, -1)
     return codes.reshape(answers.shape).astype(np.int32)

@@ -77,7 +77,7 @@ def agreed_model(policy: Agree, grader: Grader, answers: dict[str, str | None]) 
     that gave no answer or was not asked) through ``agreement_choice``."""
     codes, seen = np.full((1, len(policy.pool_)), -1), {}
     for model, answer in answers.items():
-        key = grader.key(answer) if answer is not None else None
+        key = grader.keyed(answer)
         if key is not None:
             codes[0, policy.pool_.index(model)] = seen.setdefault(key, len(seen))
     choice = int(agreement_choice(codes, policy.stage_, policy.need_, policy.last_)[0])
