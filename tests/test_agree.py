@@ -193,3 +193,18 @@ def test_answers_that_defeat_a_grader_key_as_their_text():
         codes = answer_codes(huge, grader)[0]
         assert codes[0] == codes[1] and codes[3] == -1
     assert answer_codes(np.array([["3:00 pm", "3:10 pm"]], dtype=object), "number")[0].tolist() == [0, 1]
+
+
+def test_costs_known_for_few_queries_are_not_shown_or_matched_against():
+    from herd.evaluate import MethodResult
+    from herd.report import fmt_cost
+
+    r = MethodResult("s", "b", "knn (argmax)", "router", 0.7, 0.000477, True, None, 100, 0.1, "x", cost_coverage=0.035)
+    assert fmt_cost(r) == "n/a (4% priced)"
+    data, _, _ = _frames()
+    o = data.outcomes.copy()
+    o.loc[o["model"] == "strong", "cost_usd"] = np.nan  # the best single model has no price
+    unpriced = Outcomes.from_frames(data.queries, o, data.models)
+    (b,) = evaluate(unpriced, ["logistic"], policy=[make_policy("argmax")], folds=3).benchmarks
+    assert b.row("best-single").cost_usd is None
+    assert b.row("router", "logistic (argmax)").cost_to_match_best_single is None

@@ -513,7 +513,8 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
     priced = ~np.isnan(cost).all(axis=0)
     rows.append(row("random", "random", acc=r_acc, cost_value=r_cost, coverage=float(priced.mean()),
                     estimated=bool(m.cost_estimated.any()), latency=_mean_or_none(lat)))
-    rows.append(row(f"best single (train): {best_name}", "best-single", choice=best_choice))
+    best_row = row(f"best single (train): {best_name}", "best-single", choice=best_choice)
+    rows.append(best_row)
     on_test = metrics.best_model(y, cost)
     rows.append(row(f"best on test: {m.models[on_test]}", "best-on-test", choice=np.full(n, on_test)))
     if task_best is not None:
@@ -534,13 +535,15 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
 
     # One cost-quality curve per router: the cost-aware sweep does not depend on the policy.
     curves, curve_stats = {}, {}
+    best_priced = best_row.cost_usd is not None and best_row.cost_coverage >= 0.9
     if cost_range is not None:
         for name, ch in sweeps.items():
             pts = [(metrics.mean_known(metrics.picked(cost, c))[0], metrics.accuracy(metrics.picked(y, c))) for c in ch]
             curves[name] = pts
             pc, pa = np.array([q[0] for q in pts]), np.array([q[1] for q in pts])
-            curve_stats[name] = {"aiq": metrics.aiq(pc, pa, cost_range),
-                                 "cost_to_match_best_single": metrics.cost_to_match(pc, pa, best_acc)}
+            # No "cost to match" against a best single model whose own cost is unknown.
+            match = metrics.cost_to_match(pc, pa, best_acc) if best_priced else None
+            curve_stats[name] = {"aiq": metrics.aiq(pc, pa, cost_range), "cost_to_match_best_single": match}
     if k == 2:
         strong = m.models.index(best_name)
         for name, sc in scores.items():

@@ -21,9 +21,15 @@ SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best",
 
 
 # ---- cells ------------------------------------------------------------------------------
+# Below this share of queries with a known cost, a mean cost says little: shown as n/a, not plotted.
+MIN_COST_COVERAGE = 0.9
+
+
 def fmt_cost(r: MethodResult) -> str:
     if r.cost_usd is None:
         return "n/a"
+    if r.cost_coverage < MIN_COST_COVERAGE:
+        return f"n/a ({r.cost_coverage:.0%} priced)"
     text = f"{'~' if r.cost_estimated else ''}${r.cost_usd:.3g}"
     return text + ("*" if r.cost_coverage < 0.999 else "")
 
@@ -65,8 +71,11 @@ def footnotes(b: BenchmarkResult) -> list[str]:
     rows = b.rows
     if any(r.cost_estimated for r in rows):
         notes.append("~ cost estimated from list prices (or the price-by-size schedule) x tokens (chars/4)")
-    if any(r.cost_coverage < 0.999 and r.cost_usd is not None for r in rows):
+    if any(MIN_COST_COVERAGE <= r.cost_coverage < 0.999 and r.cost_usd is not None for r in rows):
         notes.append("* some chosen models have no price: cost is the mean over queries whose model has one")
+    if any(r.cost_coverage < MIN_COST_COVERAGE and r.cost_usd is not None for r in rows):
+        notes.append(f"n/a (x% priced): fewer than {MIN_COST_COVERAGE:.0%} of the chosen models' answers have a "
+                     "price, too few for a mean cost; such methods are left off the cost plot")
     if b.unpriced_models:
         notes.append(f"no price or size, left out of cost figures: {', '.join(b.unpriced_models)}")
     if all(r.latency_s is None for r in rows):
@@ -296,7 +305,7 @@ def _pyplot():
 
 def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
     plt = _pyplot()
-    pts = [r for r in b.rows if r.kind in ("single", "router") and r.cost_usd]
+    pts = [r for r in b.rows if r.kind in ("single", "router") and r.cost_usd and r.cost_coverage >= MIN_COST_COVERAGE]
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(8, 5.5))
