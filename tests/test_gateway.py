@@ -123,6 +123,20 @@ def test_constraints_from_the_request(healthy):
     assert e.value.code == "no_eligible_model"
 
 
+def test_private_flag_fails_closed(healthy):
+    """The original requests: "on" was read as false and answered by a public model; "Herd" was ignored."""
+    gw, backends = healthy
+    code = ask("write a python function code question")
+    before = backends["big-70b"].stats()["requests"]
+    r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": code, "metadata": {"herd_private": "on"}})
+    assert r.status_code == 200 and r.json()["model"] in {"math-7b", "hist-7b"}
+    for bad, param in (({"metadata": {"herd_private": "sure"}}, "metadata.herd_private"),
+                       ({"Herd": {"private": True}}, "Herd"), ({"metadata": {"HERD_PRIVATE": "1"}}, "metadata.HERD_PRIVATE")):
+        r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": code, **bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert backends["big-70b"].stats()["requests"] == before
+
+
 def test_discovery_health_and_metrics(healthy):
     gw, _ = healthy
     ids = [m.id for m in client(gw).models.list()]

@@ -43,7 +43,7 @@ def chat(**fields) -> bytes:
     (chat(herd=[1]), 400, "'herd' must be an object"),
     (chat(herd={"max_cost": 1}), 400, "unknown herd option(s) ['max_cost']"),
     (chat(herd={"max_cost_usd": -1}), 400, "herd.max_cost_usd must be a number >= 0"),
-    (chat(herd={"private": "yes"}), 400, "herd.private must be a boolean"),
+    (chat(herd={"private": "maybe"}), 400, "herd.private must be true or false"),
     (chat(metadata={"herd_max_cost_usd": "lots"}), 400, "metadata.herd_max_cost_usd must be a number"),
 ])
 def test_bad_requests_say_what_is_wrong(raw, status, text):
@@ -52,6 +52,41 @@ def test_bad_requests_say_what_is_wrong(raw, status, text):
     assert e.value.status == status and text in e.value.message
     body = json.loads(e.value.response().body)
     assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("value, private", [
+    (True, True), (1, True), ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True), (" On ", True),
+    (False, False), (0, False), ("0", False), ("false", False), ("No", False), ("off", False)])
+def test_private_flag_spellings(value, private):
+    for req in (parse_chat(chat(herd={"private": value})), parse_chat(chat(metadata={"herd_private": value})),
+                parse_chat(chat(), {"x-herd-private": str(value)})):
+        assert req.options.private is private and ("on_prem" in req.options.tags) is private
+
+
+@pytest.mark.parametrize("fields, headers, param", [
+    ({"herd": {"private": "maybe"}}, {}, "herd.private"),
+    ({"herd": {"private": 2}}, {}, "herd.private"),
+    ({"herd": {"private": None}}, {}, "herd.private"),
+    ({"metadata": {"herd_private": "y"}}, {}, "metadata.herd_private"),
+    ({"metadata": {"herd_private": ""}}, {}, "metadata.herd_private"),
+    ({}, {"x-herd-private": "private"}, "x-herd-private"),
+    ({"Herd": {"private": True}}, {}, "Herd"),
+    ({"HERD": {"private": True}}, {}, "HERD"),
+    ({"herd_private": True}, {}, "herd_private"),
+    ({"metadata": {"HERD_PRIVATE": "1"}}, {}, "metadata.HERD_PRIVATE"),
+    ({"metadata": {"Herd-Private": "1"}}, {}, "metadata.Herd-Private"),
+    ({"metadata": {"herd": "private"}}, {}, "metadata.herd"),
+    ({}, {"x-herd-privacy": "on"}, "x-herd-privacy"),
+])
+def test_unclear_privacy_fails_closed_with_a_400_naming_the_field(fields, headers, param):
+    with pytest.raises(GatewayError) as e:
+        parse_chat(chat(**fields), headers)
+    assert e.value.status == 400 and e.value.param == param and param in e.value.message
+
+
+def test_private_from_any_source_wins():
+    assert parse_chat(chat(herd={"private": False}, metadata={"herd_private": "on"})).options.private
+    assert parse_chat(chat(herd={"private": False}), {"x-herd-private": "yes"}).options.private
 
 
 def test_request_keeps_unknown_fields_and_strips_herd_options():

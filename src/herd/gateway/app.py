@@ -15,7 +15,6 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -89,10 +88,8 @@ class Gateway:
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.check_key(request)
-        req = parse_chat(await self.read_body(request))
+        req = parse_chat(await self.read_body(request), request.headers)
         req.request_id = uuid.uuid4().hex
-        if req.options.session is None and request.headers.get("x-herd-session"):
-            req.options = replace(req.options, session=request.headers["x-herd-session"])
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
