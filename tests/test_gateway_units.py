@@ -242,3 +242,17 @@ def test_a_cascade_in_the_gateway_never_picks_an_ineligible_model(tmp_path, trai
     plan = sel.plan(parse_chat(chat(model="herd:owned", herd={"private": True})))  # a math question: defers to big-70b
     assert plan.candidates[0] == "math-7b" and "the policy's choice big-70b cannot take this request" in plan.reason
     assert "big-70b" not in plan.candidates
+
+
+def test_choice_log_writes_session_text_only_when_asked_and_never_for_private_requests(tmp_path):
+    from herd.gateway.choices import ChoiceLog
+
+    plain, asked = ChoiceLog(tmp_path / "a.jsonl", "k" * 16), ChoiceLog(tmp_path / "b.jsonl", "k" * 16, session_text=True)
+    for log in (plain, asked):
+        log.write({"turn": 1}, "hello there", private=False)
+        log.write({"turn": 1}, "private words", private=True)
+        log.close()
+    a, b = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("a.jsonl", "b.jsonl"))
+    assert "hello" not in json.dumps(a) and "private words" not in json.dumps(b)
+    assert a[0]["session"] == b[0]["session"] != a[1]["session"] and b[0]["session_text"] == "hello there"
+    assert ChoiceLog(tmp_path / "c.jsonl", "other" * 4).session_id("hello there") != a[0]["session"]

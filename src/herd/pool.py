@@ -71,6 +71,10 @@ class GatewaySettings(_Strict):
     max_backoff_s: float = Field(5.0, ge=0)
     max_body_mb: float = Field(8.0, gt=0, description="larger request bodies get 413")
     default_output_tokens: int = Field(256, gt=0, description="completion length assumed for cost estimates without max_tokens")
+    session_secret: Optional[str] = Field(None, min_length=16, description="key of the choice log's session hashes "
+                                          "(HERD_SESSION_SECRET wins; default: random per start)")
+    log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "
+                                   "private requests)")
 
 
 class PoolConfig(_Strict):

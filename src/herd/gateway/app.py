@@ -28,7 +28,7 @@ from herd.backends import Backend, Outcome, token_count
 from herd.collect.grading import get_grader
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
-from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog
+from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
 from herd.gateway.errors import GatewayError, error_body, error_response
 from herd.gateway.selection import Plan, Selector
 from herd.pool import PoolConfig, load_pool
@@ -203,12 +203,12 @@ class Gateway:
         if self.choice_log is None:
             return
         self.choice_log.write({
-            "time": round(time.time(), 3), "request_id": req.request_id, "session": req.session, "turn": req.turn,
+            "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
             "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1),
             "cascade": None if checked is None else [{"model": s["model"], "accepted": s.get("accepted")}
-                                                     for s in checked.steps]})
+                                                     for s in checked.steps]}, req.session, req.options.private)
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
@@ -402,7 +402,9 @@ async def _disconnected(request: Request) -> None:
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
                choice_log: str | Path | None = None) -> FastAPI:
-    gateway = Gateway(pool, selector, api_keys, ChoiceLog(choice_log) if choice_log else None)
+    log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret),
+                     pool.gateway.log_session_text) if choice_log else None
+    gateway = Gateway(pool, selector, api_keys, log_)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
