@@ -509,13 +509,15 @@ def import_cmd(
                                               "has several (default: the first in the file)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="long: benchmark name when the file has no "
                                             "benchmark column (default: the file name)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="routerbench: read a .pkl file. Reading a pickle "
+                                      "runs any code it holds: only for a file from a source you trust."),
 ) -> None:
     """Import outcomes recorded by other tools into herd's unified format, ready for `herd eval`.
 
     \b
     herd import lm-eval results/my-model/samples_gsm8k_*.jsonl -o runs/imported
     herd import long outcomes.csv -o runs/mine          # qid, model, correct, text[, cost_usd, ...]
-    herd import routerbench routerbench_0shot.pkl -o runs/routerbench
+    herd import routerbench routerbench_0shot.csv -o runs/routerbench   # .parquet; .pkl with --trust-pickle
     herd import routellm mmlu/responses/*.csv -o runs/routellm-mmlu
     """
     from herd import importers
@@ -526,15 +528,21 @@ def import_cmd(
         _fail(f"no such file(s): {missing}")
     readers = {"lm-eval": lambda: importers.lm_eval(files, model, filter_name),
                "long": lambda: importers.long_table(files[0], benchmark) if len(files) == 1 else _fail("long takes one file"),
-               "routerbench": lambda: importers.routerbench(files[0]) if len(files) == 1 else _fail("routerbench takes one file"),
+               "routerbench": lambda: importers.routerbench(files[0], trust_pickle) if len(files) == 1
+               else _fail("routerbench takes one file"),
                "routellm": lambda: importers.routellm(files)}
     if kind not in readers:
         _fail(f"unknown format {kind!r}; choose from {sorted(readers)}")
     try:
         frames = readers[kind]()
-    except importers.ImportFileError as e:
+    except (importers.ImportFileError, ValueError) as e:
         _fail(str(e))
-    importers.write(Path(out), frames)
+    except OSError as e:
+        _fail(f"{e.filename or paths[0]}: cannot be read ({e.strerror or e})")
+    try:
+        importers.write(Path(out), frames)
+    except OSError as e:
+        _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
     queries, outcomes, pool = frames
     console.print(f"imported {len(outcomes)} outcomes: {len(queries)} questions x {len(pool)} models "
                   f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")
