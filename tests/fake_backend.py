@@ -52,17 +52,18 @@ async def _drop(send) -> None:
 
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
-             keepalive_first=False, odd_json=False, context_tokens=0, vary_word=""):
+             keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", inf_usage=False):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
     ``context_tokens`` > 0 refuses longer prompts with OpenAI's context_length_exceeded 400;
-    ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree."""
+    ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree;
+    ``inf_usage`` reports ``prompt_tokens: 1e999``."""
     rng = random.Random(seed)
     stats = {"requests": 0, "last_body": None, "last_headers": {}}
 
     async def reply(send, code: int, obj, headers=()) -> None:
-        body = json.dumps(obj).encode()
+        body = json.dumps(obj).encode().replace(b'"1e999"', b"1e999")  # inf_usage: a number no float holds
         await send({"type": "http.response.start", "status": code,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()), *headers]})
@@ -109,6 +110,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
             return await reply(send, 400, error)
         if odd_json:
             usage = [usage["prompt_tokens"], "many"]
+        if inf_usage:
+            usage["prompt_tokens"] = "1e999"
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.get("model", name)}
 
@@ -143,7 +146,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
                 return await _drop(send)
             if i and chunk_delay_s:
                 await asyncio.sleep(chunk_delay_s)
-            data = json.dumps({**base, "object": "chat.completion.chunk", **ev})
+            data = json.dumps({**base, "object": "chat.completion.chunk", **ev}).replace('"1e999"', "1e999")
             await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
@@ -267,10 +270,11 @@ def main(argv=None) -> None:
     p.add_argument("--odd-json", action="store_true")
     p.add_argument("--context-tokens", type=int, default=0)
     p.add_argument("--vary-word", default="")
+    p.add_argument("--inf-usage", action="store_true")
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
-                   a.odd_json, a.context_tokens, a.vary_word)
+                   a.odd_json, a.context_tokens, a.vary_word, a.inf_usage)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

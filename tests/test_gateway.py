@@ -157,10 +157,15 @@ def test_discovery_health_and_metrics(healthy):
     (dict(json={"model": "gpt-9", "messages": ask("x")}), 404, "is not served here"),
     (dict(json={"model": "herd", "messages": ask("x" * 60_000)}), 413, "larger than 0.05 MB"),
     (dict(json={"model": "herd", "messages": ask("x"), "stream": "yes"}), 400, "'stream' must be a boolean"),
+    # The originals: a 500 with two tracebacks, and no answer at all for n = 10**400.
+    (dict(json={"model": "herd", "messages": ask("x"), "n": 10**400}), 400, "'n' must be an integer from 1 to 128"),
+    (dict(json={"model": "herd", "messages": ask("x"), "max_tokens": 10**400}), 400, "'max_tokens' must be a positive"),
+    (dict(content=b'{"model": "herd", "temperature": 1e999, "messages": [{"role": "user", "content": "x"}]}'), 400,
+     "1e999 is not a finite number"),
 ])
 def test_bad_input_gets_openai_errors_not_500s(healthy, send, status, words):
     gw, _ = healthy
-    r = httpx.post(f"{gw.url}/chat/completions", **send)
+    r = httpx.post(f"{gw.url}/chat/completions", timeout=10, **send)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"] and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -189,6 +194,8 @@ def test_api_keys(router_dir, tmp_path):
             assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
             assert httpx.get(f"{gw.url}/models").status_code == 401
             assert httpx.get(f"{gw.root}/health").status_code == 200  # probes need no key
+            # Chat requests only: the /v1/models 401 is not one.
+            assert 'herd_requests_total{route="rejected",status="401"} 2.0' in httpx.get(f"{gw.root}/metrics").text
             log = gw.log()
         assert "sk-env-one" not in log and "sk-file-key" not in log and "sk-wrong" not in log
 
@@ -203,6 +210,21 @@ def test_backend_api_key_is_sent_but_never_shown(router_dir, tmp_path):
             shown = raw.text + json.dumps(dict(raw.headers)) + httpx.get(f"{gw.root}/health").text
             assert "sk-backend-secret" not in shown + httpx.get(f"{gw.root}/metrics").text
         assert "sk-backend-secret" not in gw.log()
+
+
+def test_non_finite_backend_usage_counts_as_missing(router_dir, tmp_path):
+    """The original: usage.prompt_tokens = 1e999 made the token and spend counters +Inf for good."""
+    with start_backend(name="math-7b", inf_usage=True) as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b)]))
+        with start_gateway(pool) as gw:
+            r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi")})
+            assert r.status_code == 200 and "Infinity" not in r.text and r.json()["usage"]["prompt_tokens"] is None
+            chunks = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi"), "stream": True,
+                                                                    "stream_options": {"include_usage": True}}).text
+            assert "Infinity" not in chunks and "1e999" not in chunks
+            metrics = httpx.get(f"{gw.root}/metrics").text
+            assert "+Inf" not in metrics.replace('le="+Inf"', "") and 'herd_cost_usd_total{model="math-7b"}' in metrics
 
 
 def test_bad_pool_file_fails_at_start_with_line_and_field(tmp_path):

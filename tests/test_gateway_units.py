@@ -38,7 +38,20 @@ def chat(**fields) -> bytes:
     (b'{"model": "herd", "temperature": NaN, "messages": [{"role": "user", "content": "x"}]}', 400, "NaN is not a JSON number"),
     (chat(stream="yes"), 400, "'stream' must be a boolean"),
     (chat(max_tokens=0), 400, "'max_tokens' must be a positive integer"),
-    (chat(n="2"), 400, "'n' must be a positive integer"),
+    (chat(n="2"), 400, "'n' must be an integer from 1 to 128"),
+    # The originals: 500s with two tracebacks, or no answer at all (n = 10**400 with no router).
+    (chat(n=10**400), 400, "'n' must be an integer from 1 to 128"),
+    (chat(max_tokens=10**400), 400, "'max_tokens' must be a positive integer"),
+    (chat(seed="abc"), 400, "'seed' must be a 64-bit integer"),
+    (chat(seed=[1]), 400, "'seed' must be a 64-bit integer"),
+    (chat(seed=2**64), 400, "'seed' must be a 64-bit integer"),
+    (chat(temperature=3), 400, "'temperature' must be a number from 0 to 2"),
+    (chat(top_p=-0.1), 400, "'top_p' must be a number from 0 to 1"),
+    (chat().replace(b'"model"', b'"temperature": 1e999, "model"'), 400, "1e999 is not a finite number"),
+    (chat().replace(b'"model"', b'"seed": 1e999, "model"'), 400, "1e999 is not a finite number"),
+    (chat().replace(b'"model"', b'"logit_bias": {"1": -1e400}, "model"'), 400, "-1e400 is not a finite number"),
+    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), 400,
+     "messages[0].content[0].text must be a string"),
     (chat(temperature="hot"), 400, "'temperature' must be a number"),
     (chat(herd=[1]), 400, "'herd' must be an object"),
     (chat(herd={"max_cost": 1}), 400, "unknown herd option(s) ['max_cost']"),
@@ -256,3 +269,41 @@ def test_choice_log_writes_session_text_only_when_asked_and_never_for_private_re
     assert "hello" not in json.dumps(a) and "private words" not in json.dumps(b)
     assert a[0]["session"] == b[0]["session"] != a[1]["session"] and b[0]["session_text"] == "hello there"
     assert ChoiceLog(tmp_path / "c.jsonl", "other" * 4).session_id("hello there") != a[0]["session"]
+
+
+def test_non_finite_backend_numbers_are_missing():
+    from herd.backends import read_json, token_count
+
+    data = read_json(b'{"usage": {"prompt_tokens": 1e999, "completion_tokens": NaN, "total_tokens": -Infinity}}')
+    assert data["usage"] == {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+    assert [token_count(v) for v in (float("inf"), 10**400, -1, "3", True, 7)] == [None] * 5 + [7.0]
+
+
+def test_an_unforeseen_error_is_a_counted_500_in_openais_shape_with_one_log_line(caplog):
+    """In-process: no request value is left that breaks herd, so a selector is made to."""
+    import asyncio
+
+    import httpx
+
+    from herd.gateway import telemetry as tm
+    from herd.gateway.app import create_app
+
+    class Broken(Selector):
+        def plan(self, req):
+            raise ZeroDivisionError("a prompt text that must not be logged")
+
+    app = create_app(pool(), Broken(pool()))
+    before = tm.REQUESTS.labels("rejected", "500")._value.get()  # failed before a route was chosen
+
+    async def post():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://herd") as c:
+            return await c.post("/v1/chat/completions", content=chat())
+
+    with caplog.at_level("INFO", logger="herd.gateway"):
+        r = asyncio.run(post())
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    rid = r.headers["x-herd-request-id"]
+    assert rid in r.json()["error"]["message"] and tm.REQUESTS.labels("rejected", "500")._value.get() == before + 1
+    (record,) = [rec for rec in caplog.records if rec.name == "herd.gateway"]
+    line = record.getMessage()
+    assert rid in line and "ZeroDivisionError" in line and "prompt" not in line and record.exc_info is None

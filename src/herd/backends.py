@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ class Backend:
                 raw = await response.read()
                 response.release()
                 try:
-                    data = json.loads(raw)
+                    data = read_json(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     return Outcome("retry", "answer is not JSON", 200)
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
@@ -214,8 +215,16 @@ def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
 
 
 def token_count(value) -> float | None:
-    """A token count from a backend's ``usage``, which may hold anything: a number >= 0 or None."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    """A token count from a backend's ``usage``, which may hold anything: a number from 0 to 10**12
+    (no call is larger; 1e999 or 10**400 would make the counters infinite) or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1e12
+    return float(value) if ok else None
+
+
+def read_json(raw: bytes | str):
+    """A backend's JSON with non-finite numbers (1e999, NaN, Infinity) read as null, so none is
+    counted or relayed (Infinity is not JSON a client can read)."""
+    return json.loads(raw, parse_constant=lambda _: None, parse_float=lambda t: v if math.isfinite(v := float(t)) else None)
 
 
 def _retry_after(value: str | None) -> float | None:

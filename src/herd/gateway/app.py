@@ -13,18 +13,20 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from herd import __version__
 from herd.gateway import telemetry as tm
-from herd.backends import Backend, Outcome, token_count
+from herd.backends import Backend, Outcome, read_json, token_count
 from herd.collect.grading import get_grader
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
@@ -86,10 +88,32 @@ class Gateway:
         return GatewayError(413, f"request body is larger than {self.pool.gateway.max_body_mb:g} MB", code="body_too_large")
 
     async def chat(self, request: Request) -> Response:
+        """Answer a chat request. Whatever goes wrong is counted and answered in OpenAI's shape: a
+        client gone before its body arrived is a 499, an error herd did not foresee a 500 with
+        one log line naming the request."""
+        request.state.request_id = rid = uuid.uuid4().hex
+        try:
+            return await self._chat(request)
+        except ClientDisconnect:
+            log.info("request %s: the client went away before sending its whole body", rid)
+            tm.REQUESTS.labels("disconnected", "499").inc()
+            return Response(status_code=499)
+        except GatewayError:
+            raise
+        except Exception as e:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            # The type and place, not the message: a message may quote the request's text.
+            log.error("request %s: unexpected %s at %s:%d (%s)", rid, type(e).__name__, Path(where.filename).name,
+                      where.lineno, where.name)
+            tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), "500").inc()
+            return error_response(500, f"internal error in herd ({type(e).__name__}); the server log names request "
+                                       f"{rid}", code="internal_error", headers={"x-herd-request-id": rid})
+
+    async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.check_key(request)
         req = parse_chat(await self.read_body(request), request.headers)
-        req.request_id = uuid.uuid4().hex
+        req.request_id = request.state.request_id
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
@@ -173,6 +197,8 @@ class Gateway:
         try:
             name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
         except GatewayError as e:
+            if checked is not None:  # the checked models' calls were made too
+                e.headers["x-herd-attempts"] = str(_calls(checked.attempts) + int(e.headers.get("x-herd-attempts", 0)))
             self._log_choice(req, plan, route, None, [], str(e.status), None, started, checked)
             raise
         if checked is not None:
@@ -348,7 +374,7 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
     if not payload.startswith("{"):
         return event
     try:
-        chunk = json.loads(payload)
+        chunk = read_json(payload)
     except json.JSONDecodeError:
         return event
     if not isinstance(chunk, dict):
@@ -417,7 +443,11 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, e: GatewayError):
+        rid = getattr(request.state, "request_id", None)
+        if rid is None:  # not a chat request (e.g. /v1/models without a key): herd_requests_total counts chats
+            return e.response()
         tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
+        e.headers.setdefault("x-herd-request-id", rid)
         return e.response()
 
     @app.exception_handler(HTTPException)

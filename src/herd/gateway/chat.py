@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from herd.gateway.errors import GatewayError
-from herd.gateway.validate import check_headers, check_spellings, flag
+from herd.gateway.validate import check_headers, check_sampling, check_spellings, finite_float, flag, shown
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # How many recent user turns the router reads; the last one is what is being asked.
@@ -70,7 +70,7 @@ def parse_chat(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequ
     """The request in ``raw`` with herd's options from its body and ``headers`` (x-herd-session,
     x-herd-private), every value herd reads checked."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
     except RecursionError:
@@ -80,17 +80,8 @@ def parse_chat(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequ
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "'model' is required: 'herd', 'herd:<policy>' or a pool model's name", param="model")
+    check_sampling(body)
     stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise GatewayError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream")
-    for key in ("n", "max_tokens", "max_completion_tokens"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise GatewayError(400, f"'{key}' must be a positive integer, got {json.dumps(v)}", param=key)
-    for key in ("temperature", "top_p"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise GatewayError(400, f"'{key}' must be a number, got {json.dumps(v)}", param=key)
     texts, users = _read_messages(body.get("messages"))
     options = _options(body, headers or {})
     # The router reads what is being asked: the recent user turns, or else the last message with text.
@@ -133,7 +124,10 @@ def _content_text(content, where: str) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict):
                 raise GatewayError(400, f"{where}.content[{j}] must be an object", param=f"{where}.content")
-            if isinstance(part.get("text"), str):
+            if "text" in part:  # a text part whose text is not a string: no backend reads it the same way
+                if not isinstance(part["text"], str):
+                    raise GatewayError(400, f"{where}.content[{j}].text must be a string, got {shown(part['text'])}",
+                                       param=f"{where}.content[{j}].text")
                 parts.append(part["text"])
         return "\n".join(parts)
     raise GatewayError(400, f"{where}.content must be a string or a list of parts, got {type(content).__name__}",

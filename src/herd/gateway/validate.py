@@ -5,6 +5,10 @@ near-miss name) is refused, never read as "no"."""
 from __future__ import annotations
 
 import json
+import math
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from herd.gateway.errors import GatewayError
 
@@ -12,6 +16,42 @@ TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 # Request headers herd reads; any other x-herd-* header is a misspelling, refused.
 HEADERS = ("x-herd-session", "x-herd-private")
+
+
+INT32, INT64 = 2**31 - 1, 2**63 - 1
+
+
+class Sampling(BaseModel):
+    """The body's fields herd reads beside messages and its options, in OpenAI's ranges: a value
+    outside them would fail at the backend anyway, or worse, in herd (a seed that is not an
+    integer, n = 10**400). Other fields pass through unread."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    stream: Optional[bool] = Field(None, description="a boolean")
+    n: Optional[int] = Field(None, ge=1, le=128, description="an integer from 1 to 128")
+    max_tokens: Optional[int] = Field(None, ge=1, le=INT32, description=f"a positive integer up to {INT32}")
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=INT32, description=f"a positive integer up to {INT32}")
+    temperature: Optional[float] = Field(None, ge=0, le=2, description="a number from 0 to 2")
+    top_p: Optional[float] = Field(None, ge=0, le=1, description="a number from 0 to 1")
+    seed: Optional[int] = Field(None, ge=-INT64 - 1, le=INT64, description="a 64-bit integer")
+
+
+def check_sampling(body: dict) -> None:
+    try:
+        Sampling.model_validate(body)
+    except ValidationError as e:
+        error = e.errors()[0]
+        name = str(error["loc"][0])
+        rule = Sampling.model_fields[name].description
+        raise GatewayError(400, f"'{name}' must be {rule}, got {shown(error['input'])}", param=name) from None
+
+
+def finite_float(text: str) -> float:
+    """JSON's parse_float for requests: 1e999 is no number a backend can read back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def flag(value, param: str) -> bool:
