@@ -130,6 +130,26 @@ def test_stream_broken_midway_ends_with_an_error_not_a_silent_cut(stack):
     assert b2.stats()["requests"] == 0  # bytes had reached the client: no fallback
 
 
+def test_a_stream_closed_without_an_end_is_an_error_not_a_silent_cut(stack):
+    """The original: a backend that closed the connection mid-stream (no [DONE], no finish_reason)
+    gave the client a 200 with partial text and no error, counted as a success."""
+    gw, _, _ = stack({"cut_stream": True})
+    stream = sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True)
+    assert next(stream).model == "math-7b"
+    with pytest.raises(openai.APIError, match="broke the stream"):
+        list(stream)
+    metrics = httpx.get(f"{gw.root}/metrics").text
+    assert 'herd_requests_total{route="herd",status="502"} 1.0' in metrics
+    assert 'herd_attempt_errors_total{kind="stream broken",model="math-7b"} 1.0' in metrics
+
+
+def test_a_close_delimited_stream_with_an_end_is_whole(stack):
+    gw, _, _ = stack({"close_delimited": True})
+    chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"math-7b: {MATH}"
+    assert 'herd_requests_total{route="herd",status="200"} 1.0' in httpx.get(f"{gw.root}/metrics").text
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_disconnect_cancels_the_backend_call(stack, stream):
     gw, b1, _ = stack({"first_byte_delay_s": 5.0} if stream else {"delay_s": 5.0})

@@ -238,13 +238,15 @@ class Gateway:
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
-        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False}
+        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False, "ended": False}
 
         async def relay():
             try:
                 yield _rewrite(outcome.first_event, name, state, meta)
                 async for event in outcome.events:
                     yield _rewrite(event, name, state)
+                if not state["ended"]:  # closed without [DONE] or a finish_reason: a cut, not an end
+                    raise StreamCut()
                 state["finished"] = True
             except Exception as e:  # aiohttp's errors, a timeout, or a chunk too malformed to relay
                 # Bytes already reached the client, so no fallback: end the stream with an error event.
@@ -339,6 +341,10 @@ class Gateway:
             self.choice_log.close()
 
 
+class StreamCut(Exception):
+    """A backend stream that stopped without [DONE] or a finish_reason."""
+
+
 class _Relay(StreamingResponse):
     """A relayed stream whose ``close`` runs once however it ends: finished, broken, or
     abandoned by the client, even before its first chunk."""
@@ -371,6 +377,8 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
     if not text.startswith("data:"):
         return event
     payload = text[5:].strip()
+    if payload == "[DONE]":
+        counts["ended"] = True
     if not payload.startswith("{"):
         return event
     try:
@@ -385,6 +393,8 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
         chunk["herd"] = meta
     choices = chunk.get("choices")
     for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            counts["ended"] = True
         delta = choice.get("delta") if isinstance(choice, dict) else None
         content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str):
