@@ -333,6 +333,7 @@ def serve(
     Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
     """
+    import copy
     import os
     import shutil
     import tempfile
@@ -341,6 +342,7 @@ def serve(
 
     from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, read_api_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
+    from herd.gateway.guard import http_protocol
 
     try:
         keys = read_api_keys(api_keys_file)
@@ -354,7 +356,11 @@ def serve(
         _fail(str(e))
     err.print(f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
               f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
-    options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    # herd's own lines (a cut connection, an unforeseen error) go where uvicorn's go, at its level.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["herd"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
+                   http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config)
     if workers == 1:
         uvicorn.run(app_, **options)
         return
