@@ -53,7 +53,7 @@ async def _drop(send) -> None:
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
              keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", inf_usage=False,
-             close_delimited=False, cut_stream=False):
+             close_delimited=False, cut_stream=False, echo_headers=False):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
@@ -61,7 +61,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
     ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree;
     ``inf_usage`` reports ``prompt_tokens: 1e999``; ``close_delimited`` sends streams as HTTP/1.0
     did, ended by closing the connection; ``cut_stream`` closes such a stream after its first chunk
-    (no finish_reason, no [DONE]): a cut a client cannot tell from an end."""
+    (no finish_reason, no [DONE]): a cut a client cannot tell from an end; ``echo_headers`` quotes
+    the request's headers in injected failures, as some servers' error pages do."""
     rng = random.Random(seed)
     stats = {"requests": 0, "last_body": None, "last_headers": {}}
 
@@ -90,7 +91,9 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         if delay_s:
             await asyncio.sleep(delay_s)
         if rng.random() < fail_rate:
-            return await reply(send, status, _error(f"{name}: injected failure"))
+            echo = f"; you sent {json.dumps(headers)}" if echo_headers else ""
+            return await reply(send, status, {**_error(f"{name}: injected failure{echo}"),
+                                               **({"request": headers} if echo_headers else {})})
         if rng.random() < rate_limit_rate:
             return await reply(send, 429, _error(f"{name}: injected rate limit", "rate_limit_error"),
                                [(b"retry-after", b"0")])
@@ -292,10 +295,11 @@ def main(argv=None) -> None:
     p.add_argument("--inf-usage", action="store_true")
     p.add_argument("--close-delimited", action="store_true")
     p.add_argument("--cut-stream", action="store_true")
+    p.add_argument("--echo-headers", action="store_true")
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
-                   a.odd_json, a.context_tokens, a.vary_word, a.inf_usage, a.close_delimited, a.cut_stream)
+                   a.odd_json, a.context_tokens, a.vary_word, a.inf_usage, a.close_delimited, a.cut_stream, a.echo_headers)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

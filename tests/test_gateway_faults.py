@@ -228,3 +228,22 @@ def test_too_long_for_one_model_goes_to_the_next_and_else_reaches_the_client(sta
         sdk(gw).chat.completions.create(model="herd", messages=ask(MATH + " " + "word " * 3000))
     assert e.value.code == "context_length_exceeded"
     assert httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["state"] == "closed"
+
+
+def test_a_model_at_max_concurrency_falls_back_after_a_bounded_wait(stack):
+    """The original: requests waited 23 s for a busy model instead of going to another eligible one."""
+    gw, b1, b2 = stack({"delay_s": 3.0}, gateway={"slot_wait_s": 0.3}, max_concurrency=1)
+
+    def ask_herd(out: list):
+        out.append(sdk(gw).chat.completions.create(model="herd", messages=ask()))
+
+    first: list = []
+    holder = threading.Thread(target=ask_herd, args=(first,))
+    holder.start()
+    time.sleep(0.5)  # the first request holds math-7b's only slot
+    started = time.perf_counter()
+    second = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert second.model == "big-70b" and time.perf_counter() - started < 2.5
+    assert second.model_extra["herd"]["attempts"][0]["outcome"].startswith("skipped: busy")
+    holder.join(10)
+    assert first[0].model == "math-7b" and b1.stats()["requests"] == 1

@@ -315,7 +315,10 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
     api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line; "
-                                                "keys in HERD_API_KEYS (comma-separated) also count. No keys: no auth."),
+                                                "keys in HERD_API_KEYS (comma-separated) also count. Keys asked for "
+                                                "but none read: herd does not start."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys; needed beyond loopback, or when "
+                                 "a keys file or HERD_API_KEYS holds no key."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds in-flight requests get to finish "
                                            "after SIGTERM/Ctrl-C."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
@@ -340,12 +343,12 @@ def serve(
 
     import uvicorn
 
-    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, read_api_keys
+    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
     from herd.gateway.guard import http_protocol
 
     try:
-        keys = read_api_keys(api_keys_file)
+        keys = serving_keys(api_keys_file, no_auth, host)
         app_ = build_app(pool, keys, choice_log)  # validate everything before any worker starts
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
@@ -359,6 +362,8 @@ def serve(
     # herd's own lines (a cut connection, an unforeseen error) go where uvicorn's go, at its level.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["herd"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    log_config["filters"] = {"no_query": {"()": "herd.gateway.guard.NoQueryString"}}
+    log_config["handlers"]["access"]["filters"] = ["no_query"]
     options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
                    http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config)
     if workers == 1:

@@ -77,6 +77,8 @@ class GatewaySettings(_Strict):
     body_timeout_s: float = Field(30.0, gt=0, description="time to send the body once the head is in; then the "
                                   "connection is closed")
     max_connections: int = Field(1000, gt=0, description="open connections per worker; more are answered 503 and closed")
+    slot_wait_s: float = Field(2.0, ge=0, description="wait for a slot at a backend's max_concurrency, then fall back")
+    metrics_need_key: bool = Field(False, description="/metrics requires a client API key (when keys are set)")
     session_secret: Optional[str] = Field(None, min_length=16, description="key of the choice log's session hashes "
                                           "(HERD_SESSION_SECRET wins; default: random per start)")
     log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "

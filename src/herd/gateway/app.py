@@ -31,7 +31,7 @@ from herd.collect.grading import get_grader
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
-from herd.gateway.errors import GatewayError, error_body, error_response
+from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
 from herd.gateway.selection import Plan, Selector
 from herd.pool import PoolConfig, load_pool
 
@@ -48,6 +48,27 @@ def read_api_keys(keys_file: str | Path | None = None) -> list[str]:
     return keys
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serving_keys(keys_file: str | Path | None, no_auth: bool, host: str) -> list[str]:
+    """The client keys to require, or a ValueError saying why herd will not start: keys asked for
+    (a keys file, HERD_API_KEYS) but none read, or no keys on an address beyond loopback without
+    ``no_auth``. Serving without auth is a choice, never an accident of an empty file."""
+    keys = read_api_keys(keys_file)
+    asked = keys_file is not None or ENV_KEYS in os.environ
+    if no_auth:
+        if keys:
+            raise ValueError("--no-auth, but API keys were given (HERD_API_KEYS or --api-keys-file): choose one")
+        return []
+    if asked and not keys:
+        raise ValueError(f"API keys were asked for ({keys_file or ENV_KEYS}) but none were read; add keys, "
+                         "or pass --no-auth to serve without auth")
+    if not keys and host not in LOOPBACK:
+        raise ValueError(f"serving on {host} without API keys: set {ENV_KEYS} or --api-keys-file, or pass --no-auth")
+    return keys
+
+
 class Gateway:
     def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
                  choice_log: ChoiceLog | None = None):
@@ -56,7 +77,15 @@ class Gateway:
         self.choice_log = choice_log
         self.keys = [k.encode() for k in api_keys or []]
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        self.secrets = [k for m in pool.models if (k := m.api_key())]  # never relayed to a client
         self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
+
+    def has_key(self, request: Request) -> bool:
+        try:
+            self.check_key(request)
+        except GatewayError:
+            return False
+        return True
 
     def check_key(self, request: Request) -> None:
         if not self.keys:
@@ -152,7 +181,10 @@ class Gateway:
                     attempts.append({"model": name, "outcome": "skipped: circuit open"})
                     break
                 t0 = time.perf_counter()
-                outcome = await backend.call(body, stream)
+                outcome = await backend.call(body, stream, slot_wait_s=self.pool.gateway.slot_wait_s)
+                if outcome.kind == "busy":  # not called: no attempt to count, the next model may be free
+                    attempts.append({"model": name, "outcome": f"skipped: {outcome.detail}"})
+                    break
                 seconds = time.perf_counter() - t0
                 attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
                 tm.BACKEND_SECONDS.labels(name).observe(seconds)
@@ -207,7 +239,8 @@ class Gateway:
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
             self._log_choice(req, plan, route, name, attempts, str(outcome.status), None, started, checked)
-            return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
+            return Response(relayed_error(outcome.status, outcome.body, self.secrets), status_code=outcome.status,
+                            media_type="application/json",
                             headers=headers)
         tm.ANSWERS.labels(name).inc()
         if req.stream:
@@ -405,17 +438,6 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-def _as_openai_error(outcome: Outcome) -> bytes:
-    try:
-        body = json.loads(outcome.body)
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            return outcome.body
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    text = outcome.body.decode("utf-8", "replace")[:500]
-    return json.dumps(error_body(outcome.status, f"backend refused the request: {text}")).encode()
-
-
 async def _unless_disconnected(request: Request, work) -> Response:
     """Run ``work``; if the client goes away first, cancel it (and so the backend call)."""
     task = asyncio.ensure_future(work)
@@ -448,7 +470,8 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         yield
         await gateway.close()
 
-    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No /openapi.json: herd's API is OpenAI's, and the schema would only map herd for a stranger.
+    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
 
     @app.exception_handler(GatewayError)
@@ -481,12 +504,16 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         return gateway.models()
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
         body, status = gateway.health()
+        if not gateway.has_key(request):  # probes need no key; the pool's names and errors do
+            body = {"status": body["status"]}
         return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        if pool.gateway.metrics_need_key:
+            gateway.check_key(request)
         body, content_type = tm.exposition()
         return Response(body, media_type=content_type)
 
