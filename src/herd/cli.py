@@ -345,7 +345,7 @@ def serve(
 
     from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
-    from herd.gateway.guard import http_protocol
+    from herd.http_guard import http_protocol
 
     try:
         keys = serving_keys(api_keys_file, no_auth, host)
@@ -362,7 +362,7 @@ def serve(
     # herd's own lines (a cut connection, an unforeseen error) go where uvicorn's go, at its level.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["herd"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
-    log_config["filters"] = {"no_query": {"()": "herd.gateway.guard.NoQueryString"}}
+    log_config["filters"] = {"no_query": {"()": "herd.http_guard.NoQueryString"}}
     log_config["handlers"]["access"]["filters"] = ["no_query"]
     options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
                    http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config)

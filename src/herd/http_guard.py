@@ -1,7 +1,11 @@
 """Bounds on what a client can hold before herd sees its request: uvicorn's HTTP protocol with a
 limit on the request head's size, deadlines for the head and the body, and a cap on open
 connections per worker. Without them a client that never finishes its headers (or its body)
-keeps its connection and its buffered bytes for as long as it likes, before any API key is checked."""
+keeps its connection and its buffered bytes for as long as it likes, before any API key is checked.
+
+It lives outside ``herd.gateway`` on purpose: uvicorn's worker processes unpickle the protocol
+before they answer the supervisor's health pings, and importing the gateway package there
+(FastAPI, numpy, the routers) takes long enough for a worker to be taken for hung."""
 
 from __future__ import annotations
 
