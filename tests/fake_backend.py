@@ -53,19 +53,24 @@ async def _drop(send) -> None:
 
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
-             keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", dissent_word=""):
+             keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", dissent_word="",
+             inf_usage=False, close_delimited=False, cut_stream=False, echo_headers=False):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
     ``context_tokens`` > 0 refuses longer prompts with OpenAI's context_length_exceeded 400;
     ``vary_word``: a question holding it gets "the answer is <the request's seed>", so samples disagree;
     ``dissent_word``: a question holding it gets "the answer is <a number of this backend's own>", so
-    backends disagree (otherwise they echo the question and give the same final answer)."""
+    backends disagree (otherwise they echo the question and give the same final answer);
+    ``inf_usage`` reports ``prompt_tokens: 1e999``; ``close_delimited`` sends streams as HTTP/1.0
+    did, ended by closing the connection; ``cut_stream`` closes such a stream after its first chunk
+    (no finish_reason, no [DONE]): a cut a client cannot tell from an end; ``echo_headers`` quotes
+    the request's headers in injected failures, as some servers' error pages do."""
     rng = random.Random(seed)
     stats = {"requests": 0, "last_body": None, "last_headers": {}}
 
     async def reply(send, code: int, obj, headers=()) -> None:
-        body = json.dumps(obj).encode()
+        body = json.dumps(obj).encode().replace(b'"1e999"', b"1e999")  # inf_usage: a number no float holds
         await send({"type": "http.response.start", "status": code,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()), *headers]})
@@ -89,7 +94,9 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         if delay_s:
             await asyncio.sleep(delay_s)
         if rng.random() < fail_rate:
-            return await reply(send, status, _error(f"{name}: injected failure"))
+            echo = f"; you sent {json.dumps(headers)}" if echo_headers else ""
+            return await reply(send, status, {**_error(f"{name}: injected failure{echo}"),
+                                               **({"request": headers} if echo_headers else {})})
         if rng.random() < rate_limit_rate:
             return await reply(send, 429, _error(f"{name}: injected rate limit", "rate_limit_error"),
                                [(b"retry-after", b"0")])
@@ -114,6 +121,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
             return await reply(send, 400, error)
         if odd_json:
             usage = [usage["prompt_tokens"], "many"]
+        if inf_usage:
+            usage["prompt_tokens"] = "1e999"
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.get("model", name)}
 
@@ -127,6 +136,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
 
         if drop_before_first_byte:
             return await _drop(send)
+        if close_delimited or cut_stream:
+            return await _raw_stream(send, text, base, cut_stream)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         if keepalive_first:
@@ -148,7 +159,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
                 return await _drop(send)
             if i and chunk_delay_s:
                 await asyncio.sleep(chunk_delay_s)
-            data = json.dumps({**base, "object": "chat.completion.chunk", **ev})
+            data = json.dumps({**base, "object": "chat.completion.chunk", **ev}).replace('"1e999"', "1e999")
             await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
@@ -174,6 +185,20 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
 
     app.stats = stats
     return app
+
+
+async def _raw_stream(send, text: str, base: dict, cut: bool) -> None:
+    """A stream without length or chunking, written straight to the socket and ended by closing it."""
+    transport = send.__self__.transport
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    events = [f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', **c})}\n\n" for c in chunks]
+    events = events[:1] if cut else events + ["data: [DONE]\n\n"]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                    + "".join(events).encode())
+    transport.close()
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 def free_port() -> int:
@@ -273,10 +298,15 @@ def main(argv=None) -> None:
     p.add_argument("--context-tokens", type=int, default=0)
     p.add_argument("--vary-word", default="")
     p.add_argument("--dissent-word", default="")
+    p.add_argument("--inf-usage", action="store_true")
+    p.add_argument("--close-delimited", action="store_true")
+    p.add_argument("--cut-stream", action="store_true")
+    p.add_argument("--echo-headers", action="store_true")
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
-                   a.odd_json, a.context_tokens, a.vary_word, a.dissent_word)
+                   a.odd_json, a.context_tokens, a.vary_word, a.dissent_word, a.inf_usage, a.close_delimited,
+                   a.cut_stream, a.echo_headers)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

@@ -123,6 +123,20 @@ def test_constraints_from_the_request(healthy):
     assert e.value.code == "no_eligible_model"
 
 
+def test_private_flag_fails_closed(healthy):
+    """The original requests: "on" was read as false and answered by a public model; "Herd" was ignored."""
+    gw, backends = healthy
+    code = ask("write a python function code question")
+    before = backends["big-70b"].stats()["requests"]
+    r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": code, "metadata": {"herd_private": "on"}})
+    assert r.status_code == 200 and r.json()["model"] in {"math-7b", "hist-7b"}
+    for bad, param in (({"metadata": {"herd_private": "sure"}}, "metadata.herd_private"),
+                       ({"Herd": {"private": True}}, "Herd"), ({"metadata": {"HERD_PRIVATE": "1"}}, "metadata.HERD_PRIVATE")):
+        r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": code, **bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert backends["big-70b"].stats()["requests"] == before
+
+
 def test_discovery_health_and_metrics(healthy):
     gw, _ = healthy
     ids = [m.id for m in client(gw).models.list()]
@@ -143,10 +157,15 @@ def test_discovery_health_and_metrics(healthy):
     (dict(json={"model": "gpt-9", "messages": ask("x")}), 404, "is not served here"),
     (dict(json={"model": "herd", "messages": ask("x" * 60_000)}), 413, "larger than 0.05 MB"),
     (dict(json={"model": "herd", "messages": ask("x"), "stream": "yes"}), 400, "'stream' must be a boolean"),
+    # The originals: a 500 with two tracebacks, and no answer at all for n = 10**400.
+    (dict(json={"model": "herd", "messages": ask("x"), "n": 10**400}), 400, "'n' must be an integer from 1 to 128"),
+    (dict(json={"model": "herd", "messages": ask("x"), "max_tokens": 10**400}), 400, "'max_tokens' must be a positive"),
+    (dict(content=b'{"model": "herd", "temperature": 1e999, "messages": [{"role": "user", "content": "x"}]}'), 400,
+     "1e999 is not a finite number"),
 ])
 def test_bad_input_gets_openai_errors_not_500s(healthy, send, status, words):
     gw, _ = healthy
-    r = httpx.post(f"{gw.url}/chat/completions", **send)
+    r = httpx.post(f"{gw.url}/chat/completions", timeout=10, **send)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"] and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -162,7 +181,7 @@ def test_unknown_routes_and_methods(healthy):
 def test_api_keys(router_dir, tmp_path):
     with start_backend(name="math-7b") as b:
         pool = tmp_path / "pool.yaml"
-        pool.write_text(pool_yaml([model_entry("math-7b", b)]))
+        pool.write_text(pool_yaml([model_entry("math-7b", b)], gateway={"metrics_need_key": True}))
         keys = tmp_path / "keys.txt"
         keys.write_text("# team keys\nsk-file-key\n")
         with start_gateway(pool, "--api-keys-file", str(keys), env={"HERD_API_KEYS": "sk-env-one,sk-env-two"}) as gw:
@@ -174,9 +193,50 @@ def test_api_keys(router_dir, tmp_path):
             r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi")})
             assert r.status_code == 401 and "missing API key" in r.json()["error"]["message"]
             assert httpx.get(f"{gw.url}/models").status_code == 401
-            assert httpx.get(f"{gw.root}/health").status_code == 200  # probes need no key
+            assert httpx.get(f"{gw.url}/models?api_key=sk-in-query").status_code == 401  # herd reads no query keys
+            auth = {"authorization": "Bearer sk-file-key"}
+            # Probes need no key; the pool's names, errors and spend do.
+            assert httpx.get(f"{gw.root}/health").json() == {"status": "ok"}
+            assert "math-7b" in httpx.get(f"{gw.root}/health", headers=auth).json()["models"]
+            assert httpx.get(f"{gw.root}/metrics").status_code == 401
+            assert httpx.get(f"{gw.root}/openapi.json").status_code == 404
+            # Chat requests only: the /v1/models 401s are not.
+            metrics = httpx.get(f"{gw.root}/metrics", headers=auth).text
+            assert 'herd_requests_total{route="rejected",status="401"} 2.0' in metrics
             log = gw.log()
         assert "sk-env-one" not in log and "sk-file-key" not in log and "sk-wrong" not in log
+        assert "sk-in-query" not in log and "GET /v1/models HTTP/1.1" in log
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--api-keys-file", "EMPTY"], {}, "API keys were asked for"),
+    ([], {"HERD_API_KEYS": " , "}, "API keys were asked for (HERD_API_KEYS) but none were read"),
+    (["--host", "0.0.0.0"], {}, "serving on 0.0.0.0 without API keys"),
+    (["--no-auth"], {"HERD_API_KEYS": "sk-1"}, "--no-auth, but API keys were given"),
+])
+def test_no_auth_is_never_an_accident(tmp_path, args, env, message):
+    import os
+    import subprocess
+    import sys
+
+    pool, empty = tmp_path / "pool.yaml", tmp_path / "keys.txt"
+    pool.write_text(pool_yaml([{"name": "a", "base_url": "http://127.0.0.1:9/v1"}]))
+    empty.write_text("# no keys yet\n\n")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    r = subprocess.run([sys.executable, "-m", "herd", "serve", str(pool), "--port", "9", *args], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, **env})
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_backend_error_bodies_are_relayed_without_credentials(router_dir, tmp_path):
+    """The original: a backend that echoes request headers showed the client herd's backend key."""
+    with start_backend(name="math-7b", fail_rate=1.0, status=400, echo_headers=True) as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b, api_key_env="HERD_TEST_BACKEND_KEY")]))
+        with start_gateway(pool, env={"HERD_TEST_BACKEND_KEY": "sk-backend-secret"}) as gw:
+            r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi")})
+            assert r.status_code == 400 and "injected failure" in r.json()["error"]["message"]
+            assert "sk-backend-secret" not in r.text and "request" not in r.json(), r.text
 
 
 def test_backend_api_key_is_sent_but_never_shown(router_dir, tmp_path):
@@ -189,6 +249,21 @@ def test_backend_api_key_is_sent_but_never_shown(router_dir, tmp_path):
             shown = raw.text + json.dumps(dict(raw.headers)) + httpx.get(f"{gw.root}/health").text
             assert "sk-backend-secret" not in shown + httpx.get(f"{gw.root}/metrics").text
         assert "sk-backend-secret" not in gw.log()
+
+
+def test_non_finite_backend_usage_counts_as_missing(router_dir, tmp_path):
+    """The original: usage.prompt_tokens = 1e999 made the token and spend counters +Inf for good."""
+    with start_backend(name="math-7b", inf_usage=True) as b:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([model_entry("math-7b", b)]))
+        with start_gateway(pool) as gw:
+            r = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi")})
+            assert r.status_code == 200 and "Infinity" not in r.text and r.json()["usage"]["prompt_tokens"] is None
+            chunks = httpx.post(f"{gw.url}/chat/completions", json={"model": "herd", "messages": ask("hi"), "stream": True,
+                                                                    "stream_options": {"include_usage": True}}).text
+            assert "Infinity" not in chunks and "1e999" not in chunks
+            metrics = httpx.get(f"{gw.root}/metrics").text
+            assert "+Inf" not in metrics.replace('le="+Inf"', "") and 'herd_cost_usd_total{model="math-7b"}' in metrics
 
 
 def test_bad_pool_file_fails_at_start_with_line_and_field(tmp_path):

@@ -4,6 +4,8 @@ router reading the running conversation. Real processes on loopback."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections import Counter
 
@@ -13,6 +15,11 @@ from fake_backend import start_backend
 from servers import pool_yaml, start_gateway, train_toy_router
 
 NAMES = ["math-7b", "hist-7b", "big-70b"]
+SECRET = "a-test-secret-of-enough-length"
+
+
+def session_id(session: str) -> str:
+    return hmac.new(SECRET.encode(), session.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def blended(tmp_path_factory):
     pool = d / "pool.yaml"
     pool.write_text(pool_yaml(models, router="router", policies=policies))
     log = d / "choices.jsonl"
-    gw = start_gateway(pool, "--choice-log", str(log))
+    gw = start_gateway(pool, "--choice-log", str(log), env={"HERD_SESSION_SECRET": SECRET})
     yield gw, log
     gw.stop()
     for b in backends.values():
@@ -81,9 +88,23 @@ def test_every_turn_is_logged_for_an_ab_test(blended):
     rid = r.headers["x-herd-request-id"]
     records = [json.loads(line) for line in log.read_text().splitlines()]
     (mine,) = [x for x in records if x["request_id"] == rid]
-    assert mine["session"] == "logged-session" and mine["turn"] == 4 and mine["status"] == "200"
+    assert mine["session"] == session_id("logged-session") and mine["turn"] == 4 and mine["status"] == "200"
     assert mine["model"] == r.json()["model"] and mine["policy"] == "blend:uniform" and mine["cost_usd"] > 0
     assert all({"time", "session", "turn", "route", "chosen", "model", "reason", "ms"} <= set(x) for x in records)
+
+
+def test_the_choice_log_keeps_no_prompt_text(blended):
+    """The original: without a session the first user message was the session, so a 700 KB prompt
+    made a 700 KB log line, private requests included."""
+    gw, log = blended
+    prompt = "my secret plan " + "x" * 200_000
+    for extra in ({}, {"herd": {"private": True}}):
+        r = httpx.post(f"{gw.url}/chat/completions", timeout=30,
+                       json={"model": "herd:mix", "messages": conversation(1, prompt), **extra})
+        assert r.status_code in (200, 400), r.text  # a private request may find no on_prem model
+    text = log.read_text()
+    assert "my secret plan" not in text and max(map(len, text.splitlines())) < 2000
+    assert session_id(prompt) in text
 
 
 def test_the_learned_blend_reads_the_running_conversation(blended):

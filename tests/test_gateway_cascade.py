@@ -109,3 +109,26 @@ def test_a_scorer_trained_on_agreement_needs_samples(tmp_path):
         config = PoolConfig.model_validate(json.loads(pool_yaml(models, router="router", policies={"c": policy})))
         with pytest.raises(PoolError, match=words):
             Selector.from_config(config, tmp_path / "router")
+
+
+def test_a_seed_herd_cannot_read_is_a_400(gateway):
+    """The original: seed "abc", [1] or 1e999 made herd:checked fail with a 500 and two tracebacks."""
+    gw, _, _ = gateway
+    for seed in ("abc", [1]):
+        r = httpx.post(f"{gw.url}/chat/completions", timeout=30, json={
+            "model": "herd:checked", "seed": seed, "messages": [{"role": "user", "content": HISTORY_Q}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+    assert "Traceback" not in gw.log()
+
+
+def test_a_checked_503_counts_every_call_made(tmp_path):
+    """The original: x-herd-attempts was 0 when the stubs had seen 6 calls."""
+    _router_with_agreement(tmp_path / "router")
+    with start_backend(name="hist-7b", fail_rate=1.0) as hist, start_backend(name="big-70b", fail_rate=1.0) as big:
+        models = [{"name": "hist-7b", "base_url": hist.url, "retries": 0}, {"name": "big-70b", "base_url": big.url, "retries": 0}]
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml(models, router="router", policies={"checked": CHECKED}))
+        with start_gateway(pool) as gw:
+            r = _ask(gw, HISTORY_Q)
+            assert r.status_code == 503
+            assert int(r.headers["x-herd-attempts"]) == hist.stats()["requests"] + big.stats()["requests"] == 4

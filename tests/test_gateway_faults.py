@@ -130,6 +130,26 @@ def test_stream_broken_midway_ends_with_an_error_not_a_silent_cut(stack):
     assert b2.stats()["requests"] == 0  # bytes had reached the client: no fallback
 
 
+def test_a_stream_closed_without_an_end_is_an_error_not_a_silent_cut(stack):
+    """The original: a backend that closed the connection mid-stream (no [DONE], no finish_reason)
+    gave the client a 200 with partial text and no error, counted as a success."""
+    gw, _, _ = stack({"cut_stream": True})
+    stream = sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True)
+    assert next(stream).model == "math-7b"
+    with pytest.raises(openai.APIError, match="broke the stream"):
+        list(stream)
+    metrics = httpx.get(f"{gw.root}/metrics").text
+    assert 'herd_requests_total{route="herd",status="502"} 1.0' in metrics
+    assert 'herd_attempt_errors_total{kind="stream broken",model="math-7b"} 1.0' in metrics
+
+
+def test_a_close_delimited_stream_with_an_end_is_whole(stack):
+    gw, _, _ = stack({"close_delimited": True})
+    chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"math-7b: {MATH}"
+    assert 'herd_requests_total{route="herd",status="200"} 1.0' in httpx.get(f"{gw.root}/metrics").text
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_disconnect_cancels_the_backend_call(stack, stream):
     gw, b1, _ = stack({"first_byte_delay_s": 5.0} if stream else {"delay_s": 5.0})
@@ -208,3 +228,22 @@ def test_too_long_for_one_model_goes_to_the_next_and_else_reaches_the_client(sta
         sdk(gw).chat.completions.create(model="herd", messages=ask(MATH + " " + "word " * 3000))
     assert e.value.code == "context_length_exceeded"
     assert httpx.get(f"{gw.root}/health").json()["models"]["math-7b"]["state"] == "closed"
+
+
+def test_a_model_at_max_concurrency_falls_back_after_a_bounded_wait(stack):
+    """The original: requests waited 23 s for a busy model instead of going to another eligible one."""
+    gw, b1, b2 = stack({"delay_s": 3.0}, gateway={"slot_wait_s": 0.3}, max_concurrency=1)
+
+    def ask_herd(out: list):
+        out.append(sdk(gw).chat.completions.create(model="herd", messages=ask()))
+
+    first: list = []
+    holder = threading.Thread(target=ask_herd, args=(first,))
+    holder.start()
+    time.sleep(0.5)  # the first request holds math-7b's only slot
+    started = time.perf_counter()
+    second = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    assert second.model == "big-70b" and time.perf_counter() - started < 2.5
+    assert second.model_extra["herd"]["attempts"][0]["outcome"].startswith("skipped: busy")
+    holder.join(10)
+    assert first[0].model == "math-7b" and b1.stats()["requests"] == 1

@@ -38,12 +38,25 @@ def chat(**fields) -> bytes:
     (b'{"model": "herd", "temperature": NaN, "messages": [{"role": "user", "content": "x"}]}', 400, "NaN is not a JSON number"),
     (chat(stream="yes"), 400, "'stream' must be a boolean"),
     (chat(max_tokens=0), 400, "'max_tokens' must be a positive integer"),
-    (chat(n="2"), 400, "'n' must be a positive integer"),
+    (chat(n="2"), 400, "'n' must be an integer from 1 to 128"),
+    # The originals: 500s with two tracebacks, or no answer at all (n = 10**400 with no router).
+    (chat(n=10**400), 400, "'n' must be an integer from 1 to 128"),
+    (chat(max_tokens=10**400), 400, "'max_tokens' must be a positive integer"),
+    (chat(seed="abc"), 400, "'seed' must be a 64-bit integer"),
+    (chat(seed=[1]), 400, "'seed' must be a 64-bit integer"),
+    (chat(seed=2**64), 400, "'seed' must be a 64-bit integer"),
+    (chat(temperature=3), 400, "'temperature' must be a number from 0 to 2"),
+    (chat(top_p=-0.1), 400, "'top_p' must be a number from 0 to 1"),
+    (chat().replace(b'"model"', b'"temperature": 1e999, "model"'), 400, "1e999 is not a finite number"),
+    (chat().replace(b'"model"', b'"seed": 1e999, "model"'), 400, "1e999 is not a finite number"),
+    (chat().replace(b'"model"', b'"logit_bias": {"1": -1e400}, "model"'), 400, "-1e400 is not a finite number"),
+    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), 400,
+     "messages[0].content[0].text must be a string"),
     (chat(temperature="hot"), 400, "'temperature' must be a number"),
     (chat(herd=[1]), 400, "'herd' must be an object"),
     (chat(herd={"max_cost": 1}), 400, "unknown herd option(s) ['max_cost']"),
     (chat(herd={"max_cost_usd": -1}), 400, "herd.max_cost_usd must be a number >= 0"),
-    (chat(herd={"private": "yes"}), 400, "herd.private must be a boolean"),
+    (chat(herd={"private": "maybe"}), 400, "herd.private must be true or false"),
     (chat(metadata={"herd_max_cost_usd": "lots"}), 400, "metadata.herd_max_cost_usd must be a number"),
 ])
 def test_bad_requests_say_what_is_wrong(raw, status, text):
@@ -52,6 +65,41 @@ def test_bad_requests_say_what_is_wrong(raw, status, text):
     assert e.value.status == status and text in e.value.message
     body = json.loads(e.value.response().body)
     assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("value, private", [
+    (True, True), (1, True), ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True), (" On ", True),
+    (False, False), (0, False), ("0", False), ("false", False), ("No", False), ("off", False)])
+def test_private_flag_spellings(value, private):
+    for req in (parse_chat(chat(herd={"private": value})), parse_chat(chat(metadata={"herd_private": value})),
+                parse_chat(chat(), {"x-herd-private": str(value)})):
+        assert req.options.private is private and ("on_prem" in req.options.tags) is private
+
+
+@pytest.mark.parametrize("fields, headers, param", [
+    ({"herd": {"private": "maybe"}}, {}, "herd.private"),
+    ({"herd": {"private": 2}}, {}, "herd.private"),
+    ({"herd": {"private": None}}, {}, "herd.private"),
+    ({"metadata": {"herd_private": "y"}}, {}, "metadata.herd_private"),
+    ({"metadata": {"herd_private": ""}}, {}, "metadata.herd_private"),
+    ({}, {"x-herd-private": "private"}, "x-herd-private"),
+    ({"Herd": {"private": True}}, {}, "Herd"),
+    ({"HERD": {"private": True}}, {}, "HERD"),
+    ({"herd_private": True}, {}, "herd_private"),
+    ({"metadata": {"HERD_PRIVATE": "1"}}, {}, "metadata.HERD_PRIVATE"),
+    ({"metadata": {"Herd-Private": "1"}}, {}, "metadata.Herd-Private"),
+    ({"metadata": {"herd": "private"}}, {}, "metadata.herd"),
+    ({}, {"x-herd-privacy": "on"}, "x-herd-privacy"),
+])
+def test_unclear_privacy_fails_closed_with_a_400_naming_the_field(fields, headers, param):
+    with pytest.raises(GatewayError) as e:
+        parse_chat(chat(**fields), headers)
+    assert e.value.status == 400 and e.value.param == param and param in e.value.message
+
+
+def test_private_from_any_source_wins():
+    assert parse_chat(chat(herd={"private": False}, metadata={"herd_private": "on"})).options.private
+    assert parse_chat(chat(herd={"private": False}), {"x-herd-private": "yes"}).options.private
 
 
 def test_request_keeps_unknown_fields_and_strips_herd_options():
@@ -207,3 +255,55 @@ def test_a_cascade_in_the_gateway_never_picks_an_ineligible_model(tmp_path, trai
     plan = sel.plan(parse_chat(chat(model="herd:owned", herd={"private": True})))  # a math question: defers to big-70b
     assert plan.candidates[0] == "math-7b" and "the policy's choice big-70b cannot take this request" in plan.reason
     assert "big-70b" not in plan.candidates
+
+
+def test_choice_log_writes_session_text_only_when_asked_and_never_for_private_requests(tmp_path):
+    from herd.gateway.choices import ChoiceLog
+
+    plain, asked = ChoiceLog(tmp_path / "a.jsonl", "k" * 16), ChoiceLog(tmp_path / "b.jsonl", "k" * 16, session_text=True)
+    for log in (plain, asked):
+        log.write({"turn": 1}, "hello there", private=False)
+        log.write({"turn": 1}, "private words", private=True)
+        log.close()
+    a, b = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("a.jsonl", "b.jsonl"))
+    assert "hello" not in json.dumps(a) and "private words" not in json.dumps(b)
+    assert a[0]["session"] == b[0]["session"] != a[1]["session"] and b[0]["session_text"] == "hello there"
+    assert ChoiceLog(tmp_path / "c.jsonl", "other" * 4).session_id("hello there") != a[0]["session"]
+
+
+def test_non_finite_backend_numbers_are_missing():
+    from herd.backends import read_json, token_count
+
+    data = read_json(b'{"usage": {"prompt_tokens": 1e999, "completion_tokens": NaN, "total_tokens": -Infinity}}')
+    assert data["usage"] == {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+    assert [token_count(v) for v in (float("inf"), 10**400, -1, "3", True, 7)] == [None] * 5 + [7.0]
+
+
+def test_an_unforeseen_error_is_a_counted_500_in_openais_shape_with_one_log_line(caplog):
+    """In-process: no request value is left that breaks herd, so a selector is made to."""
+    import asyncio
+
+    import httpx
+
+    from herd.gateway import telemetry as tm
+    from herd.gateway.app import create_app
+
+    class Broken(Selector):
+        def plan(self, req):
+            raise ZeroDivisionError("a prompt text that must not be logged")
+
+    app = create_app(pool(), Broken(pool()))
+    before = tm.REQUESTS.labels("rejected", "500")._value.get()  # failed before a route was chosen
+
+    async def post():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://herd") as c:
+            return await c.post("/v1/chat/completions", content=chat())
+
+    with caplog.at_level("INFO", logger="herd.gateway"):
+        r = asyncio.run(post())
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    rid = r.headers["x-herd-request-id"]
+    assert rid in r.json()["error"]["message"] and tm.REQUESTS.labels("rejected", "500")._value.get() == before + 1
+    (record,) = [rec for rec in caplog.records if rec.name == "herd.gateway"]
+    line = record.getMessage()
+    assert rid in line and "ZeroDivisionError" in line and "prompt" not in line and record.exc_info is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -113,10 +114,12 @@ def test_routerbench_wide_table(tmp_path):
         rows.append(row)
     pkl = tmp_path / "routerbench_0shot.pkl"
     pd.DataFrame(rows).to_pickle(pkl)
-    queries, outcomes, pool = importers.routerbench(pkl)
+    queries, outcomes, pool = importers.routerbench(pkl, trust_pickle=True)
     assert list(pool["model"]) == models and len(outcomes) == 48 and outcomes["cost_usd"].max() == 0.01
-    r = herd("import", "routerbench", str(pkl), "-o", str(tmp_path / "out"))
+    r = herd("import", "routerbench", str(pkl), "-o", str(tmp_path / "out"), "--trust-pickle")
     assert r.returncode == 0, r.stderr
+    pd.DataFrame(rows).to_parquet(tmp_path / "routerbench_0shot.parquet")
+    assert len(importers.routerbench(tmp_path / "routerbench_0shot.parquet")[1]) == 48
     pd.DataFrame([{"sample_id": 1, "prompt": "x"}]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(importers.ImportFileError, match=r"missing RouterBench column\(s\) \['eval_name'\]"):
         importers.routerbench(tmp_path / "bad.csv")
@@ -161,3 +164,55 @@ def test_empty_and_malformed_files_are_clear_errors(tmp_path, kind, content, mes
     f.write_text(content)
     r = herd("import", kind, str(f), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+class _Payload:
+    """A pickle whose loading creates a file: what an untrusted pickle could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_is_read_only_when_trusted(tmp_path):
+    import pickle
+
+    evil, marker = tmp_path / "evil.pkl", tmp_path / "pwned"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    r = herd("import", "routerbench", str(evil), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--trust-pickle" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+    r = herd("import", "routerbench", str(evil), "-o", str(tmp_path / "o"), "--trust-pickle")
+    assert r.returncode == 2 and "not RouterBench's table" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_writing_into_an_unwritable_place_is_one_line(tmp_path):
+    f = tmp_path / "x.csv"
+    pd.DataFrame([{"qid": 1, "model": "a", "correct": 1, "text": "q"}]).to_csv(f, index=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = herd("import", "long", str(f), "-o", str(blocker / "out"))
+    assert r.returncode == 2 and "cannot write the imported tables there" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"qid": 1, "model": "a", "correct": 1, "text": "q"}, {"qid": 1, "model": "a", "correct": 0, "text": "q"}],
+     "1 duplicate (source, benchmark, qid, model) row(s), first at row 2"),
+    ([{"qid": 1, "model": "a", "correct": 1, "text": "q"}, {"qid": 1, "model": "b", "correct": 1, "text": "other"}],
+     "1 question(s) with more than one text"),
+])
+def test_import_refuses_what_eval_refuses_with_the_same_message(tmp_path, rows, message):
+    """The original: conflicting rows kept the last value (1 -> 0) and the last text, silently."""
+    from herd.data import HerdDataError
+
+    f = tmp_path / "dup.csv"
+    pd.DataFrame(rows).to_csv(f, index=False)
+    with pytest.raises(HerdDataError, match=re.escape(message)):
+        Outcomes.load(f, min_outcomes=1)
+    r = herd("import", "long", str(f), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    same = tmp_path / "same.csv"
+    pd.DataFrame([rows[0], rows[0], {**rows[0], "model": "b"}]).to_csv(same, index=False)
+    assert len(importers.long_table(same)[1]) == 2  # identical repeated rows count once

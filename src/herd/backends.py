@@ -1,7 +1,8 @@
 """One pool model's OpenAI-compatible backend: its HTTP client, a bound on calls in flight, and a
 circuit breaker. The gateway and collection both call models through it.
 
-A call ends in one of five ways (``Outcome.kind``): ``ok``; ``retry`` (connection failed, 408,
+A call ends in one of six ways (``Outcome.kind``): ``ok``; ``busy`` (no slot within the wait asked
+for: not called); ``retry`` (connection failed, 408,
 409, 429, 5xx, an unreadable answer: try again after a backoff, then fall back); ``fallback``
 (timed out, or the backend refused herd's credentials or model id: no point retrying it);
 ``too_long`` (the backend says the conversation exceeds its context: try a model with a larger
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -110,12 +112,20 @@ class Backend:
         delay = random.uniform(0, min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** attempt))
         return max(delay, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
 
-    async def call(self, body: dict, stream: bool = False, path: str = "/chat/completions") -> Outcome:
+    async def call(self, body: dict, stream: bool = False, path: str = "/chat/completions",
+                   slot_wait_s: float | None = None) -> Outcome:
         """One call to ``path`` (``/chat/completions`` or ``/completions``). For a stream that succeeds, the response stays open and the first SSE event
         has been read, so a failure before the first byte can still fall back; the stream holds
-        its slot until ``finish``."""
+        its slot until ``finish``. With ``slot_wait_s``, a backend at ``max_concurrency`` for that
+        long is not called: the outcome is ``busy`` (the gateway tries the next model)."""
         payload = json.dumps({**body, "model": self.config.backend_model}).encode()
-        await self.slots.acquire()
+        if slot_wait_s is None:
+            await self.slots.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self.slots.acquire(), slot_wait_s)
+            except asyncio.TimeoutError:
+                return Outcome("busy", f"busy: {self.config.max_concurrency} calls in flight for {slot_wait_s:g} s")
         self.in_flight += 1
         self.calls += 1
         outcome = None
@@ -159,7 +169,7 @@ class Backend:
                 raw = await response.read()
                 response.release()
                 try:
-                    data = json.loads(raw)
+                    data = read_json(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     return Outcome("retry", "answer is not JSON", 200)
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
@@ -214,8 +224,16 @@ def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
 
 
 def token_count(value) -> float | None:
-    """A token count from a backend's ``usage``, which may hold anything: a number >= 0 or None."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    """A token count from a backend's ``usage``, which may hold anything: a number from 0 to 10**12
+    (no call is larger; 1e999 or 10**400 would make the counters infinite) or None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1e12
+    return float(value) if ok else None
+
+
+def read_json(raw: bytes | str):
+    """A backend's JSON with non-finite numbers (1e999, NaN, Infinity) read as null, so none is
+    counted or relayed (Infinity is not JSON a client can read)."""
+    return json.loads(raw, parse_constant=lambda _: None, parse_float=lambda t: v if math.isfinite(v := float(t)) else None)
 
 
 def _retry_after(value: str | None) -> float | None:

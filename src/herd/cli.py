@@ -372,7 +372,10 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
     api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line; "
-                                                "keys in HERD_API_KEYS (comma-separated) also count. No keys: no auth."),
+                                                "keys in HERD_API_KEYS (comma-separated) also count. Keys asked for "
+                                                "but none read: herd does not start."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys; needed beyond loopback, or when "
+                                 "a keys file or HERD_API_KEYS holds no key."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout", help="Seconds in-flight requests get to finish "
                                            "after SIGTERM/Ctrl-C."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
@@ -390,17 +393,19 @@ def serve(
     Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
     """
+    import copy
     import os
     import shutil
     import tempfile
 
     import uvicorn
 
-    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, read_api_keys
+    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
+    from herd.http_guard import http_protocol
 
     try:
-        keys = read_api_keys(api_keys_file)
+        keys = serving_keys(api_keys_file, no_auth, host)
         app_ = build_app(pool, keys, choice_log)  # validate everything before any worker starts
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
@@ -411,7 +416,13 @@ def serve(
         _fail(str(e))
     err.print(f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
               f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
-    options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
+    # herd's own lines (a cut connection, an unforeseen error) go where uvicorn's go, at its level.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["herd"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    log_config["filters"] = {"no_query": {"()": "herd.http_guard.NoQueryString"}}
+    log_config["handlers"]["access"]["filters"] = ["no_query"]
+    options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
+                   http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config)
     if workers == 1:
         uvicorn.run(app_, **options)
         return
@@ -566,13 +577,15 @@ def import_cmd(
                                               "has several (default: the first in the file)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="long: benchmark name when the file has no "
                                             "benchmark column (default: the file name)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="routerbench: read a .pkl file. Reading a pickle "
+                                      "runs any code it holds: only for a file from a source you trust."),
 ) -> None:
     """Import outcomes recorded by other tools into herd's unified format, ready for `herd eval`.
 
     \b
     herd import lm-eval results/my-model/samples_gsm8k_*.jsonl -o runs/imported
     herd import long outcomes.csv -o runs/mine          # qid, model, correct, text[, cost_usd, ...]
-    herd import routerbench routerbench_0shot.pkl -o runs/routerbench
+    herd import routerbench routerbench_0shot.csv -o runs/routerbench   # .parquet; .pkl with --trust-pickle
     herd import routellm mmlu/responses/*.csv -o runs/routellm-mmlu
     """
     from herd import importers
@@ -583,15 +596,21 @@ def import_cmd(
         _fail(f"no such file(s): {missing}")
     readers = {"lm-eval": lambda: importers.lm_eval(files, model, filter_name),
                "long": lambda: importers.long_table(files[0], benchmark) if len(files) == 1 else _fail("long takes one file"),
-               "routerbench": lambda: importers.routerbench(files[0]) if len(files) == 1 else _fail("routerbench takes one file"),
+               "routerbench": lambda: importers.routerbench(files[0], trust_pickle) if len(files) == 1
+               else _fail("routerbench takes one file"),
                "routellm": lambda: importers.routellm(files)}
     if kind not in readers:
         _fail(f"unknown format {kind!r}; choose from {sorted(readers)}")
     try:
         frames = readers[kind]()
-    except importers.ImportFileError as e:
+    except (importers.ImportFileError, ValueError) as e:
         _fail(str(e))
-    importers.write(Path(out), frames)
+    except OSError as e:
+        _fail(f"{e.filename or paths[0]}: cannot be read ({e.strerror or e})")
+    try:
+        importers.write(Path(out), frames)
+    except OSError as e:
+        _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
     queries, outcomes, pool = frames
     console.print(f"imported {len(outcomes)} outcomes: {len(queries)} questions x {len(pool)} models "
                   f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")

@@ -162,7 +162,7 @@ class Outcomes:
             origin, q_name, o_name = str(path), q_file.name, o_file.name
         elif path.is_file():
             long = _read_table(path)
-            queries, outcomes = _split_long(long, path)
+            queries, outcomes = split_long(long, path.name, default_source=path.stem)
             origin, q_name, o_name = str(path), path.name, path.name
         else:
             raise HerdDataError(f"{path}: no such file or directory")
@@ -186,7 +186,7 @@ class Outcomes:
         min_outcomes: int = DEFAULT_MIN_OUTCOMES,
         size_prices=DEFAULT_SIZE_PRICES,
     ) -> Outcomes:
-        queries, outcomes = _validate(queries, outcomes, queries_name, outcomes_name, min_outcomes)
+        queries, outcomes = validate(queries, outcomes, queries_name, outcomes_name, min_outcomes)
         if models is None:
             models = pd.DataFrame(columns=["model", "source"])
         _check_columns(models, ["model", "source"], "models.csv", "one row per (source, model)")
@@ -351,14 +351,20 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise HerdDataError(f"{path}: unknown file type {path.suffix!r}; use .parquet, .csv or .jsonl")
 
 
-def _split_long(long: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per (query, model) with the query's text: split into queries and outcomes."""
+def split_long(long: pd.DataFrame, name: str, default_source: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (query, model) with the query's text: split into queries and outcomes.
+    ``name`` is the file's, for errors; a question must have one text."""
     long = long.copy()
     if "source" not in long:
-        long["source"] = path.stem
+        long["source"] = default_source
     if "benchmark" not in long:
         long["benchmark"] = "all"
-    _check_columns(long, OUTCOME_REQUIRED + ["text"], path.name, "a long file has one row per (query, model)")
+    _check_columns(long, OUTCOME_REQUIRED + ["text"], name, "a long file has one row per (query, model)")
+    texts = long.drop_duplicates(QUERY_KEY + ["text"])
+    dup = texts.duplicated(QUERY_KEY)
+    if dup.any():
+        raise HerdDataError(f"{name}: {int(dup.sum())} question(s) with more than one text, {_first(texts, dup)}; "
+                            "keep one text per (source, benchmark, qid)")
     qcols = [c for c in QUERY_REQUIRED + ["gold", "category"] if c in long]
     queries = long[qcols].drop_duplicates(QUERY_KEY).reset_index(drop=True)
     outcomes = long.drop(columns=[c for c in ("text", "gold", "category") if c in long])
@@ -381,7 +387,9 @@ def _first(df: pd.DataFrame, mask) -> str:
     return f"first at row {i + 1}: {key}"
 
 
-def _validate(queries, outcomes, q_name, o_name, min_outcomes):
+def validate(queries, outcomes, q_name, o_name, min_outcomes):
+    """The checks every outcome table passes, loaded or imported: returns the tables with
+    normalized types, or raises HerdDataError naming the file, the row and the fix."""
     _check_columns(queries, QUERY_REQUIRED, q_name, "one row per question")
     _check_columns(outcomes, OUTCOME_REQUIRED, o_name, "one row per (question, model)")
     queries = queries.reset_index(drop=True).copy()

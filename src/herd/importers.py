@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from herd.data import HerdDataError, split_long, validate
 from herd.jsonl import read_jsonl
 
 SOURCE = "imported"
@@ -27,16 +28,18 @@ def _qid(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _frames(rows: list[dict], texts: dict, golds: dict | None = None, where: str = "the input"
-            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _frames(rows: list[dict], where: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The unified tables from one row per (question, model) with the question's text (and gold),
+    checked as `herd eval` checks a file: a conflict (two outcomes for one question and model,
+    two texts for one question) stops with the loader's message. Identical repeated rows count once."""
     if not rows:
         raise ImportFileError(f"{where}: no outcomes to import (no rows, or no scores in them)")
-    outcomes = pd.DataFrame(rows)
-    outcomes = outcomes.drop_duplicates(["source", "benchmark", "qid", "model"], keep="last")
-    keys = outcomes[["source", "benchmark", "qid"]].drop_duplicates()
-    queries = keys.assign(text=[texts[(s, b, q)] for s, b, q in keys.itertuples(index=False)])
-    if golds:
-        queries["gold"] = [golds.get((s, b, q)) for s, b, q in keys.itertuples(index=False)]
+    long = pd.DataFrame(rows).drop_duplicates()
+    try:
+        queries, outcomes = split_long(long, where)
+        validate(queries, outcomes, where, where, min_outcomes=1)
+    except HerdDataError as e:
+        raise ImportFileError(str(e)) from None
     models = outcomes[["model", "source"]].drop_duplicates().reset_index(drop=True)
     return queries.reset_index(drop=True), outcomes.reset_index(drop=True), models
 
@@ -44,7 +47,7 @@ def _frames(rows: list[dict], texts: dict, golds: dict | None = None, where: str
 def lm_eval(paths: list[Path], model: str | None = None, filter_name: str | None = None):
     """``samples_<task>_<date>.jsonl`` files; the model is ``model`` or the folder name lm-eval
     wrote them under; with several answer filters per sample, ``filter_name`` or the first."""
-    rows, texts, golds = [], {}, {}
+    rows = []
     for path in paths:
         m = re.match(r"samples_(.+?)(?:_\d{4}-\d{2}-\d{2}T[\d\-.:]+)?\.jsonl$", path.name)
         if not m:
@@ -71,10 +74,9 @@ def lm_eval(paths: list[Path], model: str | None = None, filter_name: str | None
             resp = s.get("resps")
             first = resp[0][0] if isinstance(resp, list) and resp and isinstance(resp[0], list) and resp[0] else None
             rows.append({"source": SOURCE, "benchmark": task, "qid": qid, "model": who, "correct": value,
-                         "output_chars": len(first) if isinstance(first, str) else None})
-            texts[(SOURCE, task, qid)] = text
-            golds[(SOURCE, task, qid)] = None if s.get("target") is None else str(s["target"])
-    return _frames(rows, texts, golds, where=", ".join(map(str, paths)))
+                         "output_chars": len(first) if isinstance(first, str) else None, "text": text,
+                         "gold": None if s.get("target") is None else str(s["target"])})
+    return _frames(rows, ", ".join(map(str, paths)))
 
 
 def _lm_eval_prompt(sample: dict) -> str | None:
@@ -108,21 +110,30 @@ def long_table(path: Path, benchmark: str | None = None):
     df["correct"] = correct
     if "text" not in df:
         raise ImportFileError(f"{path}: no 'text' column: routers learn from the question text; add it")
+    df["text"] = df["text"].astype(str)
+    if "gold" in df:
+        df["gold"] = df["gold"].astype(str)
     keep = [c for c in ("source", "benchmark", "qid", "model", "correct", "cost_usd", "latency_s", "output_tokens",
-                        "output_chars") if c in df]
-    key = list(zip(df["source"], df["benchmark"], df["qid"]))
-    texts = dict(zip(key, df["text"].astype(str)))
-    golds = dict(zip(key, df["gold"].astype(str))) if "gold" in df else None
-    return _frames(df[keep].to_dict("records"), texts, golds, where=str(path))
+                        "output_chars", "text", "gold") if c in df]
+    return _frames(df[keep].to_dict("records"), str(path))
 
 
-def routerbench(path: Path):
-    """RouterBench's wide table (pickle or CSV): ``sample_id, prompt, eval_name`` and, per
-    model, ``<model>`` (score), ``<model>|total_cost`` and ``<model>|model_response``."""
+def routerbench(path: Path, trust_pickle: bool = False):
+    """RouterBench's wide table (CSV, parquet, or its released pickle): ``sample_id, prompt,
+    eval_name`` and, per model, ``<model>`` (score), ``<model>|total_cost`` and
+    ``<model>|model_response``. Reading a pickle runs whatever code it holds, so a pickle is
+    read only with ``trust_pickle``."""
+    pickled = path.suffix in (".pkl", ".pickle")
+    if pickled and not trust_pickle:
+        raise ImportFileError(f"{path}: reading a pickle runs any code it holds; pass --trust-pickle only for a file "
+                              "from a source you trust (RouterBench's own release), or convert it to CSV or parquet")
     try:
-        df = pd.read_pickle(path) if path.suffix in (".pkl", ".pickle") else pd.read_csv(path)
-    except Exception as e:  # pickle and CSV readers raise many kinds
+        df = (pd.read_pickle(path) if pickled else pd.read_parquet(path) if path.suffix == ".parquet"
+              else pd.read_csv(path))
+    except Exception as e:  # pickle, parquet and CSV readers raise many kinds
         raise ImportFileError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(df, pd.DataFrame):
+        raise ImportFileError(f"{path}: holds a {type(df).__name__}, not RouterBench's table")
     missing = [c for c in ("sample_id", "prompt", "eval_name") if c not in df.columns]
     if missing:
         raise ImportFileError(f"{path}: missing RouterBench column(s) {missing}; it has {list(df.columns)[:12]}")
@@ -138,10 +149,9 @@ def routerbench(path: Path):
             i = int(bad.to_numpy().nonzero()[0][0])
             raise ImportFileError(f"{path}, row {i + 2}: score column {m!r} holds {df[m].iloc[i]!r}, not a number in [0, 1]")
         df[m] = scores
-    rows, texts = [], {}
+    rows = []
     for r in df.to_dict("records"):
         bench, qid = str(r["eval_name"]), str(r["sample_id"])
-        texts[(SOURCE, bench, qid)] = str(r["prompt"])
         for m in models:
             score = r[m]
             if pd.isna(score):
@@ -149,8 +159,8 @@ def routerbench(path: Path):
             resp = r.get(f"{m}|model_response")
             rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m, "correct": float(score),
                          "cost_usd": None if pd.isna(r[f"{m}|total_cost"]) else float(r[f"{m}|total_cost"]),
-                         "output_chars": _chars(resp)})
-    return _frames(rows, texts, where=str(path))
+                         "output_chars": _chars(resp), "text": str(r["prompt"])})
+    return _frames(rows, str(path))
 
 
 def _chars(response) -> int | None:
@@ -161,7 +171,7 @@ def _chars(response) -> int | None:
 def routellm(paths: list[Path]):
     """RouteLLM's response CSVs (``mmlu_<subject>.csv``, ``gsm8k_responses.csv``): a ``prompt``
     column and one True/False column per model (``<model>_response`` columns hold the text)."""
-    rows, texts = [], {}
+    rows = []
     for path in paths:
         try:
             df = pd.read_csv(path)
@@ -181,12 +191,11 @@ def routellm(paths: list[Path]):
                 raise ImportFileError(f"{path}, row {i + 2}: column {m!r} holds {df[m].iloc[i]!r}, not True/False")
         for r in df.to_dict("records"):
             qid = _qid(str(r["prompt"]))
-            texts[(SOURCE, bench, qid)] = str(r["prompt"])
             for m in models:
                 resp = r.get(f"{m}_response")
-                rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m,
+                rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m, "text": str(r["prompt"]),
                              "correct": 1.0 if r[m] in (True, "True") else 0.0, "output_chars": _chars(resp)})
-    return _frames(rows, texts, where=", ".join(map(str, paths)))
+    return _frames(rows, ", ".join(map(str, paths)))
 
 
 def write(out: Path, frames) -> None:

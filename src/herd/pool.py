@@ -71,6 +71,18 @@ class GatewaySettings(_Strict):
     max_backoff_s: float = Field(5.0, ge=0)
     max_body_mb: float = Field(8.0, gt=0, description="larger request bodies get 413")
     default_output_tokens: int = Field(256, gt=0, description="completion length assumed for cost estimates without max_tokens")
+    max_header_kb: float = Field(64.0, gt=0, description="a larger request head (request line and headers) gets 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="time to send the request head, from connecting or "
+                                    "from the previous answer; then 408 and the connection is closed")
+    body_timeout_s: float = Field(30.0, gt=0, description="time to send the body once the head is in; then the "
+                                  "connection is closed")
+    max_connections: int = Field(1000, gt=0, description="open connections per worker; more are answered 503 and closed")
+    slot_wait_s: float = Field(2.0, ge=0, description="wait for a slot at a backend's max_concurrency, then fall back")
+    metrics_need_key: bool = Field(False, description="/metrics requires a client API key (when keys are set)")
+    session_secret: Optional[str] = Field(None, min_length=16, description="key of the choice log's session hashes "
+                                          "(HERD_SESSION_SECRET wins; default: random per start)")
+    log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "
+                                   "private requests)")
 
 
 class PoolConfig(_Strict):

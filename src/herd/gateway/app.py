@@ -13,25 +13,26 @@ import json
 import logging
 import os
 import time
+import traceback
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from herd import __version__
 from herd.gateway import telemetry as tm
-from herd.backends import Backend, Outcome, token_count
+from herd.backends import Backend, Outcome, read_json, token_count
 from herd.collect.grading import get_grader
 from herd.gateway.agree import ask_first_stage
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
-from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog
-from herd.gateway.errors import GatewayError, error_body, error_response
+from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
+from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
 from herd.gateway.selection import Plan, Selector
 from herd.pool import PoolConfig, load_pool
 
@@ -48,6 +49,27 @@ def read_api_keys(keys_file: str | Path | None = None) -> list[str]:
     return keys
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serving_keys(keys_file: str | Path | None, no_auth: bool, host: str) -> list[str]:
+    """The client keys to require, or a ValueError saying why herd will not start: keys asked for
+    (a keys file, HERD_API_KEYS) but none read, or no keys on an address beyond loopback without
+    ``no_auth``. Serving without auth is a choice, never an accident of an empty file."""
+    keys = read_api_keys(keys_file)
+    asked = keys_file is not None or ENV_KEYS in os.environ
+    if no_auth:
+        if keys:
+            raise ValueError("--no-auth, but API keys were given (HERD_API_KEYS or --api-keys-file): choose one")
+        return []
+    if asked and not keys:
+        raise ValueError(f"API keys were asked for ({keys_file or ENV_KEYS}) but none were read; add keys, "
+                         "or pass --no-auth to serve without auth")
+    if not keys and host not in LOOPBACK:
+        raise ValueError(f"serving on {host} without API keys: set {ENV_KEYS} or --api-keys-file, or pass --no-auth")
+    return keys
+
+
 class Gateway:
     def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
                  choice_log: ChoiceLog | None = None):
@@ -56,7 +78,15 @@ class Gateway:
         self.choice_log = choice_log
         self.keys = [k.encode() for k in api_keys or []]
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        self.secrets = [k for m in pool.models if (k := m.api_key())]  # never relayed to a client
         self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
+
+    def has_key(self, request: Request) -> bool:
+        try:
+            self.check_key(request)
+        except GatewayError:
+            return False
+        return True
 
     def check_key(self, request: Request) -> None:
         if not self.keys:
@@ -88,12 +118,32 @@ class Gateway:
         return GatewayError(413, f"request body is larger than {self.pool.gateway.max_body_mb:g} MB", code="body_too_large")
 
     async def chat(self, request: Request) -> Response:
+        """Answer a chat request. Whatever goes wrong is counted and answered in OpenAI's shape: a
+        client gone before its body arrived is a 499, an error herd did not foresee a 500 with
+        one log line naming the request."""
+        request.state.request_id = rid = uuid.uuid4().hex
+        try:
+            return await self._chat(request)
+        except ClientDisconnect:
+            log.info("request %s: the client went away before sending its whole body", rid)
+            tm.REQUESTS.labels("disconnected", "499").inc()
+            return Response(status_code=499)
+        except GatewayError:
+            raise
+        except Exception as e:
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            # The type and place, not the message: a message may quote the request's text.
+            log.error("request %s: unexpected %s at %s:%d (%s)", rid, type(e).__name__, Path(where.filename).name,
+                      where.lineno, where.name)
+            tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), "500").inc()
+            return error_response(500, f"internal error in herd ({type(e).__name__}); the server log names request "
+                                       f"{rid}", code="internal_error", headers={"x-herd-request-id": rid})
+
+    async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()
         self.check_key(request)
-        req = parse_chat(await self.read_body(request))
-        req.request_id = uuid.uuid4().hex
-        if req.options.session is None and request.headers.get("x-herd-session"):
-            req.options = replace(req.options, session=request.headers["x-herd-session"])
+        req = parse_chat(await self.read_body(request), request.headers)
+        req.request_id = request.state.request_id
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
@@ -132,7 +182,10 @@ class Gateway:
                     attempts.append({"model": name, "outcome": "skipped: circuit open"})
                     break
                 t0 = time.perf_counter()
-                outcome = await backend.call(body, stream)
+                outcome = await backend.call(body, stream, slot_wait_s=self.pool.gateway.slot_wait_s)
+                if outcome.kind == "busy":  # not called: no attempt to count, the next model may be free
+                    attempts.append({"model": name, "outcome": f"skipped: {outcome.detail}"})
+                    break
                 seconds = time.perf_counter() - t0
                 attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
                 tm.BACKEND_SECONDS.labels(name).observe(seconds)
@@ -194,7 +247,8 @@ class Gateway:
         if outcome.kind == "client":
             tm.REQUESTS.labels(route, str(outcome.status)).inc()
             self._log_choice(req, plan, route, name, attempts, str(outcome.status), None, started, checked)
-            return Response(_as_openai_error(outcome), status_code=outcome.status, media_type="application/json",
+            return Response(relayed_error(outcome.status, outcome.body, self.secrets), status_code=outcome.status,
+                            media_type="application/json",
                             headers=headers)
         tm.ANSWERS.labels(name).inc()
         if req.stream:
@@ -217,21 +271,23 @@ class Gateway:
         if self.choice_log is None:
             return
         self.choice_log.write({
-            "time": round(time.time(), 3), "request_id": req.request_id, "session": req.session, "turn": req.turn,
+            "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
             "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
-            **(checked.logged() if checked is not None else {})})
+            **(checked.logged() if checked is not None else {})}, req.session, req.options.private)
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
-        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False}
+        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False, "ended": False}
 
         async def relay():
             try:
                 yield _rewrite(outcome.first_event, name, state, meta)
                 async for event in outcome.events:
                     yield _rewrite(event, name, state)
+                if not state["ended"]:  # closed without [DONE] or a finish_reason: a cut, not an end
+                    raise StreamCut()
                 state["finished"] = True
             except Exception as e:  # aiohttp's errors, a timeout, or a chunk too malformed to relay
                 # Bytes already reached the client, so no fallback: end the stream with an error event.
@@ -335,6 +391,10 @@ class Gateway:
             self.choice_log.close()
 
 
+class StreamCut(Exception):
+    """A backend stream that stopped without [DONE] or a finish_reason."""
+
+
 class _Relay(StreamingResponse):
     """A relayed stream whose ``close`` runs once however it ends: finished, broken, or
     abandoned by the client, even before its first chunk."""
@@ -367,10 +427,12 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
     if not text.startswith("data:"):
         return event
     payload = text[5:].strip()
+    if payload == "[DONE]":
+        counts["ended"] = True
     if not payload.startswith("{"):
         return event
     try:
-        chunk = json.loads(payload)
+        chunk = read_json(payload)
     except json.JSONDecodeError:
         return event
     if not isinstance(chunk, dict):
@@ -381,6 +443,8 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
         chunk["herd"] = meta
     choices = chunk.get("choices")
     for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            counts["ended"] = True
         delta = choice.get("delta") if isinstance(choice, dict) else None
         content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str):
@@ -389,17 +453,6 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
     if isinstance(usage, dict):
         counts["prompt"], counts["completion"] = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return f"data: {json.dumps(chunk)}\n\n".encode()
-
-
-def _as_openai_error(outcome: Outcome) -> bytes:
-    try:
-        body = json.loads(outcome.body)
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            return outcome.body
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    text = outcome.body.decode("utf-8", "replace")[:500]
-    return json.dumps(error_body(outcome.status, f"backend refused the request: {text}")).encode()
 
 
 async def _unless_disconnected(request: Request, work) -> Response:
@@ -424,7 +477,9 @@ async def _disconnected(request: Request) -> None:
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
                choice_log: str | Path | None = None) -> FastAPI:
-    gateway = Gateway(pool, selector, api_keys, ChoiceLog(choice_log) if choice_log else None)
+    log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret),
+                     pool.gateway.log_session_text) if choice_log else None
+    gateway = Gateway(pool, selector, api_keys, log_)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -432,12 +487,17 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         yield
         await gateway.close()
 
-    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No /openapi.json: herd's API is OpenAI's, and the schema would only map herd for a stranger.
+    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, e: GatewayError):
+        rid = getattr(request.state, "request_id", None)
+        if rid is None:  # not a chat request (e.g. /v1/models without a key): herd_requests_total counts chats
+            return e.response()
         tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
+        e.headers.setdefault("x-herd-request-id", rid)
         return e.response()
 
     @app.exception_handler(HTTPException)
@@ -461,12 +521,16 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         return gateway.models()
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
         body, status = gateway.health()
+        if not gateway.has_key(request):  # probes need no key; the pool's names and errors do
+            body = {"status": body["status"]}
         return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        if pool.gateway.metrics_need_key:
+            gateway.check_key(request)
         body, content_type = tm.exposition()
         return Response(body, media_type=content_type)
 

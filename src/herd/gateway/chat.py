@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from herd.gateway.errors import GatewayError
+from herd.gateway.validate import check_headers, check_sampling, check_spellings, finite_float, flag, shown
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 # How many recent user turns the router reads; the last one is what is being asked.
@@ -29,10 +31,11 @@ class HerdOptions:
     tags: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     session: str | None = None  # pins a blend's per-turn draws; default: the conversation's opening
+    private: bool = False  # only on_prem models (the tag is added to ``tags``)
 
     def as_dict(self) -> dict:
         return {"max_cost_usd": self.max_cost_usd, "tags": list(self.tags), "exclude": list(self.exclude),
-                "session": self.session}
+                "session": self.session, "private": self.private}
 
 
 @dataclass
@@ -63,9 +66,11 @@ class ChatRequest:
         return self.prompt_chars / CHARS_PER_TOKEN_COST + TOKENS_PER_MESSAGE * self.n_messages
 
 
-def parse_chat(raw: bytes) -> ChatRequest:
+def parse_chat(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequest:
+    """The request in ``raw`` with herd's options from its body and ``headers`` (x-herd-session,
+    x-herd-private), every value herd reads checked."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
     except RecursionError:
@@ -75,19 +80,10 @@ def parse_chat(raw: bytes) -> ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "'model' is required: 'herd', 'herd:<policy>' or a pool model's name", param="model")
+    check_sampling(body)
     stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise GatewayError(400, f"'stream' must be a boolean, got {json.dumps(stream)}", param="stream")
-    for key in ("n", "max_tokens", "max_completion_tokens"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise GatewayError(400, f"'{key}' must be a positive integer, got {json.dumps(v)}", param=key)
-    for key in ("temperature", "top_p"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise GatewayError(400, f"'{key}' must be a number, got {json.dumps(v)}", param=key)
     texts, users = _read_messages(body.get("messages"))
-    options = _options(body)
+    options = _options(body, headers or {})
     # The router reads what is being asked: the recent user turns, or else the last message with text.
     router_text = "\n".join(users[-ROUTER_TURNS:]) or next((t for t in reversed(texts) if t), "")
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -128,7 +124,10 @@ def _content_text(content, where: str) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, dict):
                 raise GatewayError(400, f"{where}.content[{j}] must be an object", param=f"{where}.content")
-            if isinstance(part.get("text"), str):
+            if "text" in part:  # a text part whose text is not a string: no backend reads it the same way
+                if not isinstance(part["text"], str):
+                    raise GatewayError(400, f"{where}.content[{j}].text must be a string, got {shown(part['text'])}",
+                                       param=f"{where}.content[{j}].text")
                 parts.append(part["text"])
         return "\n".join(parts)
     raise GatewayError(400, f"{where}.content must be a string or a list of parts, got {type(content).__name__}",
@@ -151,38 +150,44 @@ def _images(body: dict) -> int:
                for part in m["content"] if isinstance(part, dict) and part.get("type") in ("image_url", "input_image"))
 
 
-def _options(body: dict) -> HerdOptions:
+def _options(body: dict, headers: Mapping[str, str]) -> HerdOptions:
     """Pop herd's own options so backends never see them."""
+    check_spellings(body)
+    check_headers(headers)
     raw = body.pop("herd", None)
     if raw is None:
         raw = {}
     elif not isinstance(raw, dict):
         raise GatewayError(400, "'herd' must be an object such as {\"max_cost_usd\": 0.01, \"private\": true}", param="herd")
-    meta = body.get("metadata")
+    meta, private_meta = body.get("metadata"), False
     if isinstance(meta, dict):
         for key in [k for k in meta if isinstance(k, str) and k.startswith("herd_")]:
             value = meta.pop(key)
-            raw.setdefault(key.removeprefix("herd_"), _from_metadata(key, value))
+            if key == "herd_private":
+                private_meta = flag(value, "metadata.herd_private")
+            else:
+                raw.setdefault(key.removeprefix("herd_"), _from_metadata(key, value))
         if not meta:
             body.pop("metadata")
     unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude", "session"}
     if unknown:
         raise GatewayError(400, f"unknown herd option(s) {sorted(unknown)}; known: max_cost_usd, tags, private, exclude, "
                                 "session", param="herd")
-    session = raw.get("session")
+    session = raw.get("session", headers.get("x-herd-session") or None)
     if session is not None and (not isinstance(session, (str, int)) or isinstance(session, bool)):
         raise GatewayError(400, f"herd.session must be a string, got {json.dumps(session)}", param="herd.session")
     cost = raw.get("max_cost_usd")
     if cost is not None and (not isinstance(cost, (int, float)) or isinstance(cost, bool) or cost < 0):
         raise GatewayError(400, f"herd.max_cost_usd must be a number >= 0, got {json.dumps(cost)}", param="herd.max_cost_usd")
     tags = _str_list(raw.get("tags", []), "herd.tags")
-    private = raw.get("private", False)
-    if not isinstance(private, bool):
-        raise GatewayError(400, f"herd.private must be a boolean, got {json.dumps(private)}", param="herd.private")
+    # Private if any of body, metadata and header says so: a privacy flag fails closed.
+    private = flag(raw.get("private", False), "herd.private") or private_meta
+    if "x-herd-private" in headers:
+        private = flag(headers["x-herd-private"], "x-herd-private") or private
     if private and "on_prem" not in tags:
         tags.append("on_prem")
     return HerdOptions(max_cost_usd=cost, tags=tuple(tags), exclude=tuple(_str_list(raw.get("exclude", []), "herd.exclude")),
-                       session=None if session is None else str(session))
+                       session=None if session is None else str(session), private=private)
 
 
 def _from_metadata(key: str, value):
@@ -191,8 +196,6 @@ def _from_metadata(key: str, value):
         return value
     if key == "herd_session":
         return value
-    if key == "herd_private":
-        return value.strip().lower() in ("1", "true", "yes")
     if key == "herd_max_cost_usd":
         try:
             return float(value)
