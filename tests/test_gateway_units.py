@@ -307,3 +307,28 @@ def test_an_unforeseen_error_is_a_counted_500_in_openais_shape_with_one_log_line
     (record,) = [rec for rec in caplog.records if rec.name == "herd.gateway"]
     line = record.getMessage()
     assert rid in line and "ZeroDivisionError" in line and "prompt" not in line and record.exc_info is None
+
+
+def test_the_task_reaches_a_task_aware_router_and_safes_per_task_anchor(tmp_path):
+    """A mixture where the words say nothing: only the request's task can route."""
+    import sys
+
+    from herd.policies import SafeArgMax
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_mixture import _mixture
+
+    m = _mixture(with_text=False).mixtures()[0].matrix()
+    trained = artifact.train("logistic-task", make_router("logistic-task"), SafeArgMax(), m)
+    artifact.save(trained, tmp_path / "r")
+    pool = PoolConfig.model_validate({"router": str(tmp_path / "r"), "models": [
+        {"name": name, "base_url": "http://127.0.0.1:9/v1"} for name in m.models]})
+    selector = Selector.from_config(pool, tmp_path / "r")
+    ask = lambda task: selector.plan(parse_chat(chat(herd={"task": task} if task else {})))  # noqa: E731
+    assert ask("math").candidates[0] == "mathy" and ask("code").candidates[0] == "cody"
+    assert "best model for task code" in ask("code").reason
+    assert ask(None).candidates[0] == m.models[trained.policy.anchor_]  # no task: the overall anchor
+    by_metadata = selector.plan(parse_chat(chat(metadata={"herd_task": "code"})))
+    assert by_metadata.candidates[0] == "cody"
+    with pytest.raises(GatewayError, match="herd.task must be a task name"):
+        parse_chat(chat(herd={"task": 5}))

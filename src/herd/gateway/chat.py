@@ -32,10 +32,11 @@ class HerdOptions:
     exclude: tuple[str, ...] = ()
     session: str | None = None  # pins a blend's per-turn draws; default: the conversation's opening
     private: bool = False  # only on_prem models (the tag is added to ``tags``)
+    task: str | None = None  # the query's task (a benchmark of the router's mixture, a category), if known
 
     def as_dict(self) -> dict:
         return {"max_cost_usd": self.max_cost_usd, "tags": list(self.tags), "exclude": list(self.exclude),
-                "session": self.session, "private": self.private}
+                "session": self.session, "private": self.private, "task": self.task}
 
 
 @dataclass
@@ -169,10 +170,14 @@ def _options(body: dict, headers: Mapping[str, str]) -> HerdOptions:
                 raw.setdefault(key.removeprefix("herd_"), _from_metadata(key, value))
         if not meta:
             body.pop("metadata")
-    unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude", "session"}
+    unknown = set(raw) - {"max_cost_usd", "tags", "private", "exclude", "session", "task"}
     if unknown:
         raise GatewayError(400, f"unknown herd option(s) {sorted(unknown)}; known: max_cost_usd, tags, private, exclude, "
-                                "session", param="herd")
+                                "session, task", param="herd")
+    task = raw.get("task")
+    if task is not None and (not isinstance(task, str) or not task.strip() or len(task) > 200):
+        raise GatewayError(400, f"herd.task must be a task name (a non-empty string of at most 200 characters), "
+                                f"got {json.dumps(task)[:80]}", param="herd.task")
     session = raw.get("session", headers.get("x-herd-session") or None)
     if session is not None and (not isinstance(session, (str, int)) or isinstance(session, bool)):
         raise GatewayError(400, f"herd.session must be a string, got {json.dumps(session)}", param="herd.session")
@@ -187,14 +192,15 @@ def _options(body: dict, headers: Mapping[str, str]) -> HerdOptions:
     if private and "on_prem" not in tags:
         tags.append("on_prem")
     return HerdOptions(max_cost_usd=cost, tags=tuple(tags), exclude=tuple(_str_list(raw.get("exclude", []), "herd.exclude")),
-                       session=None if session is None else str(session), private=private)
+                       session=None if session is None else str(session), private=private,
+                       task=None if task is None else task.strip())
 
 
 def _from_metadata(key: str, value):
     """Metadata values are strings: 'true', '0.01', 'a,b'."""
     if not isinstance(value, str):
         return value
-    if key == "herd_session":
+    if key in ("herd_session", "herd_task"):
         return value
     if key == "herd_max_cost_usd":
         try:

@@ -14,7 +14,7 @@ from herd.blend import Blend
 from herd.collect.grading import GRADERS, get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
-from herd.policies import Agree, policy_from_config
+from herd.policies import Agree, policy_from_config, policy_inputs
 from herd.pool import PoolConfig, PoolError
 
 DEFAULT = "herd"
@@ -159,7 +159,7 @@ class Selector:
         scored = [m for m in names if self.trained is not None and m in self.scored]
         if not scored:
             return names[0]
-        scores = dict(zip(self.router_models, self.trained.router.predict_scores([req.router_text])[0]))
+        scores = dict(zip(self.router_models, self.trained.router.predict_scores([req.router_text], [req.options.task])[0]))
         cost = {m: np.nan_to_num(self.estimate_cost(self.by_name[m], req), nan=np.inf) for m in scored}
         return max(scored, key=lambda m: (scores[m], -cost[m]))
 
@@ -174,7 +174,8 @@ class Selector:
 
     def _route(self, req: ChatRequest, policy, ineligible: dict[str, str]) -> Plan:
         started = time.perf_counter()
-        scores = self.trained.router.predict_scores([req.router_text])[0]
+        task = req.options.task
+        scores = self.trained.router.predict_scores([req.router_text], [task])[0]
         router_ms = (time.perf_counter() - started) * 1000
         models = self.router_models
         ok = np.array([m in self.scored and m not in ineligible for m in models])
@@ -187,14 +188,15 @@ class Selector:
         costs = self._costs(req, models, ok)
         if getattr(policy, "post_call", False):
             return self._checked(plan, policy, scores, costs, ok)
-        anchor = getattr(policy, "anchor_", None)
+        anchor = None if not hasattr(policy, "anchors") else int(policy.anchors(1, [task])[0])
         if anchor is not None and not ok[anchor]:
             first = _best(scores, costs, ok)
             plan.reason = (f"best single model {models[anchor]} cannot take this request "
                            f"({ineligible.get(models[anchor], 'not in the pool')}); "
                            f"highest P(correct) among eligible: {models[first]} {scores[first]:.2f}")
         else:
-            decision = policy.decide(np.where(ok, scores, -np.inf)[None, :], models, costs)
+            decision = policy.decide(np.where(ok, scores, -np.inf)[None, :], models, costs,
+                                     **policy_inputs(policy, tasks=[task]))
             first, plan.reason = int(decision.choice[0]), decision.reasons[0]
             if not ok[first]:  # e.g. a cascade whose last model is ruled out for this request
                 chosen, first = models[first], _best(scores, costs, ok)
