@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
 from herd.routers.base import FeatureRouter
+
+
+FIT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class LogisticRouter(FeatureRouter):
@@ -30,18 +36,23 @@ class LogisticRouter(FeatureRouter):
         # All models' weights in one matrix, so routing is one sparse product, not one call per model.
         self.coef_ = np.zeros((x.shape[1], y.shape[1]))
         self.intercept_ = np.zeros(y.shape[1])
-        for j in range(y.shape[1]):
+
+        def fit_one(j: int) -> None:
             yj = y[:, j]
             if yj.min() == yj.max():  # no signal: a constant at the training rate
                 p = np.clip(yj[0], 1e-6, 1 - 1e-6)
                 self.intercept_[j] = np.log(p / (1 - p))
-                continue
+                return
             weights = np.r_[yj, 1.0 - yj]
             keep = weights > 0
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", random_state=self.seed)
             clf.fit(xx[keep], labels[keep], sample_weight=weights[keep])
             self.coef_[:, j] = clf.coef_[0]
             self.intercept_[j] = clf.intercept_[0]
+
+        # liblinear releases the GIL: the models' fits share the cores, each writing its own column.
+        with ThreadPoolExecutor(max_workers=min(FIT_THREADS, y.shape[1])) as pool:
+            list(pool.map(fit_one, range(y.shape[1])))
 
     def _predict(self, texts):
         z = np.asarray(self._featurize(texts) @ self.coef_) + self.intercept_
