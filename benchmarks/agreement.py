@@ -22,7 +22,7 @@ import pandas as pd
 
 from herd import metrics
 from herd.data import Outcomes, find_data_dir
-from herd.evaluate import evaluate
+from herd.evaluation import evaluate
 from herd.policies import make_policy
 
 POLICIES = ("agree", "agree:open")

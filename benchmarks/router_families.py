@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from herd.data import Outcomes, find_data_dir
-from herd.evaluate import evaluate
+from herd.evaluation import evaluate
 from herd.policies import ArgMax, SafeArgMax
 from herd.routers import ROUTERS, make_router
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from herd import metrics
 from herd.data import Outcomes, find_data_dir
-from herd.evaluate import evaluate
+from herd.evaluation import evaluate
 from herd.policies import ArgMax, SafeArgMax
 
 GAP_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "crux"), ("mmlu-pro", "mmlu-pro"),

@@ -7,7 +7,7 @@ import pytest
 from herd import metrics
 from herd.collect.grading import answer_codes, infer_grader
 from herd.data import Outcomes
-from herd.evaluate import evaluate
+from herd.evaluation import evaluate
 from herd.policies import Agree, agreement_choice, make_policy, policy_from_config
 from herd.routers import make_router
 
@@ -196,7 +196,7 @@ def test_answers_that_defeat_a_grader_key_as_their_text():
 
 
 def test_costs_known_for_few_queries_are_not_shown_or_matched_against():
-    from herd.evaluate import MethodResult
+    from herd.evaluation import MethodResult
     from herd.report import fmt_cost
 
     r = MethodResult("s", "b", "knn (argmax)", "router", 0.7, 0.000477, True, None, 100, 0.1, "x", cost_coverage=0.035)

@@ -6,7 +6,7 @@ import pytest
 
 from herd import metrics
 from herd.data import Outcomes
-from herd.evaluate import KINDS, evaluate
+from herd.evaluation import KINDS, evaluate
 from herd.report import write_report
 
 CONTRACT = {"source", "benchmark", "method", "kind", "accuracy", "cost_usd", "cost_estimated",

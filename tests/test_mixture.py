@@ -6,7 +6,7 @@ import pytest
 
 from herd import metrics
 from herd.data import HerdDataError, Outcomes
-from herd.evaluate import evaluate
+from herd.evaluation import evaluate
 from herd.policies import ArgMax, SafeArgMax
 from herd.routers import make_router
 
@@ -109,7 +109,7 @@ def test_safe_keeps_each_tasks_own_best_model_per_task():
 
 def test_a_router_trained_on_a_mixture_is_scored_on_mixtures_with_its_tasks(tmp_path):
     from herd import artifact
-    from herd.evaluate import evaluate_trained
+    from herd.evaluation import evaluate_trained
 
     train, test = _mixture(with_text=False, seed=0), _mixture(with_text=False, seed=1)
     m = train.mixtures()[0].matrix()

@@ -12,7 +12,7 @@ _EXPORTS = {
     "HerdDataError": "herd.data",
     "Matrix": "herd.data",
     "Outcomes": "herd.data",
-    "evaluate": "herd.evaluate",
+    "evaluate": "herd.evaluation",
     "ArgMax": "herd.policies",
     "CostAware": "herd.policies",
     "SafeArgMax": "herd.policies",

@@ -102,7 +102,7 @@ def _progress_bar():
 
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
               size_prices, sweep, groups=None, conversations: int = 0, mix: bool = False, demo_mix: bool = False) -> None:
-    from herd.evaluate import evaluate
+    from herd.evaluation import evaluate
     from herd.policies import make_policy
     from herd.routers import make_router
 
@@ -142,7 +142,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
 def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, json_path, min_outcomes, size_prices,
                       sweep, started) -> None:
     from herd import artifact
-    from herd.evaluate import evaluate_trained
+    from herd.evaluation import evaluate_trained
 
     try:
         trained = artifact.load(router_dir)

@@ -14,7 +14,7 @@ import numpy as np
 from rich.table import Table
 
 from herd import metrics
-from herd.evaluate import BenchmarkResult, Evaluation, MethodResult
+from herd.evaluation import BenchmarkResult, Evaluation, MethodResult
 
 MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
 SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
