@@ -54,7 +54,8 @@ async def _drop(send) -> None:
 def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=0.0, first_byte_delay_s=0.0,
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
              keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", dissent_word="",
-             inf_usage=False, close_delimited=False, cut_stream=False, echo_headers=False):
+             inf_usage=False, close_delimited=False, cut_stream=False, echo_headers=False, delay_rate=1.0,
+             watch_word=""):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
@@ -65,9 +66,12 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
     ``inf_usage`` reports ``prompt_tokens: 1e999``; ``close_delimited`` sends streams as HTTP/1.0
     did, ended by closing the connection; ``cut_stream`` closes such a stream after its first chunk
     (no finish_reason, no [DONE]): a cut a client cannot tell from an end; ``echo_headers`` quotes
-    the request's headers in injected failures, as some servers' error pages do."""
+    the request's headers in injected failures, as some servers' error pages do; ``delay_rate`` is
+    the share of requests that wait ``delay_s`` (drawn only when below 1, so seeds keep their
+    failures); ``watch_word``: ``stats()["watched"]`` counts the requests whose body holds it, the
+    backend's own record of, e.g., which private requests reached it."""
     rng = random.Random(seed)
-    stats = {"requests": 0, "last_body": None, "last_headers": {}}
+    stats = {"requests": 0, "last_body": None, "last_headers": {}, "watched": 0}
 
     async def reply(send, code: int, obj, headers=()) -> None:
         body = json.dumps(obj).encode().replace(b'"1e999"', b"1e999")  # inf_usage: a number no float holds
@@ -85,13 +89,15 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
                 break
         stats["requests"] += 1
         stats["last_headers"] = headers
+        if watch_word and watch_word.encode() in raw:
+            stats["watched"] += 1
         try:
             body = json.loads(raw)
             assert isinstance(body, dict)
         except Exception:
             return await reply(send, 400, _error("request body is not a JSON object", "invalid_request_error"))
         stats["last_body"] = body
-        if delay_s:
+        if delay_s and (delay_rate >= 1 or rng.random() < delay_rate):
             await asyncio.sleep(delay_s)
         if rng.random() < fail_rate:
             echo = f"; you sent {json.dumps(headers)}" if echo_headers else ""
@@ -302,11 +308,13 @@ def main(argv=None) -> None:
     p.add_argument("--close-delimited", action="store_true")
     p.add_argument("--cut-stream", action="store_true")
     p.add_argument("--echo-headers", action="store_true")
+    p.add_argument("--delay-rate", type=float, default=1.0)
+    p.add_argument("--watch-word", default="")
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
                    a.odd_json, a.context_tokens, a.vary_word, a.dissent_word, a.inf_usage, a.close_delimited,
-                   a.cut_stream, a.echo_headers)
+                   a.cut_stream, a.echo_headers, a.delay_rate, a.watch_word)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec
