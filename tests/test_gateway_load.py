@@ -197,7 +197,7 @@ def mixed_backends():
 
 
 def test_mixed_faults_over_every_policy_kind(tmp_path, mixed_backends):
-    """The mixed-fault run of issue 15: 3,000 requests at concurrency 64 over every policy kind
+    """The mixed-fault run: 3,000 requests at concurrency 64 over every policy kind
     (routed, cost-aware, cascade, cascade-check, blend, agree), a quarter private and half
     streamed, against backends that fail with 500s and 502s, hang past their timeout, break
     streams midway, and end streams by closing the connection (whole, or cut). The full 3,000

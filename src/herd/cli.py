@@ -19,6 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Route each L
 console = Console(soft_wrap=True) if Console().is_terminal else Console(width=200, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+# Idle connections are kept longer than clients keep theirs (httpx and the openai SDK: 5 s), so
+# a client never sends a request on a connection the server is closing at the same moment.
+KEEP_ALIVE_S = 15
 DEMO_GROUPS = [("zeroeval", "gsm8k"), ("zeroeval", "math-l5"), ("zeroeval", "crux"), ("mmlu-pro", "mmlu-pro")]
 DEMO_ROUTERS = ["knn", "logistic"]
 DEFAULT_POLICIES = ["argmax", "safe", "agree"]
@@ -422,7 +425,8 @@ def serve(
     log_config["filters"] = {"no_query": {"()": "herd.http_guard.NoQueryString"}}
     log_config["handlers"]["access"]["filters"] = ["no_query"]
     options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
-                   http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config)
+                   http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config,
+                   timeout_keep_alive=KEEP_ALIVE_S)
     if workers == 1:
         uvicorn.run(app_, **options)
         return
