@@ -117,3 +117,12 @@ def test_a_router_trained_on_a_mixture_is_scored_on_mixtures_with_its_tasks(tmp_
     (b,) = evaluate_trained(trained, test, sweep=False).benchmarks
     assert b.benchmark == "mix" and set(b.tasks) == {"code", "math"}
     assert b.row("router").accuracy > b.row("best-single").accuracy + 0.15  # the task reached the router
+
+
+def test_a_task_aware_logistic_router_routes_by_text_when_the_task_is_unknown():
+    """Words tell the tasks apart: without the task the router should do what a text-only one does."""
+    mix = _mixture(with_text=True).mixtures()[0].matrix()
+    aware, blind = make_router("logistic-task").fit(mix), make_router("logistic").fit(mix)
+    texts = ["add subtract sum item 7", "python function loop item 8"]
+    assert [mix.models[i] for i in aware.predict_scores(texts).argmax(axis=1)] == ["mathy", "cody"]
+    assert (aware.predict_scores(texts).argmax(axis=1) == blind.predict_scores(texts).argmax(axis=1)).all()

@@ -312,6 +312,17 @@ class Featurizer:
             return sparse.hstack([x, sparse.csr_matrix(onehot)], format="csr")
         return np.hstack([x, onehot])
 
+    def without_task(self, x):
+        """Feature rows ``x`` (from ``transform``) with their task columns cleared."""
+        k = len(self.tasks_)
+        if hasattr(x, "tocsr"):
+            from scipy import sparse
+
+            return sparse.hstack([x.tocsr()[:, :x.shape[1] - k], sparse.csr_matrix((x.shape[0], k))], format="csr")
+        out = np.array(x, copy=True)
+        out[:, x.shape[1] - k:] = 0
+        return out
+
     def _text_features(self, texts: list[str]):
         from sklearn.preprocessing import normalize
 

@@ -31,8 +31,13 @@ class LogisticRouter(FeatureRouter):
 
     def _fit(self, texts, y):
         x = self._featurize(texts, fit=True)
+        if self.featurizer_.uses_task and self.featurizer_.tasks_:
+            # Each query once more without its task, so one whose task is unknown is routed by its text.
+            x = sp.vstack([x, self.featurizer_.without_task(x)]).tocsr() if sp.issparse(x) else np.vstack(
+                [x, self.featurizer_.without_task(x)])
+            y = np.vstack([y, y])
         xx = sp.vstack([x, x]).tocsr() if sp.issparse(x) else np.vstack([x, x])
-        labels = np.r_[np.ones(len(texts)), np.zeros(len(texts))]
+        labels = np.r_[np.ones(x.shape[0]), np.zeros(x.shape[0])]
         # All models' weights in one matrix, so routing is one sparse product, not one call per model.
         self.coef_ = np.zeros((x.shape[1], y.shape[1]))
         self.intercept_ = np.zeros(y.shape[1])
