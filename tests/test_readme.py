@@ -27,3 +27,11 @@ def test_the_python_example_runs_and_evaluate_is_the_function():
     report = scope["report"]
     assert report.benchmarks and report.benchmarks[0].row("best-single").accuracy > 0.5
     assert scope["decision"].choice.shape == (len(scope["test"].queries),)
+
+
+def test_the_public_names_are_listed_and_resolve():
+    import herd
+
+    assert {"Outcomes", "evaluate", "make_router", "make_policy"} <= set(dir(herd))
+    assert all(getattr(herd, name) is not None for name in dir(herd))
+    assert callable(herd.evaluate)
