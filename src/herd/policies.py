@@ -719,7 +719,8 @@ class Agree:
                 self._validate(labels, answers, costs)
             return self
         self.pool_ = list(models)
-        self.margin_, self.sweep_ = None, {}
+        # Until a search says otherwise, every tolerance of the curve goes straight to the strong model.
+        self.margin_, self.sweep_ = None, dict.fromkeys(AGREE_SWEEP)
         if answers is None or (np.asarray(answers) < 0).all():
             raise ValueError("agree: the data has no recorded answers to compare (an 'answer' column in the "
                              "outcomes); use 'cascade-check' or 'safe', which need none")
@@ -763,15 +764,13 @@ class Agree:
         if folds >= 2:
             for f, (_, va) in enumerate(KFold(folds, shuffle=True, random_state=0).split(y)):
                 fold[va] = f
-        nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
-        candidates, right, kept, differ = self._candidates(y, codes, pool, strong, np.eye(len(nf))[fold])
         self.last_ = strong
         if costs[strong] == 0 and costs.any():
-            self.sweep_ = dict.fromkeys(AGREE_SWEEP)
             self._go_direct(f"{self.pool_[strong]} costs nothing here; asking others first cannot save")
             return
+        nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
+        candidates, right, kept, differ = self._candidates(y, codes, pool, strong, np.eye(len(nf))[fold])
         if not candidates:
-            self.sweep_ = dict.fromkeys(AGREE_SWEEP)
             self._go_direct(f"no model cheaper than {self.pool_[strong]} to ask first")
             return
         first_cost = np.array([costs[s].sum() for s, _ in candidates])
