@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 
@@ -46,12 +47,56 @@ def test_filters_and_data_from_env(tmp_path, dataset_dir):
         (["--router", "magic"], "unknown router 'magic'"),
         (["--size-prices", "8=cheap"], "is not SIZE=PRICE"),
         (["--policy", "greedy"], "unknown policy 'greedy'"),
+        (["--policy", "cost-aware"], "policy 'cost-aware' needs a number"),
+        (["--policy", "sorted:2"], "policy 'sorted:2': the threshold is a probability"),
     ],
 )
 def test_bad_options_get_one_clear_line(tmp_path, dataset_dir, args, message):
     r = herd("eval", str(dataset_dir), "-o", str(tmp_path / "o"), *args)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "select"])
+def test_one_router_commands_take_router_as_a_list_and_refuse_several(tmp_path, dataset_dir, command):
+    extra = ["--k", "2"] if command == "select" else []
+    r = herd(command, str(dataset_dir), "--router", "knn-tfidf,logistic", "-o", str(tmp_path / "o"), *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--router knn-tfidf,logistic: this command takes one router" in r.stderr
+
+
+def test_select_takes_dash_o(tmp_path, dataset_dir):
+    r = herd("select", str(dataset_dir), "--k", "2", "--router", "logistic", "--policy", "argmax", "--folds", "2",
+             "-o", str(tmp_path / "sel"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sel" / "select.json").exists() and (tmp_path / "sel" / "report.html").exists()
+
+
+def test_error_text_prints_as_it_is_without_markup(tmp_path, dataset_dir):
+    # Brackets in messages and names ('[embed]', a model called '[big]') are text, not styles.
+    r = herd("eval", str(dataset_dir), "--models", "[big]", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no outcomes for model(s) ['[big]']" in r.stderr
+    r = herd("route", str(tmp_path / "no-such-router"), "hello")
+    assert r.returncode == 2 and r.stderr.startswith("error: ")
+    r = herd("routers")
+    assert all(line.split(":")[0] in r.stdout for line in r.stdout.splitlines() if line)
+
+
+def test_an_eval_over_several_benchmarks_says_what_will_run_first(tmp_path, frames):
+    q, o, m = frames
+    q2, o2 = q.assign(benchmark="other"), o.assign(benchmark="other")
+    d = tmp_path / "two"
+    d.mkdir()
+    pd.concat([q, q2]).to_parquet(d / "queries.parquet")
+    pd.concat([o, o2]).to_parquet(d / "outcomes.parquet")
+    m.to_csv(d / "models.csv", index=False)
+    r = herd("eval", "--router", "logistic", "--policy", "argmax", "--folds", "2", "--no-sweep",
+             "-o", str(tmp_path / "o"), env={"HERD_DATA": str(d)})
+    assert r.returncode == 0, r.stderr
+    plan = r.stdout.splitlines()[0]
+    assert plan == ("will evaluate 2 benchmarks, 180 queries (540 outcomes): 2 folds x 1 router(s) x 1 policy(ies) "
+                    "= 4 router fits"), plan
+    assert "toy/mix (90 x 3), toy/other (90 x 3)" in r.stdout
 
 
 def test_bad_data_is_reported_not_raised(tmp_path, frames):
@@ -70,6 +115,15 @@ def test_bad_data_is_reported_not_raised(tmp_path, frames):
 def test_help_and_routers_list():
     r = herd("--help")
     assert r.returncode == 0 and "eval" in r.stdout and "demo" in r.stdout
+    for command in ("eval", "demo", "train", "select", "route", "serve", "collect", "import"):
+        r = herd(command, "-h")
+        assert r.returncode == 0 and f"herd {command} [OPTIONS]" in r.stdout.splitlines()[0], r.stderr
+        # readable metavars, brackets in help text kept
+        assert "<str>" not in r.stdout and "<list" not in r.stdout and "<int" not in r.stdout
+    r = herd("train", "-h")
+    assert "--router NAME " in r.stdout and "--out DIR" in r.stdout and "STRONG[@NEED]" in r.stdout
+    r = herd("demo", "-h")
+    assert "DATA argument" not in r.stdout and "--data PATH" in r.stdout
     r = herd("routers")
     assert "knn" in r.stdout and "logistic" in r.stdout
 

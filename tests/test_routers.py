@@ -124,6 +124,31 @@ def test_make_policy():
             make_policy(bad)
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("cost-aware", "needs a number: cost-aware:WEIGHT"),
+    ("cost-aware:-0.5", "cost weight must be 0 or more"),
+    ("sorted:2", "threshold is a probability, between 0 and 1; got 2"),
+    ("random-likely:-0.1", "threshold is a probability"),
+    ("safe:-0.1", "margin is a difference of P(correct), 0 or more"),
+    ("budget:-1", "USD per query must be 0 or more"),
+    ("budget:gpt-4:1.5", "share between 0 and 1"),
+    ("cascade:a,b@2", "threshold is a probability"),
+    ("cascade-check:a,b@-1", "threshold is a probability"),
+    ("prediction:0", "must be above 0"),
+    ("agree:a,b>c@1", "need must be between 2 and 2"),
+])
+def test_bad_policy_specs_say_what_is_wrong(spec, message):
+    with pytest.raises(ValueError) as e:
+        make_policy(spec)
+    assert message in str(e.value) and str(e.value).startswith(f"policy {spec!r}")
+
+
+def test_policy_reprs_are_short_and_say_their_parameters():
+    for spec, text in (("sorted:0.7", "CheapestLikely(threshold=0.7)"), ("random-likely", "RandomLikely(threshold=0.5"),
+                       ("safe", "SafeArgMax(margin=None)"), ("budget:0.001", "Budget(max_cost=0.001)")):
+        assert repr(make_policy(spec)).startswith(text) and " at 0x" not in repr(make_policy(spec))
+
+
 def test_auto_picks_a_candidate_by_inner_cv(toy):
     train, test = toy.split(0.3, seed=0)
     r = AutoRouter(candidates=("knn-tfidf", "logistic")).fit(train)

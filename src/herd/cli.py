@@ -10,14 +10,32 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from herd import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Route each LLM query to the model that will answer it, cheaply.")
-# Piped output (logs, CI) gets wide tables instead of 80-column ellipses.
-console = Console(soft_wrap=True) if Console().is_terminal else Console(width=200, soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Route each LLM query to the model that will answer it, cheaply.")
+# Piped output (logs, CI) gets wide tables instead of 80-column ellipses. No markup: text from
+# data, files and errors prints as it is ('[embed]' stays), styles are set explicitly.
+console = (Console(soft_wrap=True, markup=False) if Console().is_terminal
+           else Console(width=200, soft_wrap=True, markup=False))
+err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def _readable_type(param, ctx) -> str | None:
+    """Help shows an option's metavar or a plain word, not a Python annotation ('<list[str]>')."""
+    if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_flag", False):
+        return None  # an argument's name says what it is; a flag takes no value
+    if param.metavar:
+        return param.metavar
+    return {"int": "INTEGER", "float": "NUMBER", "bool": None}.get(param.bare_type(), "TEXT")
+
+
+# Recent typer prints each parameter's annotation as its type; older ones print click's metavars.
+if hasattr(getattr(typer.core, "_TyperParameter", None), "display_type"):
+    typer.core._TyperParameter.display_type = _readable_type
 
 # Idle connections are kept longer than clients keep theirs (httpx and the openai SDK: 5 s), so
 # a client never sends a request on a connection the server is closing at the same moment.
@@ -34,7 +52,7 @@ DEMO_MIX_POLICIES = ["argmax", "safe"]
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text("error: ", style="bold red") + Text(message), highlight=False)
     raise typer.Exit(2)
 
 
@@ -58,6 +76,14 @@ def _split_policies(values: Optional[list[str]]) -> Optional[list[str]]:
         if cascade:
             specs.append(cascade.strip())
     return specs
+
+
+def _one_router(values: Optional[list[str]], default: str) -> str:
+    """--router is a list everywhere; where one router is trained, a list of several is an error."""
+    names = _split_list(values) or [default]
+    if len(names) > 1:
+        _fail(f"--router {','.join(names)}: this command takes one router (`herd eval` compares several)")
+    return names[0]
 
 
 def _tagged_policies(policies: list[str], tags: Optional[list[str]]) -> list[str]:
@@ -122,7 +148,10 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         loaded = _read_outcomes(data_dir, min_outcomes, size_prices)
         path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups, loaded)
         mixture = loaded[1].filter(source=DEMO_MIX_SOURCE) if demo_mix else None
-        console.print(f"[bold]herd {__version__}[/] evaluating {len(data.groups())} benchmark(s)"
+        if groups is None and not mix:
+            _announce(data, len(named), len(chosen_policies), folds,
+                      ask=data_dir is None and not sources and not benchmarks)
+        console.print(f"herd {__version__} evaluating {len(data.groups())} benchmark(s)"
                       f"{' and a mixture' if mix or demo_mix else ''} from {path}")
         with _progress_bar() as bar:
             task = bar.add_task("starting", total=1)
@@ -142,6 +171,29 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
     _show(ev, out, json_path, started)
 
 
+# More benchmarks than this in one `herd eval` is a long run: say what will run first.
+MANY_BENCHMARKS = 4
+
+
+def _announce(data, n_routers: int, n_policies: int, folds: int, ask: bool) -> None:
+    """Print what a run of several benchmarks covers and its rough size; when nothing narrowed
+    it (no DATA, --source or --benchmark) and a person is at the terminal, ask before it starts."""
+    import sys
+
+    groups = data.groups()
+    if len(groups) < 2:
+        return
+    sizes = data.outcomes.groupby(["source", "benchmark"]).agg(queries=("qid", "nunique"), models=("model", "nunique"))
+    console.print(f"will evaluate {len(groups)} benchmarks, {int(sizes['queries'].sum()):,} queries "
+                  f"({int((sizes['queries'] * sizes['models']).sum()):,} outcomes): {folds} folds x {n_routers} "
+                  f"router(s) x {n_policies} policy(ies) = {len(groups) * folds * n_routers} router fits")
+    console.print("  " + ", ".join(f"{s}/{b} ({r.queries:,} x {r.models})" for (s, b), r in sizes.iterrows()))
+    if ask and len(groups) > MANY_BENCHMARKS:
+        console.print("  (narrow it with --source or --benchmark; `herd demo` runs four of them)")
+        if sys.stdin.isatty() and not typer.confirm("go on?", default=True):
+            raise typer.Exit(1)
+
+
 def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, json_path, min_outcomes, size_prices,
                       sweep, started) -> None:
     from herd import artifact
@@ -150,7 +202,7 @@ def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, js
     try:
         trained = artifact.load(router_dir)
         path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices)
-        console.print(f"[bold]herd {__version__}[/] evaluating the router in {router_dir} on "
+        console.print(f"herd {__version__} evaluating the router in {router_dir} on "
                       f"{len(data.groups())} benchmark(s) from {path} as held-out data")
         with console.status("routing"):
             ev = evaluate_trained(trained, data, sweep=sweep)
@@ -180,22 +232,25 @@ def _show(ev, out, json_path, started) -> None:
     console.print(f"took {time.perf_counter() - started:.1f} s")
 
 
+NAMES = "NAME[,NAME...]"
 DataArg = typer.Argument(None, help="Outcome data: a directory in the unified format or a long CSV/JSONL file. "
-                         "Default: --data, $HERD_DATA, then ../shared/data.", show_default=False)
-DataOpt = typer.Option(None, "--data", help="Same as the DATA argument.")
+                         "Default: --data, $HERD_DATA, then ../shared/data.", show_default=False, metavar="DATA")
+DataOpt = typer.Option(None, "--data", metavar="PATH", help="Same as the DATA argument.")
+DemoDataOpt = typer.Option(None, "--data", metavar="PATH", help="Outcome data directory (default: $HERD_DATA, then "
+                           "../shared/data).")
 FoldsOpt = typer.Option(5, "--folds", min=2, help="Cross-validation folds (split by query).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for the folds and the routers' internal tuning.")
-JsonOpt = typer.Option(None, "--json", help="Also write metrics.json here (default: OUT/metrics.json).")
+JsonOpt = typer.Option(None, "--json", metavar="FILE", help="Also write metrics.json here (default: OUT/metrics.json).")
 MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
-SizeOpt = typer.Option(None, "--size-prices", help="Price-by-size schedule for unpriced open models, "
+SizeOpt = typer.Option(None, "--size-prices", metavar="SCHEDULE", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
 POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
                "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
                "by inner CV unless given; give a cascade as its own --policy), cascade-check:CHEAP,...,STRONG[@T] "
                "(reads each answer: length, sample agreement), agree (an agreement cascade chosen on training "
                "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]")
-PolicyOpt = typer.Option(None, "--policy", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
-TagsOpt = typer.Option(None, "--tags", help="'open': an 'agree' policy asks only open-weights models first.")
+PolicyOpt = typer.Option(None, "--policy", metavar="SPEC[,SPEC...]", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
+TagsOpt = typer.Option(None, "--tags", metavar="TAG", help="'open': an 'agree' policy asks only open-weights models first.")
 MixOpt = typer.Option(False, "--mix", help="Pool every benchmark of a source (or those given by --benchmark) into "
                       "one mixture of tasks over the models they share: folds stratified by task, with the best "
                       "model per task, a shuffled control and per-task figures.")
@@ -206,15 +261,16 @@ SweepOpt = typer.Option(True, "--sweep/--no-sweep", help="Sweep a cost weight fo
 def eval_cmd(
     data: Optional[str] = DataArg,
     data_opt: Optional[str] = DataOpt,
-    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to keep; repeat or comma-separate."),
-    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to keep."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Model(s) to keep."),
-    router: Optional[list[str]] = typer.Option(None, "--router", help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}; see `herd routers`), "
+    source: Optional[list[str]] = typer.Option(None, "--source", metavar=NAMES, help="Source(s) to keep; repeat or "
+                                               "comma-separate."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", metavar=NAMES, help="Benchmark(s) to keep."),
+    models: Optional[list[str]] = typer.Option(None, "--models", metavar=NAMES, help="Model(s) to keep."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar=NAMES, help=f"Router(s) by name (default {','.join(DEMO_ROUTERS)}; see `herd routers`), "
                                          "or one directory from `herd train` to score on this data as held-out."),
     policy: Optional[list[str]] = PolicyOpt,
     folds: int = FoldsOpt,
     seed: int = SeedOpt,
-    out: str = typer.Option("herd-report", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
+    out: str = typer.Option("herd-report", "--out", "-o", metavar="DIR", help="Directory for report.html, plots and metrics.json."),
     json_path: Optional[str] = JsonOpt,
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
@@ -232,12 +288,12 @@ def eval_cmd(
 
 @app.command()
 def demo(
-    data: Optional[str] = DataOpt,
-    router: Optional[list[str]] = typer.Option(None, "--router", help="Router(s) by name."),
+    data: Optional[str] = DemoDataOpt,
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar=NAMES, help="Router(s) by name."),
     policy: Optional[list[str]] = PolicyOpt,
     folds: int = FoldsOpt,
     seed: int = SeedOpt,
-    out: str = typer.Option("herd-demo", "--out", "-o", help="Directory for report.html, plots and metrics.json."),
+    out: str = typer.Option("herd-demo", "--out", "-o", metavar="DIR", help="Directory for report.html, plots and metrics.json."),
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data, then
@@ -250,15 +306,17 @@ def demo(
 def train(
     data: Optional[str] = DataArg,
     data_opt: Optional[str] = DataOpt,
-    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to train on."),
-    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to train on."),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Pool models (default: all in the data)."),
-    router: str = typer.Option("auto", "--router", help="Router name; see `herd routers`."),
-    policy: str = typer.Option("safe", "--policy", help=f"One of: {POLICY_HELP}."),
+    source: Optional[list[str]] = typer.Option(None, "--source", metavar=NAMES, help="Source(s) to train on."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", metavar=NAMES, help="Benchmark(s) to train on."),
+    models: Optional[list[str]] = typer.Option(None, "--models", metavar=NAMES, help="Pool models (default: all in "
+                                               "the data)."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar="NAME", help="One router by name (default "
+                                               "auto); see `herd routers`."),
+    policy: str = typer.Option("safe", "--policy", metavar="SPEC", help=f"One of: {POLICY_HELP}."),
     tags: Optional[list[str]] = TagsOpt,
     mix: bool = typer.Option(False, "--mix", help="Train on the benchmarks given (or all of one source) as one "
                              "mixture of tasks over the models they share; routers may read each query's task."),
-    out: str = typer.Option(..., "--out", "-o", help="Directory to write the router artifact to."),
+    out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Directory to write the router artifact to."),
     seed: int = SeedOpt,
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
@@ -269,6 +327,7 @@ def train(
     from herd.routers import make_router
 
     started = time.perf_counter()
+    router = _one_router(router, "auto")
     try:
         proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
@@ -302,9 +361,9 @@ def train(
 
 @app.command()
 def route(
-    router_dir: str = typer.Argument(..., help="A directory written by `herd train`."),
-    text: Optional[str] = typer.Argument(None, help="The query to route."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="JSONL with one query per line: "
+    router_dir: str = typer.Argument(..., metavar="ROUTER_DIR", help="A directory written by `herd train`."),
+    text: Optional[str] = typer.Argument(None, metavar="TEXT", help="The query to route.", show_default=False),
+    file: Optional[str] = typer.Option(None, "--file", "-f", metavar="FILE", help="JSONL with one query per line: "
                                        "{\"text\": ...} (or \"question\"), optional \"id\"."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query on stdout."),
     top: int = typer.Option(10, "--top", min=1, help="How many per-model scores to show."),
@@ -337,7 +396,7 @@ def route(
             print(json.dumps({"id": qid, "model": chosen, "reason": decision.reasons[i],
                               "scores": {name: round(float(p), 4) for name, p in ranked}}))
             continue
-        console.print(f"[bold]{chosen}[/]" + (f"  (query {qid})" if qid is not None else ""))
+        console.print(Text(chosen, style="bold") + (f"  (query {qid})" if qid is not None else ""))
         console.print(f"  {decision.reasons[i]}")
         t = Table(show_header=True, box=None, padding=(0, 2))
         t.add_column("model")
@@ -370,7 +429,7 @@ def _read_queries(path: str) -> tuple[list, list[str], list]:
 
 @app.command()
 def serve(
-    pool: str = typer.Argument(..., help="Pool file (YAML): models, router, policies."),
+    pool: str = typer.Argument(..., metavar="POOL", help="Pool file (YAML): models, router, policies."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
@@ -447,10 +506,10 @@ def serve(
 
 @app.command()
 def collect(
-    pool: str = typer.Argument(..., help="Pool file (YAML): the models to ask; see README 'Serve'."),
+    pool: str = typer.Argument(..., metavar="POOL", help="Pool file (YAML): the models to ask; see README 'Serve'."),
     task: str = typer.Option(..., "--task", help="gsm8k, SOURCE/BENCHMARK of an outcome dataset with gold answers "
                              "(e.g. zeroeval/math-l5), or a JSONL file of {\"id\", \"question\", \"answer\"}."),
-    out: str = typer.Option(..., "--out", "-o", help="Run directory: the call log and the outcome tables go here."),
+    out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Run directory: the call log and the outcome tables go here."),
     split: str = typer.Option("test", "--split", help="gsm8k: test or train."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Ask only the first N questions."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N questions."),
@@ -459,15 +518,15 @@ def collect(
     grader: Optional[str] = typer.Option(None, "--grader", help="number, choice, exact, string, literal or math "
                                          "(default: the task's own; string, the answer after 'The answer is', for JSONL tasks)."),
     shots: int = typer.Option(5, "--shots", min=0, help="Few-shot examples for completion-style (base) models."),
-    templates: Optional[str] = typer.Option(None, "--templates", help="Directory overriding zcot.txt, "
+    templates: Optional[str] = typer.Option(None, "--templates", metavar="DIR", help="Directory overriding zcot.txt, "
                                             "fcot_example.txt and/or fcot_query.txt."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Default: 0 for one sample, 0.7 for more."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1),
-    models: Optional[list[str]] = typer.Option(None, "--models", help="Only these pool models."),
+    models: Optional[list[str]] = typer.Option(None, "--models", metavar=NAMES, help="Only these pool models."),
     max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries of a failing call before it is "
                                     "recorded as a failure."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing the few-shot examples."),
-    data_dir: Optional[str] = typer.Option(None, "--data", help="Where gsm8k and outcome-dataset tasks are read."),
+    data_dir: Optional[str] = typer.Option(None, "--data", metavar="DIR", help="Where gsm8k and outcome-dataset tasks are read."),
 ) -> None:
     """Ask every pool model the task's questions, grade the answers, and record outcomes.
 
@@ -510,7 +569,7 @@ def collect(
                                         **sampling.describe(), "models": [m.name for m in config.models]})
     aside = rec.set_aside(expected)
     if aside:
-        err.print(f"[yellow]note:[/] {sum(aside.values())} recorded answers from other settings are set aside, not mixed "
+        err.print(Text("note: ", style="yellow") + f"{sum(aside.values())} recorded answers from other settings are set aside, not mixed "
                   f"in ({', '.join(f'{k}: {v}' for k, v in aside.items())})")
     answered = rec.answered(expected)
     mine = {c: v for c, v in calls.items() if c[0] in {m.name for m in asked_models}}
@@ -572,9 +631,9 @@ def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
 
 @app.command("import")
 def import_cmd(
-    kind: str = typer.Argument(..., help="lm-eval, long, routerbench or routellm."),
-    paths: list[str] = typer.Argument(..., help="Files to import (lm-eval: samples_*.jsonl; routellm: *.csv)."),
-    out: str = typer.Option(..., "--out", "-o", help="Directory to write the unified format to."),
+    kind: str = typer.Argument(..., metavar="FORMAT", help="lm-eval, long, routerbench or routellm."),
+    paths: list[str] = typer.Argument(..., metavar="FILE", help="Files to import (lm-eval: samples_*.jsonl; routellm: *.csv)."),
+    out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Directory to write the unified format to."),
     model: Optional[str] = typer.Option(None, "--model", help="lm-eval: the model's name (default: the folder "
                                         "lm-eval wrote the samples under)."),
     filter_name: Optional[str] = typer.Option(None, "--filter", help="lm-eval: which answer filter to keep when a task "
@@ -625,27 +684,29 @@ def select_cmd(
     data: Optional[str] = DataArg,
     data_opt: Optional[str] = DataOpt,
     k: int = typer.Option(..., "--k", min=1, help="Pool size to select."),
-    source: Optional[list[str]] = typer.Option(None, "--source", help="Source(s) to select on."),
-    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", help="Benchmark(s) to select on."),
+    source: Optional[list[str]] = typer.Option(None, "--source", metavar=NAMES, help="Source(s) to select on."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", metavar=NAMES, help="Benchmark(s) to select on."),
     budget: Optional[float] = typer.Option(None, "--budget", help="USD per query the pool may cost, each query priced "
                                            "at the cheapest pool model that answers it right."),
     max_params: Optional[float] = typer.Option(None, "--max-params", help="Billions of parameters of open models to "
                                                "host, summed (models.csv params_b)."),
-    must_include: Optional[list[str]] = typer.Option(None, "--must-include", help="Models the pool must have."),
-    tags: Optional[list[str]] = typer.Option(None, "--tags", help="'open': only open-weights models."),
-    router: str = typer.Option("logistic", "--router", help="Router that re-scores each greedy pool under CV."),
-    policy: str = typer.Option("safe", "--policy", help="Policy for the re-scoring (tuned inside each training split)."),
+    must_include: Optional[list[str]] = typer.Option(None, "--must-include", metavar=NAMES, help="Models the pool must have."),
+    tags: Optional[list[str]] = typer.Option(None, "--tags", metavar="TAG", help="'open': only open-weights models."),
+    router: Optional[list[str]] = typer.Option(None, "--router", metavar="NAME", help="One router that re-scores each "
+                                               "greedy pool under CV (default logistic)."),
+    policy: str = typer.Option("safe", "--policy", metavar="SPEC", help="Policy for the re-scoring (tuned inside each training split)."),
     folds: int = typer.Option(5, "--folds", min=2),
     seed: int = SeedOpt,
-    out: str = typer.Option("herd-select", "--out", help="Directory for select.json, report.html and the plot."),
-    pool_file: Optional[str] = typer.Option(None, "--pool", help="A pool file naming every candidate model; with "
+    out: str = typer.Option("herd-select", "--out", "-o", metavar="DIR", help="Directory for select.json, report.html and the plot."),
+    pool_file: Optional[str] = typer.Option(None, "--pool", metavar="FILE", help="A pool file naming every candidate model; with "
                                             "--write-pool, the chosen K are written as a pool file to serve."),
-    write_pool: Optional[str] = typer.Option(None, "--write-pool", help="Where to write the pool file of the chosen K."),
+    write_pool: Optional[str] = typer.Option(None, "--write-pool", metavar="FILE", help="Where to write the pool file of the chosen K."),
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """Choose the K models that together answer the most (greedy on oracle coverage, checked
     against exhaustive search where small), then re-score each pool with a router under CV."""
+    router = _one_router(router, "logistic")
     if (pool_file is None) != (write_pool is None):
         _fail("--pool and --write-pool go together: the full pool file to read and the chosen pool file to write")
     import json
@@ -729,7 +790,7 @@ def routers() -> None:
     from herd.routers import DESCRIPTIONS
 
     for name, text in DESCRIPTIONS.items():
-        console.print(f"[bold]{name}[/]: {text}")
+        console.print(Text(name, style="bold") + f": {text}")
 
 
 @app.callback(invoke_without_command=True)

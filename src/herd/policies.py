@@ -26,6 +26,14 @@ def _known_costs(model_costs: np.ndarray | None, n_models: int) -> np.ndarray:
     return np.where(np.isnan(c), np.nanmax(c), c)
 
 
+def _probability(what: str, value) -> float:
+    """A threshold on P(correct): a number in [0, 1]."""
+    value = float(value)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{what} is a probability, between 0 and 1; got {value:g}")
+    return value
+
+
 def _argmax_cheapest(values: np.ndarray, costs: np.ndarray) -> np.ndarray:
     """Row-wise argmax; among (near-)ties, the cheaper model."""
     top = values >= values.max(axis=1, keepdims=True) - 1e-12
@@ -56,7 +64,7 @@ class CostAware:
 
     def __init__(self, cost_weight: float = 0.0):
         if cost_weight < 0:
-            raise ValueError(f"cost_weight must be >= 0, got {cost_weight}")
+            raise ValueError(f"cost-aware: the cost weight must be 0 or more; got {cost_weight:g}")
         self.cost_weight = cost_weight
 
     def utilities(self, scores: np.ndarray, model_costs: np.ndarray | None) -> np.ndarray:
@@ -113,6 +121,9 @@ class SafeArgMax:
     reads_tasks = True
 
     def __init__(self, margin: float | None = None, min_z: float = 1.645):
+        if margin is not None and not float(margin) >= 0:
+            raise ValueError(f"safe: the margin is a difference of P(correct), 0 or more (inf: always the best "
+                             f"single model); got {margin}")
         self.margin = margin
         self.min_z = min_z
 
@@ -220,7 +231,10 @@ class Budget:
         if (max_cost is None) == (max_share is None):
             raise ValueError("Budget needs exactly one of max_cost (USD per query) or max_share (with model)")
         if max_share is not None and (model is None or not 0 <= max_share <= 1):
-            raise ValueError("Budget(max_share=...) needs a model name and a share in [0, 1]")
+            raise ValueError(f"budget: a share of queries to a model needs the model's name and a share between 0 "
+                             f"and 1; got {max_share:g}" + ("" if model else " and no model"))
+        if max_cost is not None and not max_cost >= 0:
+            raise ValueError(f"budget: USD per query must be 0 or more; got {max_cost:g}")
         self.max_cost = max_cost
         self.max_share = max_share
         self.model = model
@@ -273,12 +287,15 @@ class RandomLikely:
     name = "random-likely"
 
     def __init__(self, threshold: float = 0.5, seed: int = 0):
-        self.threshold = threshold
+        self.threshold = _probability("random-likely: the threshold", threshold)
         self.seed = seed
 
     @property
     def label(self) -> str:
         return f"random-likely:{self.threshold:g}"
+
+    def __repr__(self) -> str:
+        return f"RandomLikely(threshold={self.threshold:g}, seed={self.seed})"
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
         likely = scores >= self.threshold
@@ -305,11 +322,14 @@ class CheapestLikely:
     name = "sorted"
 
     def __init__(self, threshold: float = 0.5):
-        self.threshold = threshold
+        self.threshold = _probability("sorted: the threshold", threshold)
 
     @property
     def label(self) -> str:
         return f"sorted:{self.threshold:g}"
+
+    def __repr__(self) -> str:
+        return f"CheapestLikely(threshold={self.threshold:g})"
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
         costs = _known_costs(model_costs, scores.shape[1])
@@ -344,6 +364,8 @@ class Prediction:
     label = "prediction"
 
     def __init__(self, C: float = 1.0):
+        if not C > 0:
+            raise ValueError(f"prediction: C (inverse regularization) must be above 0; got {C:g}")
         self.C = C
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
@@ -431,7 +453,7 @@ class Cascade:
         self.models = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
         if len(self.models) < 2:
             raise ValueError(f"a cascade needs two models or more, got {self.models}")
-        self.threshold = threshold
+        self.threshold = None if threshold is None else _probability(f"{self.name}: the threshold", threshold)
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
             models: list[str] | None = None) -> Cascade:
@@ -955,12 +977,28 @@ POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budg
 
 
 def make_policy(spec: str):
-    """'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
+    """A policy from its spec string; a bad spec raises ValueError saying what is wrong.
+
+    'argmax', 'safe', 'safe:0.1' (fixed margin), 'cost-aware:0.2' (cost weight),
     'budget:0.002' (USD per query), 'budget:gpt-4:0.3' (at most 30% of queries to gpt-4),
     'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct)), 'cascade:small,big'
     (threshold tuned) or 'cascade:small,big@0.8', 'cascade-check:small,big[@T]' (which
     reads each answer before it accepts it), and agreement cascades: 'agree' (stages chosen
     on training data), 'agree:open' (open-weights first stage) or 'agree:a,b[,c]>big[@2]'."""
+    try:
+        return _parse_policy(spec)
+    except ValueError as e:
+        text = str(e)
+        if repr(spec) in text:
+            raise
+        raise ValueError(f"policy {spec!r}: {text.removeprefix(spec.partition(':')[0] + ': ')}") from None
+
+
+# What each parametrized policy's number means, for errors about a missing one.
+_NEEDS_NUMBER = {"cost-aware": "cost-aware:WEIGHT (e.g. cost-aware:0.2; 0 is argmax)"}
+
+
+def _parse_policy(spec: str):
     name, _, arg = spec.partition(":")
     if name == "agree":
         return _agree_spec(spec, arg)
@@ -983,6 +1021,8 @@ def make_policy(spec: str):
     if name not in POLICIES:
         raise ValueError(f"unknown policy {spec!r}; choose from {sorted(POLICIES)} (e.g. 'safe', 'cost-aware:0.2')")
     if not arg:
+        if name in _NEEDS_NUMBER:
+            raise ValueError(f"policy {spec!r} needs a number: {_NEEDS_NUMBER[name]}")
         return POLICIES[name]()
     if name == "argmax":
         raise ValueError("policy 'argmax' takes no parameter")
