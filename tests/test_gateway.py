@@ -280,7 +280,7 @@ def test_bad_pool_file_fails_at_start_with_line_and_field(tmp_path):
 def test_workers_share_the_port_and_metrics_add_up(router_dir, tmp_path):
     with start_backend(name="math-7b") as b:
         pool = tmp_path / "pool.yaml"
-        pool.write_text(pool_yaml([model_entry("math-7b", b)], str(router_dir)))
+        pool.write_text(pool_yaml([model_entry("math-7b", b)], str(router_dir), not_served=["hist-7b", "big-70b"]))
         with start_gateway(pool, "--workers", "2") as gw:
             c = client(gw)
             for _ in range(40):

@@ -48,7 +48,7 @@ def gateway(tmp_path_factory):
         models = [{"name": "hist-7b", "base_url": hist.url, "price_in_per_mtok": 0.1, "price_out_per_mtok": 0.2},
                   {"name": "big-70b", "base_url": big.url, "price_in_per_mtok": 5, "price_out_per_mtok": 15}]
         pool = d / "pool.yaml"
-        pool.write_text(pool_yaml(models, router="router", policies={"checked": CHECKED}))
+        pool.write_text(pool_yaml(models, router="router", policies={"checked": CHECKED}, not_served=["math-7b"]))
         with start_gateway(pool) as gw:
             yield gw, hist, big
 
@@ -127,7 +127,7 @@ def test_a_checked_503_counts_every_call_made(tmp_path):
     with start_backend(name="hist-7b", fail_rate=1.0) as hist, start_backend(name="big-70b", fail_rate=1.0) as big:
         models = [{"name": "hist-7b", "base_url": hist.url, "retries": 0}, {"name": "big-70b", "base_url": big.url, "retries": 0}]
         pool = tmp_path / "pool.yaml"
-        pool.write_text(pool_yaml(models, router="router", policies={"checked": CHECKED}))
+        pool.write_text(pool_yaml(models, router="router", policies={"checked": CHECKED}, not_served=["math-7b"]))
         with start_gateway(pool) as gw:
             r = _ask(gw, HISTORY_Q)
             assert r.status_code == 503

@@ -33,7 +33,7 @@ def serve(tmp_path, router_dir, first: dict, second: dict | None = None, gateway
     models = [{"name": "math-7b", "base_url": b1.url, "retries": pool_extra.pop("retries", 2), **pool_extra},
               {"name": "big-70b", "base_url": b2.url}]
     pool = tmp_path / "pool.yaml"
-    pool.write_text(pool_yaml(models, str(router_dir), gateway=gateway))
+    pool.write_text(pool_yaml(models, str(router_dir), gateway=gateway, not_served=["hist-7b"]))
     return start_gateway(pool), b1, b2
 
 

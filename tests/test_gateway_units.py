@@ -332,3 +332,26 @@ def test_the_task_reaches_a_task_aware_router_and_safes_per_task_anchor(tmp_path
     assert by_metadata.candidates[0] == "cody"
     with pytest.raises(GatewayError, match="herd.task must be a task name"):
         parse_chat(chat(herd={"task": 5}))
+
+
+def test_a_router_model_missing_from_the_pool_stops_the_start_unless_mapped_or_left_out(tmp_path, trained):
+    """The original: a pool naming gpt-4o for the router's gpt-4o-2024-08-06 started, and that
+    model could never be chosen."""
+    artifact.save(trained, tmp_path / "router")
+    renamed = pool(router="router")
+    models = [m.model_dump(exclude_defaults=True) for m in renamed.models]
+    models[2]["name"] = "big"  # the router knows it as big-70b
+    with pytest.raises(PoolError) as e:
+        Selector.from_config(PoolConfig.model_validate({"models": models}), tmp_path / "router")
+    assert "does not name: big-70b (closest in the pool: big)" in str(e.value) and "router_name" in str(e.value)
+    models[2]["router_name"] = "big-70b"
+    sel = Selector.from_config(PoolConfig.model_validate({"models": models}), tmp_path / "router")
+    plan = sel.plan(parse_chat(chat(messages=[{"role": "user", "content": "a question on nothing in particular"}])))
+    assert plan.candidates[0] == "big" and set(plan.scores) == {"math-7b", "hist-7b", "big"}
+    assert "big-70b" not in plan.reason  # the reason names pool models
+    # Left out on purpose, by name: the router's other models still route.
+    left_out = PoolConfig.model_validate({"models": models[:2], "not_served": ["big-70b"]})
+    plan = Selector.from_config(left_out, tmp_path / "router").plan(parse_chat(chat()))
+    assert plan.candidates == ["math-7b", "hist-7b"]
+    with pytest.raises(ValueError, match="two pool models stand for the router's 'big-70b'"):
+        PoolConfig.model_validate({"models": [*models, {**models[2], "name": "big-2"}]})

@@ -68,7 +68,8 @@ def test_a_checked_cascade_samples_the_local_model_and_reads_its_answers(models,
     _router_with_agreement(tmp_path / "router", renamed)
     pool = tmp_path / "pool.yaml"
     pool.write_text(pool_yaml(models, router="router", policies={"checked": {
-        "name": "cascade-check", "models": ["gemma-3-270m", "cloud-70b"], "samples": 3, "threshold": 0.5}}))
+        "name": "cascade-check", "models": ["gemma-3-270m", "cloud-70b"], "samples": 3, "threshold": 0.5}},
+        not_served=["math-7b"]))
     with start_gateway(pool) as gw:
         c = openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0, timeout=300)
         answer = c.chat.completions.create(model="herd:checked", messages=QUESTION, max_tokens=24)

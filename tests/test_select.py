@@ -91,6 +91,8 @@ def test_select_writes_a_pool_file_the_gateway_serves(tmp_path, dataset_dir):
     chosen = [s["added"] for s in json.loads((tmp_path / "sel" / "select.json").read_text())["greedy"]]
     pool, _ = load_pool(tmp_path / "two.yaml")
     assert pool.names == chosen and "herd select --k 2" in (tmp_path / "two.yaml").read_text()
+    # A router trained on every candidate serves this pool: the others are left out on purpose.
+    assert sorted(pool.not_served) == sorted({"math-7b", "hist-7b", "big-70b", "spare"} - set(chosen))
     assert Selector.from_config(pool, None).plan  # serveable as it is
     missing = tmp_path / "cfg" / "small.yaml"
     missing.write_text("models:\n  - name: spare\n    base_url: http://127.0.0.1:9/v1\n")

@@ -27,6 +27,8 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, description="name used by the router and the outcome data")
+    router_name: Optional[str] = Field(None, min_length=1, description="the router's name for this model, when the "
+                                       "pool names it otherwise (e.g. gpt-4o for gpt-4o-2024-08-06)")
     base_url: str = Field(description="OpenAI-compatible API root, e.g. http://127.0.0.1:8081/v1")
     model: Optional[str] = Field(None, description="model id at the backend; default: name")
     api_key_env: Optional[str] = Field(None, description="environment variable holding the API key")
@@ -91,21 +93,32 @@ class PoolConfig(_Strict):
     policy: Optional[PolicySpec] = Field(None, description="default policy; default: the one trained into the router")
     policies: dict[str, PolicySpec] = Field(default_factory=dict, description="named policies, called as model 'herd:NAME'")
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    not_served: list[str] = Field(default_factory=list, description="models the router scores that this pool leaves "
+                                  "out on purpose")
 
     @model_validator(mode="after")
     def _unique(self) -> PoolConfig:
-        seen = set()
+        seen, known = set(), set()
         for i, m in enumerate(self.models):
             if m.name in seen:
                 raise ValueError(f"models[{i}].name: {m.name!r} appears twice")
             if m.name == "herd" or m.name.startswith("herd:"):
                 raise ValueError(f"models[{i}].name: {m.name!r} is reserved for routing")
+            if (m.router_name or m.name) in known:
+                raise ValueError(f"models[{i}].router_name: two pool models stand for the router's "
+                                 f"{m.router_name or m.name!r}")
             seen.add(m.name)
+            known.add(m.router_name or m.name)
         return self
 
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    @property
+    def by_router_name(self) -> dict[str, str]:
+        """Pool name of each model by the name the router knows it by."""
+        return {m.router_name or m.name: m.name for m in self.models}
 
 
 def load_pool(path: str | Path) -> tuple[PoolConfig, Path]:
@@ -147,6 +160,10 @@ def write_subset(src: str | Path, names: list[str], dst: str | Path, note: str =
     if missing:
         raise PoolError(f"{src}: no entry for model(s) {missing}; the pool file must name every model it may keep")
     raw["models"] = [by_name[n] for n in names]
+    # The router may score the models left behind: leaving them out is now a choice the file states.
+    dropped = [by_name[n].get("router_name", n) for n in by_name if n not in names]
+    if dropped:
+        raw["not_served"] = [*raw.get("not_served", []), *dropped]
     if raw.get("router"):
         raw["router"] = str((Path(src).parent / raw["router"]).resolve())
     out = Path(dst)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,14 +260,32 @@ class Selector:
 
 
 def _load_router(router_dir: Path, pool: PoolConfig) -> artifact.TrainedRouter:
+    """The router with its models under their pool names. Every model it scores must be in the
+    pool (by name or ``router_name``) or listed in ``not_served``: a model missing by a spelling
+    (gpt-4o for gpt-4o-2024-08-06) could otherwise never be chosen, and nothing would say so."""
     try:
         trained = artifact.load(router_dir)
     except artifact.ArtifactError as e:
         raise PoolError(f"router: {e}") from None
-    if not set(trained.models) & set(pool.names):
-        raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}; "
-                        "pool model names must match the names in the router's training data")
-    return trained
+    to_pool = pool.by_router_name
+    missing = [m for m in trained.models if m not in to_pool and m not in pool.not_served]
+    if missing:
+        unknown = [n for r, n in to_pool.items() if r not in trained.models]
+        hints = []
+        for m in missing:
+            close = difflib.get_close_matches(m, unknown, n=1, cutoff=0.5)
+            hints.append(f"{m} (closest in the pool: {close[0]})" if close else m)
+        raise PoolError(f"router {router_dir} scores model(s) the pool does not name: {'; '.join(hints)}. "
+                        f"Pool models the router does not know: {unknown or 'none'}. Name each pool model as the "
+                        "router does, map it with 'router_name: NAME' on the pool model, or list the router's "
+                        "models this pool leaves out on purpose under 'not_served:'")
+    if not any(m in to_pool for m in trained.models):
+        raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}")
+    renamed = dataclasses.replace(trained, models=[to_pool.get(m, m) for m in trained.models])
+    if isinstance(trained.policy, Agree) and hasattr(trained.policy, "pool_"):  # it names its stages
+        renamed.policy = copy.copy(trained.policy)
+        renamed.policy.pool_ = renamed.models
+    return renamed
 
 
 def _routed(name: str, spec, trained: artifact.TrainedRouter, pool: PoolConfig):
