@@ -57,7 +57,7 @@ def test_routes_by_topic_and_says_why(healthy):
     answer = raw.parse()
     assert answer.model == "math-7b" and answer.choices[0].message.content == f"math-7b: {MATH}"
     assert raw.headers["x-herd-model"] == "math-7b" and raw.headers["x-herd-attempts"] == "1"
-    assert "highest predicted P(correct)" in raw.headers["x-herd-reason"]
+    assert "highest predicted P(correct)" in raw.headers["x-herd-reason"] and "x-herd-fallback" not in raw.headers
     herd = answer.model_extra["herd"]
     assert herd["chosen"] == "math-7b" and herd["attempts"] == [{"model": "math-7b", "outcome": "ok", "ms": herd["attempts"][0]["ms"]}]
     assert set(herd["scores"]) == set(MODELS) and max(herd["scores"], key=herd["scores"].get) == "math-7b"

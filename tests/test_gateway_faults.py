@@ -57,8 +57,15 @@ def sdk(gw) -> openai.OpenAI:
 
 def test_5xx_is_retried_then_falls_back(stack):
     gw, b1, b2 = stack({"fail_rate": 1.0, "status": 503})
-    answer = sdk(gw).chat.completions.create(model="herd", messages=ask())
+    raw = sdk(gw).chat.completions.with_raw_response.create(model="herd", messages=ask())
+    answer = raw.parse()
     assert answer.model == "big-70b"
+    # The original: x-herd-model said big-70b while x-herd-reason still told the plan for math-7b.
+    assert raw.headers["x-herd-model"] == "big-70b"
+    assert raw.headers["x-herd-fallback"] == "from math-7b: http 503 (3 calls)"
+    assert raw.headers["x-herd-reason"].startswith("fell back to big-70b (math-7b: http 503 (3 calls)); the plan was: ")
+    assert answer.model_extra["herd"]["reason"] == raw.headers["x-herd-reason"]
+    assert answer.model_extra["herd"]["fallback"] == raw.headers["x-herd-fallback"]
     attempts = answer.model_extra["herd"]["attempts"]
     assert [(a["model"], a["outcome"]) for a in attempts] == [("math-7b", "http 503")] * 3 + [("big-70b", "ok")]
     assert b1.stats()["requests"] == 3  # one call and two retries
@@ -117,6 +124,7 @@ def test_stream_dropped_before_first_byte_falls_back(stack):
     chunks = list(sdk(gw).chat.completions.create(model="herd", messages=ask(), stream=True))
     herd = chunks[0].model_extra["herd"]
     assert herd["model"] == "big-70b" and herd["attempts"][0]["outcome"].startswith("connection error")
+    assert herd["fallback"].startswith("from math-7b: connection error") and herd["reason"].startswith("fell back to big-70b")
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"big-70b: {MATH}"
 
 

@@ -223,6 +223,8 @@ class Gateway:
                    "x-herd-attempts": str(_calls(attempts)), "x-herd-request-id": req.request_id}
         if plan.policy:
             headers["x-herd-policy"] = plan.policy
+        if plan.fallback:
+            headers["x-herd-fallback"] = _header(plan.fallback)[:400]
         if cost is not None:
             headers["x-herd-cost-usd"] = f"{cost:.6g}"
         if checked is not None:
@@ -241,6 +243,8 @@ class Gateway:
             self._log_choice(req, plan, route, None, checked.attempts if checked else [], str(e.status), None,
                              started, checked)
             raise
+        if name != plan.candidates[0]:
+            plan = plan.fell_back(name, attempts)
         if checked is not None:
             attempts = checked.attempts + attempts
         headers = self._headers(req, plan, name, attempts, checked)
@@ -273,7 +277,7 @@ class Gateway:
         self.choice_log.write({
             "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
             "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
-            "reason": plan.reason, "calls": _calls(attempts), "status": status, "cost_usd": cost,
+            "reason": plan.reason, "fallback": plan.fallback, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
             **(checked.logged() if checked is not None else {})}, req.session, req.options.private)
 

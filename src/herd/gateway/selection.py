@@ -39,6 +39,19 @@ class Plan:
     # of their answers agree; the candidates come after.
     fan_out: list[str] = field(default_factory=list)
     agree_policy: object = None
+    fallback: str | None = None  # set when a later candidate answered: who failed first and how
+
+    def fell_back(self, name: str, attempts: list[dict]) -> Plan:
+        """This plan as it went when ``name``, not the first candidate, answered: the reason says
+        which models failed and how, then what was planned."""
+        failed: dict[str, list[str]] = {}
+        for a in attempts:
+            if a["model"] != name:
+                failed.setdefault(a["model"], []).append(a["outcome"])
+        why = "; ".join(f"{m}: {outcomes[-1]}" + (f" ({len(outcomes)} calls)" if len(outcomes) > 1 else "")
+                        for m, outcomes in failed.items())
+        return dataclasses.replace(self, fallback=f"from {why}",
+                                   reason=f"fell back to {name} ({why}); the plan was: {self.reason}")
 
     @property
     def first(self) -> str:
@@ -46,7 +59,7 @@ class Plan:
         return (self.checks or self.fan_out or self.candidates)[0]
 
     def describe(self) -> dict:
-        return {"policy": self.policy, "reason": self.reason, "scores": self.scores,
+        return {"policy": self.policy, "reason": self.reason, "fallback": self.fallback, "scores": self.scores,
                 "ineligible": self.ineligible, "router_ms": round(self.router_ms, 3)}
 
 
