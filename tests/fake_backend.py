@@ -71,7 +71,14 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
     failures); ``watch_word``: ``stats()["watched"]`` counts the requests whose body holds it, the
     backend's own record of, e.g., which private requests reached it."""
     rng = random.Random(seed)
-    stats = {"requests": 0, "last_body": None, "last_headers": {}, "watched": 0}
+    # answered and the token sums: the backend's own record of what a ledger should have charged.
+    stats = {"requests": 0, "last_body": None, "last_headers": {}, "watched": 0, "answered": 0, "prompt_tokens": 0,
+             "completion_tokens": 0}
+
+    def answered(usage: dict) -> None:
+        stats["answered"] += 1
+        stats["prompt_tokens"] += usage["prompt_tokens"]
+        stats["completion_tokens"] += usage["completion_tokens"]
 
     async def reply(send, code: int, obj, headers=()) -> None:
         body = json.dumps(obj).encode().replace(b'"1e999"', b"1e999")  # inf_usage: a number no float holds
@@ -138,6 +145,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         if not body.get("stream"):
             choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                        for i in range(int(body.get("n") or 1))]
+            if isinstance(usage, dict) and not inf_usage:
+                answered(usage)
             return await reply(send, 200, {**base, "object": "chat.completion", "choices": choices, "usage": usage})
 
         if drop_before_first_byte:
@@ -168,6 +177,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
             data = json.dumps({**base, "object": "chat.completion.chunk", **ev}).replace('"1e999"', "1e999")
             await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        if isinstance(usage, dict) and not inf_usage and (body.get("stream_options") or {}).get("include_usage"):
+            answered(usage)
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":

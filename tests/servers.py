@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from fake_backend import free_port, wait_until_up
@@ -110,3 +111,68 @@ def start_local_model(alias: str = "gemma-3-270m", n_ctx: int = 2048):
         proc.wait()
         raise
     return proc, f"http://127.0.0.1:{port}/v1"
+
+
+class RedisProcess:
+    """A real ``redis-server`` on a loopback port with its data in ``directory``. Every write is
+    on disk before Redis answers (AOF, fsync always), so a killed and restarted server has
+    everything it acknowledged."""
+
+    def __init__(self, directory: Path, port: int | None = None):
+        self.directory, self.port = Path(directory), port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self._log = tempfile.TemporaryFile()
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self._log.seek(0)
+                    raise RuntimeError(f"redis-server did not start:\n{self._log.read().decode(errors='replace')}")
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, as when a machine dies."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def redis_missing() -> str | None:
+    """Why the Redis tests cannot run here, or None."""
+    import importlib.util
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        return ("redis-server is not installed (Debian/Ubuntu: apt-get install -y redis-server; .ci/run installs it "
+                "where apt-get and root are available)")
+    if importlib.util.find_spec("redis") is None:
+        return "the redis client library is not installed (python -m pip install -e '.[test]')"
+    return None

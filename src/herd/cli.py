@@ -433,7 +433,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
-    api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line; "
+    api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line, "
+                                                "or YAML naming each key with its limits (rpm, tpm, budgets, models); "
                                                 "keys in HERD_API_KEYS (comma-separated) also count. Keys asked for "
                                                 "but none read: herd does not start."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys; needed beyond loopback, or when "
@@ -782,6 +783,58 @@ def select_cmd(
         except _usage_errors() as e:
             _fail(str(e))
         console.print(f"pool of {len(chosen)}: {written} (serve it with `herd serve {written}`)")
+
+
+@app.command()
+def spend(
+    state: Optional[str] = typer.Option(None, "--state", help="Redis URL of the ledger, e.g. redis://127.0.0.1:6379/0 "
+                                        "(default: HERD_STATE_URL, else the pool file's gateway.state)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Pool file whose gateway.state names the Redis."),
+    choice_log: Optional[str] = typer.Option(None, "--choice-log", help="Without Redis: rebuild the ledger from this "
+                                             "choice log (herd serve --choice-log)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+) -> None:
+    """Print the spend ledger: USD, calls and tokens per client key, model and UTC day.
+
+    \b
+    herd spend --state redis://127.0.0.1:6379/0
+    herd spend --choice-log choices.jsonl --json
+    """
+    import json
+    import os
+
+    from rich.table import Table
+
+    from herd.gateway.spend import COLUMNS, ledger_from_choice_log, ledger_from_state
+    from herd.gateway.state import ENV_STATE_URL
+
+    try:
+        url = state or os.environ.get(ENV_STATE_URL) or (_pool_settings(pool).state if pool else None)
+        if url:
+            rows = ledger_from_state(url)
+        elif choice_log:
+            rows = ledger_from_choice_log(choice_log)
+        else:
+            _fail(f"no ledger to read: give --state (or set {ENV_STATE_URL}), --pool with gateway.state, or --choice-log")
+    except _usage_errors() as e:
+        _fail(str(e))
+    if as_json:
+        console.print_json(json.dumps(rows)) if console.is_terminal else print(json.dumps(rows))
+        return
+    table = Table(title="spend per key, model and day (UTC)")
+    for c in COLUMNS:
+        table.add_column(c, justify="right" if c not in ("key", "model", "day") else "left")
+    for r in rows:
+        table.add_row(r["key"], r["model"], r["day"], f"{r['usd']:.6f}", str(r["calls"]),
+                      *("n/a" if r[c] is None else str(r[c]) for c in ("prompt_tokens", "completion_tokens")))
+    console.print(table)
+    console.print(f"total: ${sum(r['usd'] for r in rows):.6f} over {sum(r['calls'] for r in rows)} calls")
+
+
+def _pool_settings(path: str):
+    from herd.pool import load_pool
+
+    return load_pool(path)[0].gateway
 
 
 @app.command()

@@ -85,6 +85,12 @@ class GatewaySettings(_Strict):
                                           "(HERD_SESSION_SECRET wins; default: random per start)")
     log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "
                                    "private requests)")
+    state: Optional[str] = Field(None, pattern=r"^(redis|rediss|unix)://", description="where keys' limits, the "
+                                 "spend ledger and backend health are shared, e.g. redis://127.0.0.1:6379/0 "
+                                 "(HERD_STATE_URL wins; default: each process's memory)")
+    state_fail: Literal["open", "closed"] = Field("open", description="while the state store is unreachable: serve "
+                                                  "with each process's own limits (open) or refuse limited requests "
+                                                  "with 503 (closed)")
 
 
 class PoolConfig(_Strict):

@@ -1,8 +1,8 @@
 """The OpenAI-compatible gateway: route, call, fall back, and say what was done.
 
 Nothing a later request needs is kept per request in this process (the conversation in each
-request is the whole state), so replicas behind any load balancer behave as one. Circuit
-breakers are each process's own view of backend health.
+request is the whole state), so replicas behind any load balancer behave as one. What must be
+shared, keys' limits and spend and backend health, lives in a state store (gateway/state.py).
 """
 
 from __future__ import annotations
@@ -33,51 +33,27 @@ from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, u
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
 from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
+from herd.gateway.keys import ENV_KEYS, TAB, ClientKey, Limits, as_keys, read_api_keys, serving_keys  # noqa: F401
 from herd.gateway.selection import Plan, Selector
+from herd.gateway.state import SharedHealth, make_state
 from herd.pool import PoolConfig, load_pool
 
 log = logging.getLogger("herd.gateway")
-ENV_POOL, ENV_KEYS, ENV_KEYS_FILE = "HERD_POOL", "HERD_API_KEYS", "HERD_API_KEYS_FILE"
-
-
-def read_api_keys(keys_file: str | Path | None = None) -> list[str]:
-    """Keys from ``HERD_API_KEYS`` (comma-separated) and a file (one per line, # comments)."""
-    keys = [k.strip() for k in os.environ.get(ENV_KEYS, "").split(",") if k.strip()]
-    if keys_file:
-        lines = Path(keys_file).read_text().splitlines()
-        keys += [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
-    return keys
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def serving_keys(keys_file: str | Path | None, no_auth: bool, host: str) -> list[str]:
-    """The client keys to require, or a ValueError saying why herd will not start: keys asked for
-    (a keys file, HERD_API_KEYS) but none read, or no keys on an address beyond loopback without
-    ``no_auth``. Serving without auth is a choice, never an accident of an empty file."""
-    keys = read_api_keys(keys_file)
-    asked = keys_file is not None or ENV_KEYS in os.environ
-    if no_auth:
-        if keys:
-            raise ValueError("--no-auth, but API keys were given (HERD_API_KEYS or --api-keys-file): choose one")
-        return []
-    if asked and not keys:
-        raise ValueError(f"API keys were asked for ({keys_file or ENV_KEYS}) but none were read; add keys, "
-                         "or pass --no-auth to serve without auth")
-    if not keys and host not in LOOPBACK:
-        raise ValueError(f"serving on {host} without API keys: set {ENV_KEYS} or --api-keys-file, or pass --no-auth")
-    return keys
+ENV_POOL, ENV_KEYS_FILE = "HERD_POOL", "HERD_API_KEYS_FILE"
 
 
 class Gateway:
-    def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
+    def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[ClientKey | str] | None = None,
                  choice_log: ChoiceLog | None = None):
         self.pool = pool
         self.selector = selector
         self.choice_log = choice_log
-        self.keys = [k.encode() for k in api_keys or []]
+        self.keys = as_keys(api_keys)
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        state = make_state(pool.gateway)
+        # Without limits or a shared ledger, requests take no detour through them.
+        self.limits = Limits(pool, state) if state.ledger_kept or any(k.limited for k in self.keys) else None
+        self.shared_health = SharedHealth(state, self.backends)
         self.secrets = [k for m in pool.models if (k := m.api_key())]  # never relayed to a client
         self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
 
@@ -88,19 +64,22 @@ class Gateway:
             return False
         return True
 
-    def check_key(self, request: Request) -> None:
+    def check_key(self, request: Request) -> ClientKey | None:
+        """The client key the request sends (None when herd serves without keys)."""
         if not self.keys:
-            return
+            return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare with every key, whatever matches, so timing says nothing about which key is close.
-        matched = False
+        matched = None
         for key in self.keys:
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+            if hmac.compare_digest(given, key.secret):
+                matched = key
+        if matched is None:
             raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'" if not given
                                else "incorrect API key", code="invalid_api_key")
+        return matched
 
     async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -141,9 +120,13 @@ class Gateway:
 
     async def _chat(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.check_key(request)
+        key = self.check_key(request)
         req = parse_chat(await self.read_body(request), request.headers)
         req.request_id = request.state.request_id
+        if key is not None:
+            req.key = key.name
+            tm.KEY_REQUESTS.labels(key.name).inc()
+            key.allow(req.model)
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
@@ -151,6 +134,10 @@ class Gateway:
         # Scoring a query is CPU work (features, maybe an embedding): keep it off the event loop.
         plan = await run_in_threadpool(self.selector.plan, req) if routed else self.selector.plan(req)
         request.state.route = route = req.model if routed else "direct"
+        tab = None
+        if self.limits is not None and self.limits.needs_tab(key):
+            tab = await self.limits.admit(key, req, plan)  # a 429 (or 503) before any call
+            TAB.set(tab)
         if routed:
             tm.CHOICES.labels(plan.first).inc()
         tm.IN_FLIGHT.inc()
@@ -162,6 +149,8 @@ class Gateway:
         finally:
             if not streaming:
                 tm.IN_FLIGHT.dec()
+                if tab is not None:
+                    self.limits.settle(tab)
 
     async def _dispatch(self, candidates: list[str], body: dict, stream: bool) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
@@ -276,7 +265,7 @@ class Gateway:
             return
         self.choice_log.write({
             "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
-            "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
+            "key": req.key, "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "fallback": plan.fallback, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
             **(checked.logged() if checked is not None else {})}, req.session, req.options.private)
@@ -310,6 +299,8 @@ class Gateway:
                              plus(cost, checked.cost) if checked is not None else cost, started, checked)
             tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
             tm.IN_FLIGHT.dec()
+            if (tab := TAB.get()) is not None:
+                self.limits.settle(tab)
 
         return _Relay(relay(), close, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
@@ -374,6 +365,8 @@ class Gateway:
         cost = model.cost(prompt, completion)
         if cost is not None:
             tm.COST.labels(name).inc(cost)
+        if (tab := TAB.get()) is not None:  # the request's key is charged for every call
+            tab.add(name, prompt, completion, cost)
         return cost
 
     def models(self) -> dict:
@@ -390,6 +383,9 @@ class Gateway:
         return {"status": status, "version": __version__, "router": router, "models": models}, 200 if up else 503
 
     async def close(self) -> None:
+        await self.shared_health.stop()
+        if self.limits is not None:
+            await self.limits.close()
         await asyncio.gather(*(b.close() for b in self.backends.values()))
         if self.choice_log is not None:
             self.choice_log.close()
@@ -488,6 +484,7 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(selector.warm_up)
+        gateway.shared_health.start()
         yield
         await gateway.close()
 

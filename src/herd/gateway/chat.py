@@ -54,6 +54,7 @@ class ChatRequest:
     turn: int = 1  # user turns so far, this one included: a conversation's position is in its history
     opening: str = ""  # the first user turn, which keys a conversation that names no session
     request_id: str = ""
+    key: str | None = None  # the client key's name, for the choice log
 
     @property
     def session(self) -> str:

@@ -18,23 +18,26 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 
 class GatewayError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
+                 headers: dict | None = None, type_: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
         self.headers = headers or {}
 
     def response(self) -> Response:
-        return error_response(self.status, self.message, param=self.param, code=self.code, headers=self.headers)
+        return error_response(self.status, self.message, param=self.param, code=self.code, headers=self.headers,
+                              type_=self.type)
 
 
-def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
-                      "param": param, "code": code}}
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None,
+               type_: str | None = None) -> dict:
+    """``type_`` overrides the status's usual type, e.g. OpenAI's 429 ``insufficient_quota``."""
+    default = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": type_ or default, "param": param, "code": code}}
 
 
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                   headers: dict | None = None) -> Response:
-    return Response(json.dumps(error_body(status, message, param=param, code=code)), status_code=status,
+                   headers: dict | None = None, type_: str | None = None) -> Response:
+    return Response(json.dumps(error_body(status, message, param=param, code=code, type_=type_)), status_code=status,
                     media_type="application/json", headers=headers)
 
 

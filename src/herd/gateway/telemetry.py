@@ -25,6 +25,16 @@ TOKENS = Counter("herd_tokens_total", "Tokens as reported by backends (or estima
                  ["model", "kind"])
 COST = Counter("herd_cost_usd_total", "Spend in USD from the pool's prices", ["model"])
 IN_FLIGHT = Gauge("herd_requests_in_flight", "Chat requests being answered", multiprocess_mode="livesum")
+# Per client key *name* (never the key): as many series as the keys file has keys.
+KEY_REQUESTS = Counter("herd_key_requests_total", "Chat requests per client key name", ["key"])
+KEY_SPEND = Counter("herd_key_spend_usd_total", "Spend in USD per client key name, every backend call counted", ["key"])
+KEY_REFUSALS = Counter("herd_key_refusals_total", "Requests refused by a key's limits, by limit (rpm, tpm, day, "
+                       "month)", ["key", "limit"])
+STATE_UP = Gauge("herd_state_up", "1 while the shared limits store is reachable; the lowest of the workers",
+                 ["store"], multiprocess_mode="livemin")
+STATE_ERRORS = Counter("herd_state_errors_total", "Failed calls to the shared limits store")
+STATE_PENDING = Gauge("herd_state_pending_charges", "Charges waiting for the shared limits store to come back",
+                      multiprocess_mode="livesum")
 
 
 def exposition() -> tuple[bytes, str]:

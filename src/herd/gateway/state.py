@@ -1,0 +1,462 @@
+"""What the gateway's processes share: rate-limit windows, budget counters, the spend ledger and
+backend health. One small interface, two stores: ``LocalState`` (this process's memory, the
+default: nothing to run) and ``RedisState`` (one Redis for every worker and replica, so N of
+them enforce one limit and learn from each other's failing backends).
+
+In Redis every update is one Lua script, so no read-modify-write can interleave. A request's
+charge carries its id and is written at most once, so a charge retried after a lost reply is
+not counted twice; charges that could not be written wait in memory and are written when Redis
+is back. While Redis is unreachable, ``fail: open`` serves with this process's own limits and
+``fail: closed`` refuses limited requests with a 503.
+
+Keys (prefix ``herd:``): ``rpm:NAME`` (sorted set of admission times), ``tpm:NAME`` (tokens per
+second, last 60 s), ``budget:NAME:d:DAY`` and ``budget:NAME:m:MONTH`` (hash: spent, held),
+``ledger:DAY`` (hash: ``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``),
+``ledger:days``, ``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms)."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from herd.gateway import telemetry as tm
+
+if TYPE_CHECKING:
+    from herd.backends import Backend
+    from herd.gateway.keys import ClientKey
+    from herd.pool import GatewaySettings
+
+log = logging.getLogger("herd.gateway")
+ENV_STATE_URL = "HERD_STATE_URL"
+WINDOW_S = 60.0
+HEALTH_SYNC_S = 0.25  # how often each process shares circuit changes and probes an unreachable Redis
+CHARGED_TTL_S = 7 * 86400  # how long a request id is remembered as charged
+
+
+class StateDown(Exception):
+    """The shared store is unreachable and the gateway fails closed."""
+
+
+@dataclass
+class Refusal:
+    limit: str  # rpm | tpm | day | month
+    retry_after_s: float
+    used: float = 0.0  # budgets: spent plus held
+
+
+@dataclass
+class Charge:
+    """What one request spent, per model; ``worst`` was held at admission by ``held_by``."""
+
+    name: str
+    request_id: str
+    worst: float
+    held_by: str | None
+    usd: dict[str, float]
+    calls: dict[str, int]
+    tokens: dict[str, tuple[float, float]]
+    day: str = ""
+    month: str = ""
+
+    @property
+    def total_usd(self) -> float:
+        return sum(self.usd.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return round(sum(p + c for p, c in self.tokens.values()))
+
+
+def periods(now: float | None = None) -> tuple[str, str]:
+    """The UTC day and month budgets are counted in."""
+    t = time.gmtime(now)
+    return time.strftime("%Y-%m-%d", t), time.strftime("%Y-%m", t)
+
+
+def until_next(period: str, now: float | None = None) -> float:
+    """Seconds until the next UTC day or month begins."""
+    now = time.time() if now is None else now
+    t = time.gmtime(now)
+    if period == "day":
+        start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
+    else:
+        year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+        start = calendar.timegm((year, month, 1, 0, 0, 0))
+    return start - now
+
+
+class State:
+    """The interface. ``admit`` checks a limited key's limits and, if they allow, counts the
+    request and holds ``worst`` against its budgets; ``settle`` replaces the hold with what was
+    spent and writes the ledger; ``share_health`` publishes circuits opened and closed here and
+    returns every model's shared open-until (epoch seconds)."""
+
+    ledger_kept = False  # whether every request's spend is written to a ledger `herd spend` reads
+
+    async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
+                    month: str) -> tuple[Refusal | None, str | None]:
+        raise NotImplementedError
+
+    async def settle(self, charge: Charge) -> None:
+        raise NotImplementedError
+
+    async def share_health(self, opened: dict[str, float], closed: list[str]) -> dict[str, float]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+class LocalState(State):
+    """Limits in this process's memory: exact for one process; with N, each enforces its own."""
+
+    def __init__(self):
+        self.requests: dict[str, deque] = {}  # name -> admission times
+        self.tokens: dict[str, deque] = {}  # name -> (time, tokens)
+        self.budgets: dict[tuple[str, str], list[float]] = {}  # (name, period) -> [spent, held]
+
+    async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
+                    month: str) -> tuple[Refusal | None, str | None]:
+        return self.admit_now(key, worst, day, month), "local"
+
+    def admit_now(self, key: ClientKey, worst: float, day: str, month: str) -> Refusal | None:
+        now = time.monotonic()
+        if key.rpm is not None:
+            times = self.counted(key)
+            while times and times[0] <= now - WINDOW_S:
+                times.popleft()
+            if len(times) >= key.rpm:
+                return Refusal("rpm", times[0] + WINDOW_S - now)
+        if key.tpm is not None:
+            used = self._tokens(key.name, now)
+            if used >= key.tpm:
+                return Refusal("tpm", self.tokens[key.name][0][0] + WINDOW_S - now)
+        for limit, budget, period in (("day", key.day_usd, day), ("month", key.month_usd, month)):
+            if budget is not None:
+                spent, held = self.budgets.get((key.name, period), (0.0, 0.0))
+                if spent + held + worst > budget + 1e-12:
+                    return Refusal(limit, until_next(limit), spent + held)
+        if key.rpm is not None:
+            times.append(now)
+        for budget, period in ((key.day_usd, day), (key.month_usd, month)):
+            if budget is not None:
+                self.budgets.setdefault((key.name, period), [0.0, 0.0])[1] += worst
+        return None
+
+    def counted(self, key: ClientKey) -> deque:
+        """The key's latest admission times (as many as its rpm: no more are needed)."""
+        times = self.requests.get(key.name)
+        if times is None:
+            times = self.requests[key.name] = deque(maxlen=key.rpm)
+        return times
+
+    def _tokens(self, name: str, now: float) -> float:
+        window = self.tokens.setdefault(name, deque())
+        while window and window[0][0] <= now - WINDOW_S:
+            window.popleft()
+        return sum(n for _, n in window)
+
+    async def settle(self, charge: Charge) -> None:
+        self.apply(charge)
+
+    def apply(self, charge: Charge) -> None:
+        if charge.total_tokens:
+            now = time.monotonic()
+            self._tokens(charge.name, now)  # drops what left the window, so the window stays small
+            self.tokens[charge.name].append((now, charge.total_tokens))
+        for period in (charge.day, charge.month):
+            entry = self.budgets.get((charge.name, period))
+            if entry is None and not charge.total_usd:
+                continue
+            entry = self.budgets.setdefault((charge.name, period), [0.0, 0.0])
+            entry[0] += charge.total_usd
+            if charge.held_by == "local":
+                entry[1] = max(0.0, entry[1] - charge.worst)
+
+
+# KEYS: rpm, tpm, budget day, budget month. ARGV: rpm, tpm, day budget, month budget ('' = none),
+# worst, request id. Returns {} when admitted, else {limit, retry after (s), used}.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local rpm, tpm, worst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+if rpm then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
+  if redis.call('ZCARD', KEYS[1]) >= rpm then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {'rpm', tostring(tonumber(oldest[2]) + 60 - now), '0'}
+  end
+end
+if tpm then
+  local fields, used, oldest = redis.call('HGETALL', KEYS[2]), 0, now
+  for i = 1, #fields, 2 do
+    local s = tonumber(fields[i])
+    if s <= now - 60 then redis.call('HDEL', KEYS[2], fields[i])
+    else used = used + tonumber(fields[i + 1]); if s < oldest then oldest = s end end
+  end
+  if used >= tpm then return {'tpm', tostring(oldest + 60 - now), '0'} end
+end
+local limits = {'day', 'month'}
+for i = 3, 4 do
+  local budget = tonumber(ARGV[i])
+  if budget then
+    local used = tonumber(redis.call('HGET', KEYS[i], 'spent') or '0') + tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
+    if used + worst > budget + 1e-12 then return {limits[i - 2], '-1', tostring(used)} end
+  end
+end
+if rpm then
+  redis.call('ZADD', KEYS[1], now, ARGV[6])
+  redis.call('EXPIRE', KEYS[1], 61)
+end
+for i = 3, 4 do
+  if tonumber(ARGV[i]) and worst > 0 then
+    redis.call('HINCRBYFLOAT', KEYS[i], 'held', worst)
+    redis.call('EXPIRE', KEYS[i], i == 3 and 259200 or 5356800)
+  end
+end
+return {}
+"""
+
+# KEYS: charged:ID, budget day, budget month, tpm, ledger:DAY, ledger:days. ARGV: held, usd,
+# tokens, day, then per model: field prefix, usd, calls, prompt tokens, completion tokens.
+# Returns 1 if charged now, 0 if this request was charged before.
+_SETTLE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', %d) then return 0 end
+local held, usd, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 2, 3 do
+  if held > 0 then redis.call('HINCRBYFLOAT', KEYS[i], 'held', -held) end
+  if usd > 0 then redis.call('HINCRBYFLOAT', KEYS[i], 'spent', usd) end
+  redis.call('EXPIRE', KEYS[i], i == 2 and 259200 or 5356800)
+end
+if tokens > 0 then
+  redis.call('HINCRBY', KEYS[4], redis.call('TIME')[1], tokens)
+  redis.call('EXPIRE', KEYS[4], 120)
+end
+for i = 5, #ARGV, 5 do
+  redis.call('HINCRBYFLOAT', KEYS[5], ARGV[i] .. 'usd', ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[5], ARGV[i] .. 'calls', ARGV[i + 2])
+  redis.call('HINCRBY', KEYS[5], ARGV[i] .. 'prompt_tokens', ARGV[i + 3])
+  redis.call('HINCRBY', KEYS[5], ARGV[i] .. 'completion_tokens', ARGV[i + 4])
+end
+redis.call('SADD', KEYS[6], ARGV[4])
+return 1
+""" % CHARGED_TTL_S
+
+# KEYS: circuit:MODEL for every model. ARGV: per model 'open:<until ms>', 'close' or ''.
+# Returns each model's open-until (ms) or false.
+_HEALTH = """
+for i, key in ipairs(KEYS) do
+  local action = ARGV[i]
+  if action == 'close' then redis.call('DEL', key)
+  elseif action ~= '' then
+    local until_ms = tonumber(string.sub(action, 6))
+    local ttl = until_ms - tonumber(redis.call('TIME')[1]) * 1000
+    local known = tonumber(redis.call('GET', key) or '0')
+    if ttl > 0 and until_ms > known then redis.call('SET', key, until_ms, 'PX', math.floor(ttl)) end
+  end
+end
+return redis.call('MGET', unpack(KEYS))
+"""
+
+LEDGER_FIELDS = ("usd", "calls", "prompt_tokens", "completion_tokens")
+
+
+class RedisState(State):
+    ledger_kept = True
+
+    def __init__(self, url: str, fail: str = "open", prefix: str = "herd:"):
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Short timeouts and one quick retry (a pooled connection Redis closed on restart): an
+        # unreachable Redis must cost a request milliseconds, not the client's default seconds.
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                             retry=Retry(NoBackoff(), 1), decode_responses=True)
+        self.url, self.fail, self.prefix = _shown(url), fail, prefix
+        self.local = LocalState()  # this process's own limits, used while Redis is unreachable
+        self.pending: list[Charge] = []  # charges not yet written to Redis
+        self.up = True
+        self.models: tuple[str, ...] = ()  # whose circuits are shared
+        self._admit = self.redis.register_script(_ADMIT)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._health = self.redis.register_script(_HEALTH)
+        tm.STATE_UP.labels("redis").set(1)
+
+    def _down(self, e: Exception) -> None:
+        tm.STATE_ERRORS.inc()
+        if self.up:
+            self.up = False
+            tm.STATE_UP.labels("redis").set(0)
+            log.warning("limits store %s unreachable (%s); %s until it is back", self.url, type(e).__name__,
+                        "serving with this process's own limits" if self.fail == "open" else
+                        "refusing limited requests")
+
+    def _back(self) -> None:
+        if not self.up:
+            self.up = True
+            tm.STATE_UP.labels("redis").set(1)
+            log.warning("limits store %s reachable again; %d charge(s) to write", self.url, len(self.pending))
+
+    async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
+                    month: str) -> tuple[Refusal | None, str | None]:
+        from redis.exceptions import RedisError
+
+        if self.up:
+            p = self.prefix
+            try:
+                got = await self._admit(
+                    keys=[f"{p}rpm:{key.name}", f"{p}tpm:{key.name}", f"{p}budget:{key.name}:d:{day}",
+                          f"{p}budget:{key.name}:m:{month}"],
+                    args=[_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst),
+                          request_id])
+            except (RedisError, OSError) as e:
+                self._down(e)
+            else:
+                if not got:
+                    if key.rpm is not None:  # this process's own count too, should Redis become unreachable
+                        self.local.counted(key).append(time.monotonic())
+                    return None, "shared"
+                limit, retry, used = got[0], float(got[1]), float(got[2])
+                return Refusal(limit, until_next(limit) if retry < 0 else retry, used), None
+        if self.fail == "closed":
+            raise StateDown()
+        return self.local.admit_now(key, worst, day, month), "local"
+
+    async def settle(self, charge: Charge) -> None:
+        self.local.apply(charge)
+        if self.up and not self.pending:
+            if await self._write(charge):
+                return
+        self.pending.append(charge)
+        tm.STATE_PENDING.set(len(self.pending))
+
+    async def _write(self, charge: Charge) -> bool:
+        from redis.exceptions import RedisError
+
+        p = self.prefix
+        args = [repr(charge.worst if charge.held_by == "shared" else 0.0), repr(charge.total_usd),
+                charge.total_tokens, charge.day]
+        for model, usd in charge.usd.items():
+            prompt, completion = charge.tokens.get(model, (0.0, 0.0))
+            args += [f"{charge.name}\t{model}\t", repr(usd), charge.calls.get(model, 0), round(prompt), round(completion)]
+        try:
+            await self._settle(keys=[f"{p}charged:{charge.request_id}", f"{p}budget:{charge.name}:d:{charge.day}",
+                                     f"{p}budget:{charge.name}:m:{charge.month}", f"{p}tpm:{charge.name}",
+                                     f"{p}ledger:{charge.day}", f"{p}ledger:days"], args=args)
+        except (RedisError, OSError) as e:
+            self._down(e)
+            return False
+        return True
+
+    async def share_health(self, opened: dict[str, float], closed: list[str]) -> dict[str, float]:
+        """Also the probe of an unreachable Redis, and where waiting charges are written."""
+        from redis.exceptions import RedisError
+
+        models = sorted({*opened, *closed, *self.models})
+        actions = [f"open:{round(opened[m] * 1000)}" if m in opened else "close" if m in closed else "" for m in models]
+        try:
+            values = await self._health(keys=[f"{self.prefix}circuit:{m}" for m in models], args=actions)
+        except (RedisError, OSError) as e:
+            self._down(e)
+            return {}
+        self._back()
+        while self.pending and await self._write(self.pending[0]):
+            self.pending.pop(0)
+        tm.STATE_PENDING.set(len(self.pending))
+        return {m: float(v) / 1000 for m, v in zip(models, values) if v}
+
+    async def ledger(self) -> list[dict]:
+        """Every (key, model, day) row of the ledger, oldest day first."""
+        rows = []
+        for day in sorted(await self.redis.smembers(f"{self.prefix}ledger:days")):
+            cells: dict[tuple[str, str], dict] = {}
+            for name, value in (await self.redis.hgetall(f"{self.prefix}ledger:{day}")).items():
+                key, model, what = name.split("\t")
+                cells.setdefault((key, model), {})[what] = float(value) if what == "usd" else int(value)
+            rows += [{"key": k, "model": m, "day": day, **{f: v.get(f, 0) for f in LEDGER_FIELDS}}
+                     for (k, m), v in sorted(cells.items())]
+        return rows
+
+    async def close(self) -> None:
+        while self.pending and self.up and await self._write(self.pending[0]):
+            self.pending.pop(0)
+        if self.pending:
+            log.warning("limits store %s: %d charge(s) could not be written before exit", self.url, len(self.pending))
+        await self.redis.aclose()
+
+
+def make_state(settings: GatewaySettings) -> State:
+    """Redis at ``HERD_STATE_URL`` or the pool file's ``gateway.state``, else this process's memory."""
+    url = os.environ.get(ENV_STATE_URL) or settings.state
+    if not url:
+        return LocalState()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{ENV_STATE_URL}: expected redis://HOST:PORT/DB (or rediss://, unix://), got {_shown(url)!r}")
+    return RedisState(url, settings.state_fail)
+
+
+def _arg(value) -> str:
+    return "" if value is None else repr(value)
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for logs."""
+    head, at, tail = url.rpartition("@")
+    return f"{head.split('://')[0]}://***@{tail}" if at else url
+
+
+@dataclass
+class SharedHealth:
+    """Every ``HEALTH_SYNC_S``: circuits this process opened or closed are published, and a model
+    another process found failing is opened here for the rest of its cooldown, so no process has
+    to fail on it first. Circuits stay each process's own; only their open/closed turns travel."""
+
+    state: State
+    backends: dict[str, Backend]
+    seen: dict[str, float | None] = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if isinstance(self.state, RedisState):
+            self.state.models = tuple(self.backends)
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as e:  # the loop must outlive anything one tick meets
+                log.warning("sharing backend health failed (%s)", type(e).__name__)
+            await asyncio.sleep(HEALTH_SYNC_S)
+
+    async def tick(self) -> None:
+        opened, closed = {}, []
+        wall, mono = time.time(), time.monotonic()
+        for name, backend in self.backends.items():
+            c = backend.circuit
+            if c.opened_at != self.seen.get(name):
+                if c.opened_at is not None:
+                    opened[name] = wall + c.cooldown_s - (mono - c.opened_at)
+                else:
+                    closed.append(name)
+                self.seen[name] = c.opened_at
+        shared = await self.state.share_health(opened, closed)
+        wall, mono = time.time(), time.monotonic()
+        for name, until in shared.items():
+            c = self.backends[name].circuit
+            local_until = None if c.opened_at is None else wall + c.cooldown_s - (mono - c.opened_at)
+            if until > wall and (local_until is None or until > local_until + 0.05):
+                c.opened_at, c.trial = mono - (c.cooldown_s - (until - wall)), False
+                self.seen[name] = c.opened_at
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
