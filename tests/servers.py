@@ -65,15 +65,15 @@ class GatewayProcess:
         self.stop()
 
 
-def start_gateway(pool_file: Path, *args: str, env: dict | None = None) -> GatewayProcess:
-    """`herd serve POOL` on a free loopback port, waited on until /health answers."""
+def start_gateway(pool_file: Path, *args: str, env: dict | None = None, timeout: float = 30) -> GatewayProcess:
+    """`herd serve POOL` on a free loopback port, waited on until /health answers (``timeout`` s)."""
     port = free_port()
     log = tempfile.TemporaryFile()
     cmd = [sys.executable, "-m", "herd", "serve", str(pool_file), "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     gw = GatewayProcess(proc, port, log)
     try:
-        wait_until_up(f"{gw.root}/health", proc, gw.log)
+        wait_until_up(f"{gw.root}/health", proc, gw.log, timeout)
     except RuntimeError:
         gw.stop()
         raise

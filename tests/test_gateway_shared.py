@@ -18,6 +18,7 @@ from servers import RedisProcess, pool_yaml, redis_missing, start_gateway
 pytestmark = pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
 
 PRICE = 20.0  # USD per million tokens, in and out
+STARTUP_S = 90  # two gateways and several backends start on a shared machine
 
 
 @pytest.fixture
@@ -40,9 +41,9 @@ def chat(gw, key: str, text: str, model: str = "herd", **extra) -> httpx.Respons
 
 def two_gateways(pool, redis_server, *args, pools=None):
     env = {"HERD_STATE_URL": redis_server.url}
-    first = start_gateway((pools or [pool])[0], *args, env=env)
+    first = start_gateway((pools or [pool])[0], *args, env=env, timeout=STARTUP_S)
     try:
-        second = start_gateway((pools or [pool, pool])[1], *args, env=env)
+        second = start_gateway((pools or [pool, pool])[1], *args, env=env, timeout=STARTUP_S)
     except Exception:
         first.stop()
         raise
