@@ -32,6 +32,39 @@ def test_save_load_round_trip(tmp_path, trained):
     assert man["validation"]["accuracy"] >= man["validation"]["best_single_accuracy"]
 
 
+def test_training_says_what_the_policy_does_and_a_cheaper_policy():
+    from herd.policies import ArgMax
+
+    # 'dear' is right on 180 of 200 queries, 'cheap' (a tenth of the price) on 178 of them; the
+    # scores know who is right, so a cost weight keeps 90% accuracy at about 11% of the cost.
+    n = 200
+    labels = np.zeros((n, 2))
+    labels[:180, 0], labels[:178, 1] = 1, 1
+    scores = 0.1 + 0.8 * labels
+    costs = np.array([1.0, 0.1])
+    always_dear = ArgMax().choose(scores, np.array([0.0, 0.0]) + [0, 1e-9])  # ties to the lower cost: index 0
+    assert (always_dear == 0).all()
+    c = artifact.cheaper_option(scores, labels, costs, ["dear", "cheap"], always_dear, best=0)
+    assert c["spec"].startswith("budget:") and c["within_pt"] == 0.5
+    assert c["accuracy"] == pytest.approx(0.9) and c["cost_usd"] <= 0.12 and c["best_single_cost_usd"] == 1.0
+    # its spec, calibrated again on the same scores, makes the same choices
+    from herd.policies import make_policy
+
+    again = make_policy(c["spec"]).fit(scores, labels, costs, ["dear", "cheap"]).choose(scores, costs)
+    assert labels[np.arange(n), again].mean() == pytest.approx(0.9)
+    # nothing cheaper within 2 points: no suggestion
+    assert artifact.cheaper_option(scores, labels, np.array([1.0, 0.95]), ["dear", "cheap"], always_dear, 0) is None
+    assert artifact.cheaper_option(scores, labels, np.array([np.nan, np.nan]), ["dear", "cheap"], always_dear, 0) is None
+
+
+def test_the_manifest_keeps_each_models_share(trained):
+    t, m = trained
+    v = t.manifest["validation"]
+    assert set(v["shares"]) <= set(m.models) and sum(v["shares"].values()) == pytest.approx(1.0)
+    assert list(v["shares"].values()) == sorted(v["shares"].values(), reverse=True)
+    assert "TrainedRouter(logistic + safe, 3 models" in repr(t)
+
+
 def _break(directory, what):
     mf = directory / "manifest.json"
     man = json.loads(mf.read_text())
@@ -78,6 +111,9 @@ def test_train_and_route_from_the_command_line(tmp_path, dataset_dir):
     r = herd("train", str(dataset_dir), "--router", "knn-tfidf", "--policy", "safe", "-o", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
     assert "validation (out-of-fold scores on the training queries (3-fold inner CV))" in r.stdout
+    # what the policy does there: safe routes the topic specialists on this table
+    plan = next(line for line in r.stdout.splitlines() if line.startswith("what it will do"))
+    assert "routes " in plan and "% to big-70b" in plan and "pt vs big-70b" in plan, plan
     r = herd("route", str(tmp_path / "r"), "solve for x in the equation math question number 99")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].strip() in {"math-7b", "big-70b", "hist-7b"} and "P(correct)" in r.stdout

@@ -75,7 +75,7 @@ def test_majority_vote_when_answers_exist(frames):
     assert vote.cost_usd == pytest.approx(np.nansum(Outcomes.from_frames(q, o, m).matrix().cost, axis=1).mean())
 
 
-def test_metrics_json_contract_and_report(tmp_path, result):
+def test_metrics_json_contract_and_report(tmp_path, dataset_dir, result):
     written = write_report(result, tmp_path / "out")
     doc = json.loads(written["metrics"].read_text())
     assert doc["folds"] == 3 and doc["seed"] == 0 and doc["dataset"]
@@ -83,10 +83,69 @@ def test_metrics_json_contract_and_report(tmp_path, result):
     assert {r["kind"] for r in doc["results"]} <= set(KINDS)
     assert all(r["best_single"] == "big-70b" for r in doc["results"])
     assert all(r["gap_closed"] is not None for r in doc["results"] if r["kind"] == "router")
+    assert doc["schema_version"] >= 2 and doc["herd_version"] and doc["created"].endswith("Z")
+    assert doc["data_fingerprint"] == result.fingerprint and len(doc["data_fingerprint"]) == 16
+    assert doc["benchmarks"][0]["fingerprint"] == Outcomes.load(dataset_dir).matrix().fingerprint()
     html = written["report"].read_text()
     assert "data:image/png;base64," in html and "toy / mix" in html
+    assert "<p class='headline'>routing buys" in html
+    assert "<th>owned %</th>" in html  # open and closed models in the pool
+    assert "ArgMax()" not in html and "policies: argmax." in html
     assert (tmp_path / "out" / "toy-mix-cost-accuracy.png").stat().st_size > 1000
     assert (tmp_path / "out" / "toy-mix-models.png").stat().st_size > 1000
+
+
+def _rows(best, *routed):
+    """Method rows on a made-up benchmark: the best single model, then (method, accuracy, cost) routed."""
+    from herd.evaluation import MethodResult
+
+    def row(method, kind, acc, cost):
+        return MethodResult("s", "b", method, kind, acc, cost, False, None, 100, None, "strong")
+
+    return [row("oracle", "oracle", 0.99, 0.1), row("best single (train): strong", "best-single", *best),
+            *(row(m, "router", a, c) for m, a, c in routed)]
+
+
+@pytest.mark.parametrize("routed, expected", [
+    ([("r (argmax)", 0.92, 1.0)], "routing buys: +2.00 pt accuracy with r (argmax) (92.00%) at 100% of its cost "
+                                   "vs the best single model strong (90.00%, $1)"),
+    ([("r (budget:0.3)", 0.898, 0.3)], "routing buys: 70% lower cost with r (budget:0.3) (-0.20 pt) vs the best"),
+    ([("r (argmax)", 0.93, 1.2), ("agree", 0.90, 0.25)],
+     "routing buys: +3.00 pt accuracy with r (argmax) (93.00%) at 120% of its cost; 75% lower cost with agree"),
+    ([("r (safe)", 0.90, 1.0), ("r (budget:0.3)", 0.885, 0.3)],
+     "routing buys nothing here vs the best single model strong (90.00%, $1): no routed method gains over 0.5 pt "
+     "or matches it within 0.5 pt for less; the cheapest within 2 pt, r (budget:0.3), -1.50 pt at 30% of its cost"),
+    ([("r (safe)", 0.90, 1.0)], "routing buys nothing here vs the best single model strong (90.00%, $1): no routed "
+                                "method gains over 0.5 pt or matches it within 0.5 pt for less; the most accurate, "
+                                "r (safe), +0.00 pt at 100% of its cost"),
+    ([("r (argmax)", 0.90, None)], "routing buys nothing here"),
+])
+def test_the_headline_says_what_routing_buys_or_nothing(routed, expected):
+    from herd.evaluation import BenchmarkResult
+    from herd.report import headline
+
+    b = BenchmarkResult("s", "b", 100, ["strong"], _rows((0.90, 1.0), *routed), [], [], ["strong"])
+    assert headline(b).startswith(expected), headline(b)
+
+
+def test_results_convert_to_frames_and_reprs_stay_short(result):
+    frame = result.to_frame()
+    (b,) = result.benchmarks
+    assert len(frame) == len(b.rows) and CONTRACT <= set(frame.columns)
+    assert frame.loc[frame["kind"] == "best-single", "best_single"].item() == "big-70b"
+    assert b.to_frame()["method"].tolist() == [r.method for r in b.rows]
+    assert repr(b) == f"BenchmarkResult(toy/mix: 90 queries, 3 models, {len(b.rows)} methods)"
+    assert repr(result).startswith("Evaluation(") and len(repr(result)) < 200 and "0x" not in repr(result)
+    assert result.policy == "argmax"
+
+
+def test_safe_with_an_infinite_margin_says_so_in_words():
+    from herd.policies import SafeArgMax
+
+    labels = np.tile([[1.0, 0.0]], (50, 1))
+    p = SafeArgMax().fit(np.full((50, 2), 0.5), labels)
+    assert p.margin_ == np.inf
+    assert p.summary() == "margin=inf: every query stays with the best single model, no margin paid off on validation data"
 
 
 def test_evaluation_is_deterministic(dataset_dir):
@@ -112,7 +171,7 @@ def test_tuned_policy_is_fitted_inside_training_folds(dataset_dir):
     (b,) = ev.benchmarks
     assert {r.method for r in b.rows if r.kind == "router"} == {"logistic (argmax)", "logistic (safe)"}
     note = next(n for n in b.notes if n.startswith("logistic (safe)"))
-    assert note.count("margin=") == 3
+    assert note.count("margin=") == 3 or note.endswith("(all 3 folds)")
     # On topic specialists routing pays off in validation too, so the safe policy routes.
     assert b.row("router", "logistic (safe)").accuracy > b.row("best-single").accuracy
 

@@ -27,6 +27,11 @@ def test_the_python_example_runs_and_evaluate_is_the_function():
     report = scope["report"]
     assert report.benchmarks and report.benchmarks[0].row("best-single").accuracy > 0.5
     assert scope["decision"].choice.shape == (len(scope["test"].queries),)
+    decision = scope["decision"]
+    assert decision.names[0] in scope["router"].models_ and len(decision.names) == len(decision.choice)
+    assert repr(decision).startswith(f"Decision({len(decision.choice)} queries: ") and len(repr(decision)) < 300
+    frame = report.to_frame()
+    assert {"method", "kind", "accuracy", "cost_usd"} <= set(frame.columns) and len(frame) == len(report.benchmarks[0].rows)
 
 
 def test_the_public_names_are_listed_and_resolve():
@@ -35,3 +40,14 @@ def test_the_public_names_are_listed_and_resolve():
     assert {"Outcomes", "evaluate", "make_router", "make_policy"} <= set(dir(herd))
     assert all(getattr(herd, name) is not None for name in dir(herd))
     assert callable(herd.evaluate)
+
+
+def test_public_entry_points_say_what_they_take_and_give():
+    import herd
+
+    for name in ("evaluate", "make_router", "make_policy", "Outcomes", "Evaluation", "BenchmarkResult", "Decision"):
+        assert getattr(herd, name).__doc__, name
+    assert "(n_queries, n_models)" in herd.make_router.__doc__
+    assert "to_frame" in herd.evaluate.__doc__
+    assert "(n_queries, n_models)" in herd.Outcomes.matrix.__doc__
+    assert "(n_queries, n_models)" in herd.ArgMax.choose.__doc__

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.data import Matrix
-from herd.policies import Decision, policy_inputs
+from herd.policies import BUDGET_WEIGHTS, Budget, CostAware, Decision, policy_inputs
 from herd.routers import ROUTERS, Router
 from herd.routers.auto import validation_scores
 
@@ -32,9 +33,10 @@ class ArtifactError(ValueError):
     """A router directory that cannot be used; the message says what does not match."""
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainedRouter:
-    """A fitted router with its fitted policy and the per-model mean costs the policy uses."""
+    """A fitted router with its fitted policy and the per-model mean costs the policy uses.
+    ``route(texts)`` gives (n_queries, n_models) scores and the policy's ``Decision``."""
 
     router: Router
     policy: object
@@ -56,6 +58,10 @@ class TrainedRouter:
         scores = self.router.predict_scores(texts, tasks)
         return scores, self.policy.decide(scores, self.models, self.model_costs,
                                           **policy_inputs(self.policy, tasks=tasks))
+
+    def __repr__(self) -> str:
+        return (f"TrainedRouter({self.manifest['router']['name']} + {self.policy.label}, {len(self.models)} models, "
+                f"trained on {self.manifest['training_data']['n_queries']} queries)")
 
     def fit_policy(self, policy):
         """A copy of ``policy`` tuned on this router's validation scores (policies without
@@ -107,6 +113,11 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
         "cost_usd": metrics.mean_known(metrics.summed(m.cost, policy.called(chosen, len(m.models)))
                                        if hasattr(policy, "called") else metrics.picked(m.cost, chosen))[0],
+        # What the policy does: each model's share of the validation queries, most used first.
+        "shares": {m.models[j]: float(np.mean(chosen == j)) for j in np.argsort(-np.bincount(chosen, minlength=len(m.models)))
+                   if np.any(chosen == j)},
+        "cheaper": (cheaper_option(oof, y, costs, m.models, chosen, best)
+                    if getattr(policy, "uses_scores", True) and not getattr(policy, "post_call", False) else None),
     }
     manifest = {
         "format": FORMAT,
@@ -124,7 +135,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
             "origin": data_origin,
             "groups": sorted({f"{s}/{b}" for s, b in zip(m.keys["source"], m.keys["benchmark"])}),
             "n_queries": m.n_queries,
-            "fingerprint": fingerprint(m),
+            "fingerprint": m.fingerprint(),
         },
         "validation": validation,
     }
@@ -132,6 +143,48 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
                          np.asarray(oof, np.float32), np.asarray(y, np.float32),
                          None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()},
                          m.answer_codes, m.owned, m.tasks)
+
+
+# Points of validation accuracy a cheaper policy may give up, tried in order, and the most of
+# the trained policy's cost it may then spend to count as cheaper.
+CHEAPER_WITHIN_PT = (0.5, 1.0, 2.0)
+CHEAPER_AT_MOST = 0.8
+
+
+def cheaper_option(scores: np.ndarray, labels: np.ndarray, costs: np.ndarray, models: list[str], chosen: np.ndarray,
+                   best: int) -> dict | None:
+    """A cheaper policy read off the validation cost curve: on the out-of-fold ``scores``
+    (n_queries, n_models) and ``labels`` of the training queries, where the trained policy
+    made the (n_queries,) ``chosen``, the cheapest cost-aware choice within 0.5 (else 1, else
+    2) points of its accuracy that spends at most 80% of what it spends, as a ``budget:USD``
+    spec calibrated on the same scores, with its accuracy and cost there and the best single
+    model's cost. None where costs are unknown or no such point exists."""
+    if np.isnan(costs).all():
+        return None
+    known = np.where(np.isnan(costs), np.nanmax(costs), costs)  # as Budget counts an unknown price
+    rows = np.arange(len(labels))
+    accuracy, spent = float(labels[rows, chosen].mean()), float(known[chosen].mean())
+    if spent <= 0 or known[best] <= 0:
+        return None
+    curve = [(float(known[c].mean()), float(labels[rows, c].mean()))
+             for c in (CostAware(w).choose(scores, costs) for w in BUDGET_WEIGHTS)]
+    for within in CHEAPER_WITHIN_PT:
+        ok = [(c, a) for c, a in curve if a >= accuracy - within / 100 and c <= CHEAPER_AT_MOST * spent]
+        if ok:
+            target = _two_digits_up(min(ok)[0])  # rounded up: the point stays within the budget
+            budget = Budget(max_cost=target).fit(scores, labels, costs, models)
+            choice = budget.choose(scores, costs)
+            return {"spec": budget.label, "accuracy": float(labels[rows, choice].mean()),
+                    "cost_usd": float(known[choice].mean()), "best_single_cost_usd": float(known[best]),
+                    "within_pt": within}
+    return None
+
+
+def _two_digits_up(x: float) -> float:
+    if x <= 0:
+        return 0.0
+    unit = 10.0 ** (math.floor(math.log10(x)) - 1)
+    return float(f"{math.ceil(x / unit - 1e-9) * unit:.2g}")
 
 
 def query_keys(m: Matrix) -> frozenset:
@@ -188,16 +241,6 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
     return TrainedRouter(router, policy, manifest["models"], costs, manifest, obj.get("train_keys", frozenset()),
                          obj.get("validation_scores"), obj.get("validation_labels"), obj.get("validation_observed"),
                          obj.get("validation_answers"), obj.get("owned"), obj.get("validation_tasks"))
-
-
-def fingerprint(m: Matrix) -> str:
-    """A short hash of the training queries, models and outcomes."""
-    h = hashlib.sha256()
-    h.update("\x1f".join(m.models).encode())
-    for col in ("source", "benchmark", "qid"):
-        h.update("\x1f".join(m.keys[col].astype(str)).encode())
-    h.update(np.nan_to_num(m.correct, nan=-1).astype(np.float32).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _sha256(path: Path) -> str:

@@ -212,9 +212,12 @@ def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, js
 
 
 def _show(ev, out, json_path, started) -> None:
-    from herd.report import blend_table, console_table, task_table, write_report
+    from herd.report import blend_table, console_table, headline, task_table, write_report
 
     for b in ev.benchmarks:
+        line = headline(b)
+        if line:
+            console.print(Text(f"{b.source}/{b.benchmark}: {line}", style="bold"))
         console.print(console_table(b, ev))
         console.print()
         if b.tasks:
@@ -356,7 +359,32 @@ def train(
         cost = f"; cost ${v['cost_usd']:.3g}/query, {v['cost_usd'] / v['best_single_cost_usd']:.0%} of the best single's"
     console.print(f"validation ({v['method']}): accuracy {100 * v['accuracy']:.2f}% vs best single "
                   f"{v['best_single']} {100 * v['best_single_accuracy']:.2f}%, oracle {100 * v['oracle']:.2f}%{gap}{cost}")
+    console.print(f"what it will do (on that validation data): {_what_it_does(v)}")
     console.print(f"wrote {Path(out).resolve()} in {time.perf_counter() - started:.1f} s")
+
+
+def _what_it_does(v: dict) -> str:
+    """The trained policy's behaviour on its validation data, and a cheaper one read off the
+    validation cost curve, in one line."""
+    best, shares = v["best_single"], v.get("shares") or {}
+    if len(shares) == 1:
+        (only,) = shares
+        text = (f"always {best}, the best single model: no other model was predicted better by enough to pay off"
+                if only == best else f"always {only}")
+    else:
+        named = [f"{share:.0%} to {name}" for name, share in list(shares.items())[:4]]
+        named += [f"{sum(list(shares.values())[4:]):.0%} to {len(shares) - 4} others"] if len(shares) > 4 else []
+        cost = (f", {v['cost_usd'] / v['best_single_cost_usd']:.0%} of {best}'s cost"
+                if v.get("cost_usd") is not None and v.get("best_single_cost_usd") else "")
+        text = (f"routes {', '.join(named)}: accuracy {100 * v['accuracy']:.2f}% "
+                f"({100 * (v['accuracy'] - v['best_single_accuracy']):+.2f} pt vs {best}){cost}")
+    c = v.get("cheaper")
+    if c:
+        text += (f"; for lower cost at {100 * (c['accuracy'] - v['accuracy']):+.1f} pt use `--policy {c['spec']}` "
+                 f"(about {c['cost_usd'] / c['best_single_cost_usd']:.0%} of {best}'s cost)")
+    elif "cheaper" in v and v.get("best_single_cost_usd"):
+        text += "; no cost-aware policy spends under 80% of that within 2 pt on this data"
+    return text
 
 
 @app.command()

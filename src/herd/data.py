@@ -9,6 +9,7 @@ the outcome columns plus ``text``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,7 +70,7 @@ def _default_data_dirs() -> list[Path]:
     return [Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Matrix:
     """Queries x models, aligned: row i is query ``keys.iloc[i]``, column j is ``models[j]``.
 
@@ -101,6 +102,9 @@ class Matrix:
     def n_queries(self) -> int:
         return len(self.texts)
 
+    def __repr__(self) -> str:
+        return f"Matrix({self.n_queries} queries x {len(self.models)} models)"
+
     @property
     def labels(self) -> np.ndarray:
         """Correctness with a missing outcome counted as wrong (the model gave no answer)."""
@@ -128,15 +132,33 @@ class Matrix:
         """Seeded k-fold by query, stratified by (source, benchmark) when every group allows it."""
         return _kfold(self.keys, n_splits, seed)
 
+    def fingerprint(self) -> str:
+        """A short hash of the queries, models and outcomes: equal data, equal fingerprint."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.models).encode())
+        for col in ("source", "benchmark", "qid"):
+            h.update("\x1f".join(self.keys[col].astype(str)).encode())
+        h.update(np.nan_to_num(self.correct, nan=-1).astype(np.float32).tobytes())
+        return h.hexdigest()[:16]
 
-@dataclass
+
+@dataclass(repr=False)
 class Outcomes:
-    """Validated outcome data; costs missing in the source are filled with flagged estimates."""
+    """Validated outcome data; costs missing in the source are filled with flagged estimates.
+
+    ``queries``: one row per (source, benchmark, qid) with its text; ``outcomes``: one row per
+    (query, model) with ``correct`` in [0, 1] and cost/latency where known; ``models``: one row
+    per model (prices, size, open weights). ``matrix()`` pivots them to (n_queries, n_models).
+    """
 
     queries: pd.DataFrame
     outcomes: pd.DataFrame
     models: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["model", "source"]))
     origin: str = "<memory>"
+
+    def __repr__(self) -> str:
+        return (f"Outcomes({self.origin}: {len(self.queries)} queries, {self.outcomes['model'].nunique()} models, "
+                f"{len(self.groups())} benchmark(s))")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -147,6 +169,9 @@ class Outcomes:
         min_outcomes: int = DEFAULT_MIN_OUTCOMES,
         size_prices=DEFAULT_SIZE_PRICES,
     ) -> Outcomes:
+        """Read a unified-format directory (queries, outcomes, optional models.csv) or one long
+        CSV/JSONL file, validate it, and drop models with fewer than ``min_outcomes`` outcomes on
+        a benchmark. Raises HerdDataError saying which file, column and row is wrong."""
         path = Path(path)
         if path.is_dir():
             q_file = _find_table(path, "queries")
@@ -261,7 +286,8 @@ class Outcomes:
 
     # ---- pivoting ------------------------------------------------------------------------
     def matrix(self, models: list[str] | None = None) -> Matrix:
-        """Pivot to a queries x models Matrix (rows in ``self.queries`` order)."""
+        """Pivot to a Matrix of (n_queries, n_models) arrays: rows in ``self.queries`` order,
+        columns ``models`` (default: every model of the data)."""
         models = list(models) if models is not None else self.model_names()
         q = self.queries.reset_index(drop=True)
         row = pd.Series(np.arange(len(q)), index=pd.MultiIndex.from_frame(q[QUERY_KEY]))

@@ -4,6 +4,7 @@ the train-chosen best single model, majority vote and each other. Computes; neve
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from typing import Callable
 import numpy as np
 from sklearn.base import clone
 
-from herd import metrics
+from herd import __version__, metrics
 from herd.blend import evaluate_blends
 from herd.data import Matrix, Outcomes
 from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds, policy_inputs
@@ -53,8 +54,11 @@ class MethodResult:
     accepted: float | None = None  # an agreement cascade's share of queries answered by its first stage
 
 
-@dataclass
+@dataclass(repr=False)
 class BenchmarkResult:
+    """One benchmark's evaluation: a ``MethodResult`` row per method (``.to_frame()`` for a
+    table), the cost-quality curves, notes and, for a mixture, per-task figures."""
+
     source: str
     benchmark: str
     n_queries: int
@@ -77,6 +81,7 @@ class BenchmarkResult:
     tasks: dict[str, int] = field(default_factory=dict)
     per_task: dict[str, dict[str, float]] = field(default_factory=dict)
     task_shares: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    fingerprint: str = ""  # of the queries, models and outcomes evaluated (Matrix.fingerprint)
 
     def row(self, kind: str, method: str | None = None) -> MethodResult:
         for r in self.rows:
@@ -84,18 +89,56 @@ class BenchmarkResult:
                 return r
         raise KeyError((kind, method))
 
+    def to_frame(self):
+        """A pandas DataFrame, one row per method (the MethodResult fields as columns)."""
+        import pandas as pd
 
-@dataclass
+        return pd.DataFrame([asdict(r) for r in self.rows])
+
+    def __repr__(self) -> str:
+        return (f"BenchmarkResult({self.source}/{self.benchmark}: {self.n_queries} queries, {len(self.models)} models, "
+                f"{len(self.rows)} methods)")
+
+
+# metrics.json's layout version: raised when a field changes meaning or goes away.
+METRICS_SCHEMA = 2
+
+
+@dataclass(repr=False)
 class Evaluation:
+    """What ``evaluate`` returns: a ``BenchmarkResult`` per benchmark; ``.to_frame()`` gives
+    every method row of every benchmark, ``.to_json()`` the metrics.json document."""
+
     dataset: str
     folds: int
     seed: int
     policy: str
     benchmarks: list[BenchmarkResult]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of every benchmark's queries, models and outcomes."""
+        return hashlib.sha256("\x1f".join(b.fingerprint for b in self.benchmarks).encode()).hexdigest()[:16]
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per (benchmark, method), the MethodResult fields as columns."""
+        import pandas as pd
+
+        return pd.DataFrame([asdict(r) for b in self.benchmarks for r in b.rows])
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{b.source}/{b.benchmark}" for b in self.benchmarks[:4])
+        more = f" and {len(self.benchmarks) - 4} more" if len(self.benchmarks) > 4 else ""
+        return f"Evaluation({self.dataset}: {names}{more}; policies {self.policy})"
 
     def to_json(self) -> dict:
         """The metrics.json contract (see README)."""
         return {
+            "schema_version": METRICS_SCHEMA,
+            "herd_version": __version__,
+            "created": self.created,
+            "data_fingerprint": self.fingerprint,
             "dataset": self.dataset,
             "folds": self.folds,
             "seed": self.seed,
@@ -119,6 +162,7 @@ class Evaluation:
                     "tasks": b.tasks,
                     "per_task": b.per_task,
                     "task_shares": b.task_shares,
+                    "fingerprint": b.fingerprint,
                 }
                 for b in self.benchmarks
             ],
@@ -145,6 +189,10 @@ def evaluate(
     > 0 also replays conversations of that many turns under single models and blends, with
     the first router as the learned blend's. ``mix`` pools every benchmark of a source into one
     mixture of tasks (benchmark "mix"; folds stratified by task) instead.
+
+    Returns an ``Evaluation``: one ``BenchmarkResult`` per benchmark, each with a row per
+    method (oracle, random, best single, votes, every router x policy, every single model);
+    ``.to_frame()`` gives them as a DataFrame. Computes only; ``herd.report`` formats.
     """
     policies = _as_list(policy)
     named = _name_routers(routers)
@@ -162,7 +210,7 @@ def evaluate(
             result.blends = {**blends.to_json(), "router": name}
             result.blend_log = [{"source": source, "benchmark": benchmark, **row} for row in blends.log_rows]
         results.append(result)
-    return Evaluation(data.origin, folds, seed, ", ".join(repr(p) for p in policies), results)
+    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results)
 
 
 def _as_list(policy) -> list:
@@ -274,12 +322,12 @@ def evaluate_matrix(
 
     cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, deferral.get((name, p.label), router_scores[name]))
                       for name, p in methods if isinstance(p, Cascade)}
-    notes = [f"{name}, per fold: {', '.join(said)}" for name, said in fitted_notes.items()]
+    notes = [f"{name}, per fold: {_per_fold(said)}" for name, said in fitted_notes.items()]
     routed = []
     for name, p in methods:
         key = (name, p.label)
         if tuned[key]:
-            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {', '.join(tuned[key])}")
+            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {_per_fold(tuned[key])}")
         if getattr(p, "max_share", None) is not None and p.model in m.models:
             share = float(np.mean(router_choice[key] == m.models.index(p.model)))
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
@@ -298,6 +346,11 @@ def evaluate_matrix(
                        task_best=task_best)
     result.cascade_curves = cascade_curves
     return result
+
+
+def _per_fold(said: list[str]) -> str:
+    """What was fitted in each fold, once when every fold agrees."""
+    return f"{said[0]} (all {len(said)} folds)" if len(set(said)) == 1 and len(said) > 1 else ", ".join(said)
 
 
 def group_name(m: Matrix) -> tuple[str, str]:
@@ -379,7 +432,7 @@ class AnswerTally:
             c[te], cl[te], kept[te] = ch, p.sweep_called(t, ch, k), ch != p.last_
 
     def routed(self) -> Routed:
-        self.notes.append(f"{self.label}, chosen per fold on training answers: {', '.join(self.summaries)}")
+        self.notes.append(f"{self.label}, chosen per fold on training answers: {_per_fold(self.summaries)}")
         later = self.called & ~self.first
         return Routed(self.label, self.label, self.choice, None, self.called,
                       latency=metrics.fanout_latency(self.m.latency, self.first, later), accepted=self.accepted)
@@ -592,6 +645,7 @@ def summarize(m: Matrix, best_choice: np.ndarray, best_by_fold: list[str], route
         tasks=tasks,
         per_task=per_task,
         task_shares=shares,
+        fingerprint=m.fingerprint(),
     )
 
 

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Decision:
-    """``choice[i]`` is the model index for query i; ``reasons[i]`` says why."""
+    """A policy's decision on n queries: ``choice`` (n,) model indices into ``models``,
+    ``reasons[i]`` says why query i went where it did; ``names`` are the chosen models' names."""
 
     choice: np.ndarray
     reasons: list[str]
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """(n,) the chosen model's name per query."""
+        return [self.models[i] for i in self.choice]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self.names[:3]) + (", ..." if len(self.choice) > 3 else "")
+        return f"Decision({len(self.choice)} queries: {shown})"
 
 
 def _known_costs(model_costs: np.ndarray | None, n_models: int) -> np.ndarray:
@@ -47,11 +58,14 @@ class ArgMax:
     label = "argmax"
 
     def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None) -> np.ndarray:
+        """(n_queries,) model indices from (n_queries, n_models) scores and (n_models,) mean costs."""
         return _argmax_cheapest(scores, _known_costs(model_costs, scores.shape[1]))
 
     def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
+        """The choice for (n_queries, n_models) ``scores`` with a reason per query; ``models``
+        names the columns."""
         choice = self.choose(scores, model_costs)
-        return Decision(choice, [_argmax_reason(s, c, models) for s, c in zip(scores, choice)])
+        return Decision(choice, [_argmax_reason(s, c, models) for s, c in zip(scores, choice)], models)
 
     def __repr__(self) -> str:
         return "ArgMax()"
@@ -84,7 +98,7 @@ class CostAware:
             f"(P={s[c]:.2f}, ${costs[c]:.2g}/query)"
             for s, c in zip(scores, choice)
         ]
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
     @property
     def label(self) -> str:
@@ -191,7 +205,7 @@ class SafeArgMax:
             kind = f"best model for task {t}" if t in self.task_anchors_ else "best single model"
             reasons.append(f"stayed with {kind} {models[a]} (P={s[a]:.2f}): {why}" if c == a else
                            f"{models[c]} P={s[c]:.2f} beats {kind} {models[a]} P={s[a]:.2f} by more than {self.margin_:g}")
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
     @property
     def label(self) -> str:
@@ -200,6 +214,9 @@ class SafeArgMax:
     def summary(self) -> str:
         """The fitted choice, for reports."""
         own = f", {len(self.task_anchors_)} task(s) with their own anchor" if self.task_anchors_ else ""
+        if np.isinf(self.margin_):  # say what an infinite margin means
+            anchor = "each task's best model" if self.task_anchors_ else "the best single model"
+            return f"margin=inf: every query stays with {anchor}, no margin paid off on validation data{own}"
         return f"margin={self.margin_:g}{own}"
 
     def __repr__(self) -> str:
@@ -265,7 +282,7 @@ class Budget:
     def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
         inner = CostAware(self.cost_weight_).decide(scores, models, model_costs)
         target = f"${self.max_cost:g}/query" if self.max_cost is not None else f"<= {self.max_share:.0%} to {self.model}"
-        return Decision(inner.choice, [f"{r} (weight calibrated to {target})" for r in inner.reasons])
+        return Decision(inner.choice, [f"{r} (weight calibrated to {target})" for r in inner.reasons], models)
 
     def summary(self) -> str:
         return f"cost_weight={self.cost_weight_:.4g}{'' if self.met_ else ' (target not reachable)'}"
@@ -312,7 +329,7 @@ class RandomLikely:
             if (s >= self.threshold).any() else f"no model has P >= {self.threshold:g}; " + _argmax_reason(s, c, models)
             for s, c in zip(scores, choice)
         ]
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
 
 class CheapestLikely:
@@ -346,7 +363,7 @@ class CheapestLikely:
             if s[c] >= self.threshold else f"no model has P >= {self.threshold:g}; " + _argmax_reason(s, c, models)
             for s, c in zip(scores, choice)
         ]
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
 
 class Prediction:
@@ -394,7 +411,8 @@ class Prediction:
     def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None) -> Decision:
         choice = self.choose(scores, model_costs)
         return Decision(choice, [f"learned from the score vector: {models[c]} (P={s[c]:.2f}; best single "
-                                 f"{models[self.fallback_]} P={s[self.fallback_]:.2f})" for s, c in zip(scores, choice)])
+                                 f"{models[self.fallback_]} P={s[self.fallback_]:.2f})" for s, c in zip(scores, choice)],
+                        models)
 
     def summary(self) -> str:
         return f"{len(self.classes_)} model(s) ever chosen"
@@ -495,7 +513,7 @@ class Cascade:
             why = f"{', '.join(f'{p} P={s[models.index(p)]:.2f}' for p in passed)} below {t:g}; " if passed else ""
             reasons.append(f"cascade: {why}{models[c]} answers" + (f" (P={s[c]:.2f} >= {t:g})" if c != self.stages_[-1] else
                                                                     " (last in the cascade)"))
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
     @property
     def label(self) -> str:
@@ -606,12 +624,12 @@ class CheckedCascade(Cascade):
             last = models[self.stages_[-1]]
             return Decision(np.full(len(scores), self.stages_[-1]),
                             [f"cascade-check: straight to {last}; on validation no earlier answer was worth keeping"]
-                            * len(scores))
+                            * len(scores), models)
         if observed is None:  # before any call: the first model is asked, its answer decides the rest
             first, rest = models[self.stages_[0]], ", ".join(models[i] for i in self.stages_[1:])
             return Decision(np.full(len(scores), self.stages_[0]),
                             [f"cascade-check: {first} answers first; {rest} only if its answer's P(right) < "
-                             f"{self.threshold_:.3g}"] * len(scores))
+                             f"{self.threshold_:.3g}"] * len(scores), models)
         defer = self.deferral(scores, observed)
         choice = self._choose(defer, self.threshold_)
         t, reasons = self.threshold_, []
@@ -621,7 +639,7 @@ class CheckedCascade(Cascade):
             last = c == self.stages_[-1]
             reasons.append(f"cascade-check: {why}{models[c]} answers" + (" (last in the cascade)" if last
                                                                          else f" (P(right)={d[c]:.2f} >= {t:.3g})"))
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
     @property
     def label(self) -> str:
@@ -923,12 +941,13 @@ class Agree:
         self._check_fitted()
         if self.direct_:
             n = len(answers) if answers is not None else len(scores)
-            return Decision(np.full(n, self.last_), [f"agree: straight to {models[self.last_]}: {self.reason_}"] * n)
+            return Decision(np.full(n, self.last_), [f"agree: straight to {models[self.last_]}: {self.reason_}"] * n,
+                            models)
         if answers is None:  # before any call: the first stage is asked together
             n = len(scores)
             first = ", ".join(models[i] for i in self.stage_)
             return Decision(np.full(n, self.stage_[0]), [f"agree: ask {first}; keep an answer {self.need_} of them "
-                                                         f"give, else ask {models[self.last_]}"] * n)
+                                                         f"give, else ask {models[self.last_]}"] * n, models)
         choice = self.choose(scores, model_costs, answers)
         reasons = []
         for row, c in zip(np.asarray(answers)[:, self.stage_], choice):
@@ -940,7 +959,7 @@ class Agree:
                 givers = [models[i] for i, a in zip(self.stage_, row) if a == code]
                 reasons.append(f"agree: {', '.join(givers)} agree ({len(givers)} of {len(self.stage_)}, "
                                f"{self.need_} needed); {models[c]}'s answer stands")
-        return Decision(choice, reasons)
+        return Decision(choice, reasons, models)
 
     @property
     def label(self) -> str:

@@ -156,9 +156,8 @@ def console_table(b: BenchmarkResult, ev: Evaluation) -> Table:
 
 def _cost_share(r: MethodResult, best: MethodResult) -> str | None:
     """A method's cost as a share of the best single model's, where both are known for (nearly) every query."""
-    if r.cost_usd is None or best.cost_usd is None or min(r.cost_coverage, best.cost_coverage) < 0.9 or best.cost_usd <= 0:
-        return None
-    return f"{r.cost_usd / best.cost_usd:.0%}"
+    ratio = _cost_ratio(r, best)
+    return None if ratio is None else f"{ratio:.0%}"
 
 
 def readings(b: BenchmarkResult) -> list[str]:
@@ -182,6 +181,61 @@ def readings(b: BenchmarkResult) -> list[str]:
             parts.append(f"{r.accepted:.0%} kept at the first stage")
         lines.append(", ".join(parts))
     return lines
+
+
+# Accuracy within this many points of the best single model counts as matching it, and a gain
+# must exceed it to count; a saving must leave at most this share of the best single's cost.
+SAME_PT = 0.5
+SAVES_AT_MOST = 0.9
+TRADE_PT = 2.0  # "nothing" still names the cheapest method within this many points
+
+
+def headline(b: BenchmarkResult) -> str | None:
+    """What routing buys on a benchmark, in one line: the largest accuracy gain over the best
+    single model (train-chosen) and the cheapest routed method that matches it, or "nothing"."""
+    try:
+        best = b.row("best-single")
+    except KeyError:
+        return None
+    routed = [r for r in b.rows if r.kind == "router"]
+    if not routed:
+        return None
+    name = best.method.split(": ", 1)[-1]
+
+    def delta(r):
+        return f"{100 * (r.accuracy - best.accuracy):+.2f} pt"
+
+    def cost(r):
+        share = _cost_share(r, best)
+        return f" at {share} of its cost" if share else ""
+
+    parts = []
+    top = max(routed, key=lambda r: r.accuracy)
+    if top.accuracy > best.accuracy + SAME_PT / 100:
+        parts.append(f"{delta(top)} accuracy with {top.method} ({100 * top.accuracy:.2f}%){cost(top)}")
+    savers = [r for r in routed if r.accuracy >= best.accuracy - SAME_PT / 100 and _cost_ratio(r, best) is not None
+              and _cost_ratio(r, best) <= SAVES_AT_MOST]
+    if savers:
+        saver = min(savers, key=lambda r: _cost_ratio(r, best))
+        if saver is not top or not parts:
+            parts.append(f"{1 - _cost_ratio(saver, best):.0%} lower cost with {saver.method} ({delta(saver)})")
+    lead = f"vs the best single model {name} ({100 * best.accuracy:.2f}%{'' if best.cost_usd is None else ', ' + fmt_cost(best)})"
+    if parts:
+        return f"routing buys: {'; '.join(parts)} {lead}"
+    trades = [r for r in routed if r.accuracy >= best.accuracy - TRADE_PT / 100 and _cost_ratio(r, best) is not None
+              and _cost_ratio(r, best) <= SAVES_AT_MOST]
+    closest = (f"the cheapest within {TRADE_PT:g} pt, {min(trades, key=lambda r: _cost_ratio(r, best)).method}, "
+               if trades else f"the most accurate, {top.method}, ")
+    shown = min(trades, key=lambda r: _cost_ratio(r, best)) if trades else top
+    return (f"routing buys nothing here {lead}: no routed method gains over {SAME_PT:g} pt or matches it within "
+            f"{SAME_PT:g} pt for less; {closest}{delta(shown)}{cost(shown)}")
+
+
+def _cost_ratio(r: MethodResult, best: MethodResult) -> float | None:
+    if r.cost_usd is None or best.cost_usd is None or min(r.cost_coverage, best.cost_coverage) < MIN_COST_COVERAGE \
+            or best.cost_usd <= 0:
+        return None
+    return r.cost_usd / best.cost_usd
 
 
 def mixture_headline(b: BenchmarkResult, best: MethodResult) -> str:
@@ -284,7 +338,12 @@ def _slug(b: BenchmarkResult) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{b.source}-{b.benchmark}")
 
 
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+# Distinct colours for methods (tab10 without its grey, which marks single models), another set
+# for each router's cost sweep, and markers for when methods outnumber the colours.
+METHOD_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                 "tab:cyan"]
+SWEEP_STYLES = [("#1b9e77", "--"), ("#e6ab02", "-."), ("#444444", ":"), ("#66a61e", (0, (6, 2)))]
+MARKERS = ["*", "P", "X", "D"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -304,55 +363,100 @@ def _pyplot():
 
 
 def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
-    plt = _pyplot()
+    """Accuracy against cost: on the left zoomed on the routed methods and the best single model,
+    on the right every model; single models labelled only on the Pareto frontier (and the best
+    single model), labels pushed apart; every method and every router's cost sweep in one legend."""
     pts = [r for r in b.rows if r.kind in ("single", "router") and r.cost_usd and r.cost_coverage >= MIN_COST_COVERAGE]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    plt = _pyplot()
     singles = [r for r in pts if r.kind == "single"]
-    ax.scatter([r.cost_usd for r in singles], [100 * r.accuracy for r in singles], c="0.55", s=22, label="single models")
-    top = sorted(singles, key=lambda r: -r.accuracy)[:6]
-    for r in top:
-        ax.annotate(r.method, (r.cost_usd, 100 * r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    routed = [r for r in pts if r.kind == "router"]
+    best = b.row("best-single")
+    oracle = b.row("oracle")
     costs = np.array([r.cost_usd for r in pts])
-    accs = np.array([r.accuracy for r in pts])
+    accs = np.array([100 * r.accuracy for r in pts])
     front = metrics.pareto_frontier(costs, accs)
-    ax.step(costs[front], 100 * accs[front], where="post", c="k", lw=1, alpha=0.6, label="Pareto frontier")
-    drawn = set()
-    for i, r in enumerate(r for r in pts if r.kind == "router"):
-        name = r.method.split(" ")[0]
-        color = COLORS[i % len(COLORS)]
-        curve = [p for p in b.curves.get(name, []) if p[0] is not None]
-        if curve and name not in drawn:
-            drawn.add(name)
-            ax.plot([p[0] for p in curve], [100 * p[1] for p in curve], "--", c=color, lw=1, alpha=0.8)
-        ax.scatter([r.cost_usd], [100 * r.accuracy], c=color, marker="*", s=160, label=r.method, zorder=5)
-    for kind, style in (("oracle", ":"), ("best-single", "-.")):
-        r = next(x for x in b.rows if x.kind == kind)
-        ax.axhline(100 * r.accuracy, ls=style, c="tab:gray", lw=1, label=f"{kind} {100 * r.accuracy:.1f}%")
-    ax.set_xscale("log")
-    ax.set_xlabel("mean cost per query, USD (log; ~ estimated where no recorded cost)")
-    ax.set_ylabel("accuracy %")
-    ax.set_title(f"{b.source} / {b.benchmark}: accuracy vs cost (dashed: each router's cost sweep)")
-    lo = min(100 * r.accuracy for r in pts)
-    ax.set_ylim(max(0, lo - 3), 100.5)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    best_model = best.method.split(": ", 1)[-1]
+    named = [r for i, r in enumerate(pts) if r.kind == "single" and (i in set(front) or r.method == best_model)]
+    sweeps = {name: [p for p in curve if p[0] is not None] for name, curve in b.curves.items()}
+    entries = len(routed) + len(sweeps) + 4
+    rows_of_legend = math.ceil(entries / 3)
+    fig, (zoom, full) = plt.subplots(1, 2, figsize=(13, 5.2 + 0.22 * rows_of_legend),  # room for the legend
+                                     gridspec_kw={"width_ratios": [3, 2]})
+    for ax in (zoom, full):
+        ax.scatter([r.cost_usd for r in singles], [100 * r.accuracy for r in singles], c="0.6", s=20,
+                   label="single models", zorder=2)
+        ax.step(costs[front], accs[front], where="post", c="k", lw=1, alpha=0.5, label="Pareto frontier", zorder=1)
+        for (name, curve), (color, dash) in zip(sweeps.items(), SWEEP_STYLES * 4):
+            if curve:
+                ax.plot([p[0] for p in curve], [100 * p[1] for p in curve], ls=dash, c=color, lw=1.4, alpha=0.9,
+                        label=f"{name}: cost sweep", zorder=3)
+        for i, r in enumerate(routed):
+            ax.scatter([r.cost_usd], [100 * r.accuracy], color=METHOD_COLORS[i % len(METHOD_COLORS)],
+                       marker=MARKERS[(i // len(METHOD_COLORS)) % len(MARKERS)], s=150, edgecolors="k",
+                       linewidths=0.5, label=f"{r.method} ({100 * r.accuracy:.1f}%)", zorder=5)
+        ax.axhline(100 * oracle.accuracy, ls=":", c="tab:gray", lw=1, label=f"oracle {100 * oracle.accuracy:.1f}%")
+        ax.axhline(100 * best.accuracy, ls="-.", c="tab:gray", lw=1,
+                   label=f"best single (train) {100 * best.accuracy:.1f}%")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("mean cost per query, USD (log; ~ estimated where no recorded cost)")
+    zoom.set_ylabel("accuracy %")
+    # The zoom: where the routed methods and the best single model are.
+    focus = [100 * r.accuracy for r in routed] + [100 * best.accuracy]
+    lo, hi = min(focus), max(focus)
+    pad = max(0.5, 0.15 * (hi - lo))
+    zoom.set_ylim(lo - pad, hi + pad)
+    seen = [r.cost_usd for r in pts if lo - pad <= 100 * r.accuracy <= hi + pad] or list(costs)
+    zoom.set_xlim(min(seen) / 1.6, max(seen) * 1.6)
+    full.set_ylim(max(0.0, accs.min() - 3), 100.5)
+    full.set_xlim(costs.min() / 1.6, costs.max() * 1.6)
+    zoom.set_title(f"zoomed: {lo - pad:.1f}-{hi + pad:.1f}% (routers and the best single model)", fontsize=9)
+    full.set_title("full range: every model", fontsize=9)
+    for ax in (zoom, full):
+        ylo, yhi = ax.get_ylim()
+        _label_points(ax, [r for r in named if ylo <= 100 * r.accuracy <= yhi])
+    handles, labels = zoom.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"{b.source} / {b.benchmark}: accuracy vs cost", fontsize=11)
+    height = 5.2 + 0.22 * rows_of_legend
+    fig.tight_layout(rect=(0, min(0.45, (0.15 + 0.2 * rows_of_legend) / height), 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label_points(ax, rows: list[MethodResult], gap: float = 0.05) -> None:
+    """Name a few points without overlapping labels: sorted by height and pushed apart upward
+    (in axes fractions, which a resize keeps), each joined to its point by a thin line."""
+    to_axes = ax.transData + ax.transAxes.inverted()
+    spots = sorted(((*to_axes.transform((r.cost_usd, 100 * r.accuracy)), r.method) for r in rows), key=lambda t: t[1])
+    heights: list[float] = []
+    for _, y, _ in spots:
+        heights.append(max(y, heights[-1] + gap) if heights else y)
+    over = heights[-1] - 0.97 if heights else 0.0
+    heights = [h - max(over, 0.0) for h in heights]
+    for (x, y, text), h in zip(spots, heights):
+        left = x > 0.6  # near the right edge, the label goes to the point's left
+        ax.annotate(text, xy=(x, y), xycoords="axes fraction", xytext=(x - 0.03 if left else x + 0.03, h),
+                    textcoords="axes fraction", fontsize=7, va="center", ha="right" if left else "left",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"})
 
 
 def plot_model_accuracy(b: BenchmarkResult, path: Path) -> Path:
     plt = _pyplot()
     singles = sorted((r for r in b.rows if r.kind == "single"), key=lambda r: r.accuracy)
-    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(singles) + 1.2)))
-    ax.barh([r.method for r in singles], [100 * r.accuracy for r in singles], color="0.6")
     marks = [r for r in b.rows if r.kind in ("oracle", "best-single")] + [r for r in b.rows if r.kind == "router"]
+    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.22 * len(singles) + 1.2, 0.2 * len(marks) + 1.2)))
+    ax.barh([r.method for r in singles], [100 * r.accuracy for r in singles], color="0.6")
     for i, r in enumerate(marks):
-        ax.axvline(100 * r.accuracy, c=COLORS[i % len(COLORS)], lw=1.2, label=f"{r.method}: {100 * r.accuracy:.1f}%")
+        ax.axvline(100 * r.accuracy, c=METHOD_COLORS[i % len(METHOD_COLORS)], lw=1.2,
+                   ls=("-", "--", ":")[(i // len(METHOD_COLORS)) % 3], label=f"{r.method}: {100 * r.accuracy:.1f}%")
     ax.set_xlabel("accuracy % (out-of-fold)")
     ax.set_title(f"{b.source} / {b.benchmark}: per-model accuracy")
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # beside the bars
     return _save(fig, path)
 
 
@@ -381,7 +485,7 @@ def plot_cascades(b: BenchmarkResult, path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (method, pts), color in zip(b.cascade_curves.items(), COLORS * 4):
+    for (method, pts), color in zip(b.cascade_curves.items(), METHOD_COLORS * 4):
         share = [100 * (p["ownership"] if p["ownership"] is not None else p["first_model_share"]) for p in pts]
         acc = [100 * p["accuracy"] for p in pts]
         left.plot(share, acc, "o-", ms=3, color=color, label=method)
@@ -431,7 +535,7 @@ def plot_blends(b: BenchmarkResult, path: Path) -> Path | None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     turns = np.arange(1, b.blends["turns"] + 1)
-    for r, color in zip(blend_rows(b), COLORS * 4):
+    for r, color in zip(blend_rows(b), METHOD_COLORS * 4):
         style = "o-" if r["kind"] == "blend" else "s--"
         cost = "" if r["cost_usd"] is None else f", ${r['cost_usd']:.2g}/turn"
         ax.plot(turns, [100 * a for a in r["per_turn_accuracy"]], style, ms=4, color=color,
@@ -451,8 +555,8 @@ def plot_pool_size(steps, router: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = [st.k for st in steps]
     ax.plot(ks, [100 * st.oracle for st in steps], "o-", color="0.4", label="oracle (coverage)")
-    ax.plot(ks, [np.nan if st.routed_accuracy is None else 100 * st.routed_accuracy for st in steps], "o-", color=COLORS[0], label=f"{router} routed (CV)")
-    ax.plot(ks, [100 * st.best_single for st in steps], "o--", color=COLORS[1], label="best single in pool (CV)")
+    ax.plot(ks, [np.nan if st.routed_accuracy is None else 100 * st.routed_accuracy for st in steps], "o-", color=METHOD_COLORS[0], label=f"{router} routed (CV)")
+    ax.plot(ks, [100 * st.best_single for st in steps], "o--", color=METHOD_COLORS[1], label="best single in pool (CV)")
     for st in steps:
         ax.annotate(st.added, (st.k, 100 * st.oracle), fontsize=7, xytext=(3, 3), textcoords="offset points", rotation=20)
     ax.set_xlabel("pool size (greedy order)")
@@ -486,6 +590,27 @@ def write_select_report(result: dict, plot: Path, path: Path) -> Path:
     return path
 
 
+# What each policy does, in words, for the report's readers.
+POLICY_WORDS = {
+    "argmax": "argmax asks the model most likely to be right (ties to the cheaper)",
+    "safe": ("safe stays with the best single model of the training split unless another model's predicted "
+             "P(correct) beats it by more than a margin tuned inside that split; margin=inf means no margin paid "
+             "off there, so every query stays with the best single model"),
+    "cost-aware": "cost-aware:W trades P(correct) against W x cost relative to the dearest model",
+    "budget": "budget calibrates a cost weight on training scores to a spend per query (or a share of one model)",
+    "cascade": "cascade asks models in order and stops at the first whose predicted P(correct) reaches a threshold",
+    "cascade-check": "cascade-check reads each answer before accepting it",
+    "agree": ("agree asks a first stage of models at once and keeps an answer enough of them give, else asks the "
+              "strong model"),
+}
+
+
+def _policy_words(ev: Evaluation) -> str:
+    names = {label.strip().split(":")[0] for label in ev.policy.split(",")}
+    said = [words for name, words in POLICY_WORDS.items() if name in names]
+    return (" Policies: " + "; ".join(said) + ".") if said else ""
+
+
 def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
     """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -503,11 +628,12 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
     page = _HTML.format(
         title=html.escape(f"herd evaluation: {ev.dataset}"),
         intro=html.escape(
-            f"{len(ev.benchmarks)} benchmark(s), {_protocol(ev)}, router policy {ev.policy}. "
+            f"{len(ev.benchmarks)} benchmark(s), {_protocol(ev)}, policies: {ev.policy}. "
             + ("The router and the best single model were chosen on the router's own training data."
                if ev.folds == 0 else
                "Every figure is out-of-fold: each query is scored by a router trained without it; "
                "'best single (train)' is chosen on each fold's training split.")
+            + _policy_words(ev)
         ),
         body="\n".join(sections),
     )
@@ -522,20 +648,25 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
 
 def _html_section(b: BenchmarkResult, ev: Evaluation, images: list[Path]) -> str:
     rows, note = shown_rows(b)
-    head = "".join(f"<th>{h}</th>" for h in ("method", "kind", "accuracy %", "cost/query", "latency s", "gap closed"))
+    owned = _owned_shown(b)
+    head = "".join(f"<th>{h}</th>" for h in ("method", "kind", "accuracy %", "cost/query", "latency s", "gap closed",
+                                            *(["owned %"] if owned else [])))
     body = "".join(
         f"<tr class='{html.escape(r.kind)}'><td>{html.escape(r.method)}</td><td>{r.kind}</td>"
         f"<td>{fmt_pct(r.accuracy)}</td><td>{html.escape(fmt_cost(r))}</td>"
-        f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td></tr>"
+        f"<td>{fmt_latency(r.latency_s)}</td><td>{fmt_gap(r.gap_closed)}</td>"
+        + (f"<td>{fmt_pct(r.ownership)}</td>" if owned else "") + "</tr>"
         for r in rows
     )
+    line = headline(b)
+    lead = f"<p class='headline'>{html.escape(line)}</p>" if line else ""
     notes = "".join(f"<li>{html.escape(x)}</li>" for x in [*readings(b), note, curve_summary(b), two_model_summary(b),
                                                             *cascade_summary(b)] + footnotes(b) if x)
     imgs = "".join(
         f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
         for p in images
     )
-    return (f"<section><h2>{html.escape(_title(b, ev))}</h2><table><thead><tr>{head}</tr></thead>"
+    return (f"<section><h2>{html.escape(_title(b, ev))}</h2>{lead}<table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul>{_html_tasks(b)}{_html_blends(b)}"
             f"<div class='plots'>{imgs}</div></section>")
 
@@ -578,6 +709,7 @@ th:first-child, td:first-child, td:nth-child(2) {{ text-align: left; }}
 tr.router, tr.best-single {{ font-weight: bold; }}
 tr.oracle td {{ color: #555; }}
 .notes {{ font-size: 13px; color: #555; }}
+.headline {{ font-weight: bold; background: #f3f6fa; padding: 6px 10px; border-left: 4px solid #4a7ab5; }}
 .plots img {{ max-width: 100%; margin: 8px 0; }}
 </style></head><body>
 <h1>{title}</h1><p>{intro}</p>

@@ -31,6 +31,9 @@ DESCRIPTIONS = {name: text for name, (_, _, text) in ROUTERS.items()}
 
 
 def make_router(name: str, **params) -> Router:
+    """An unfitted router by registry name ('knn', 'logistic', 'auto', ...; see ``DESCRIPTIONS``),
+    with ``params`` overriding its defaults. ``.fit(outcomes)``, then ``.predict_scores(texts)``
+    gives (n_queries, n_models) P(correct)."""
     try:
         cls, defaults, _ = ROUTERS[name]
     except KeyError:

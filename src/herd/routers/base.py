@@ -17,6 +17,8 @@ class Router(BaseEstimator):
     """
 
     def fit(self, data: Matrix | Outcomes) -> Router:
+        """Learn each model's P(correct) from recorded outcomes; every model of ``data`` becomes
+        a column of the scores (``models_``). Returns self."""
         m = data.matrix() if isinstance(data, Outcomes) else data
         if m.n_queries == 0 or not m.models:
             raise ValueError("cannot fit a router on no queries or no models")
