@@ -110,7 +110,7 @@ def _read_outcomes(data_dir, min_outcomes, size_prices):
 
     schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
     path = find_data_dir(data_dir)
-    with console.status(f"loading {path}"):
+    with console.status(Text(f"loading {path}")):
         return path, Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
 
 
@@ -608,8 +608,8 @@ def collect(
     started = time.perf_counter()
     interrupted = False
     tallies = {}
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description:<28}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
         ids = {m.name: bar.add_task(m.name, total=sum(c[0] == m.name for c in todo), info="") for m in asked_models}
 

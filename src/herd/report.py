@@ -414,9 +414,9 @@ def plot_cost_accuracy(b: BenchmarkResult, path: Path) -> Path | None:
     full.set_xlim(costs.min() / 1.6, costs.max() * 1.6)
     zoom.set_title(f"zoomed: {lo - pad:.1f}-{hi + pad:.1f}% (routers and the best single model)", fontsize=9)
     full.set_title("full range: every model", fontsize=9)
-    for ax in (zoom, full):
-        ylo, yhi = ax.get_ylim()
-        _label_points(ax, [r for r in named if ylo <= 100 * r.accuracy <= yhi])
+    in_zoom = [r for r in named if lo - pad <= 100 * r.accuracy <= hi + pad]
+    _label_points(zoom, in_zoom)
+    _label_points(full, [r for r in named if r not in in_zoom])  # the rest; the zoom names those
     handles, labels = zoom.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"{b.source} / {b.benchmark}: accuracy vs cost", fontsize=11)
@@ -433,10 +433,10 @@ def _label_points(ax, rows: list[MethodResult], gap: float = 0.05) -> None:
     to_axes = ax.transData + ax.transAxes.inverted()
     spots = sorted(((*to_axes.transform((r.cost_usd, 100 * r.accuracy)), r.method) for r in rows), key=lambda t: t[1])
     heights: list[float] = []
-    for _, y, _ in spots:
-        heights.append(max(y, heights[-1] + gap) if heights else y)
-    over = heights[-1] - 0.97 if heights else 0.0
-    heights = [h - max(over, 0.0) for h in heights]
+    for _, y, _ in spots:  # a little above its point (stars often sit at a model's own height), apart upward
+        heights.append(max(y + gap / 2, heights[-1] + gap if heights else 0.03))
+    for i in reversed(range(len(heights))):  # then down from the top where they ran over it
+        heights[i] = min(heights[i], 0.97 if i == len(heights) - 1 else heights[i + 1] - gap)
     for (x, y, text), h in zip(spots, heights):
         left = x > 0.6  # near the right edge, the label goes to the point's left
         ax.annotate(text, xy=(x, y), xycoords="axes fraction", xytext=(x - 0.03 if left else x + 0.03, h),
