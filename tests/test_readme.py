@@ -51,3 +51,26 @@ def test_public_entry_points_say_what_they_take_and_give():
     assert "to_frame" in herd.evaluate.__doc__
     assert "(n_queries, n_models)" in herd.Outcomes.matrix.__doc__
     assert "(n_queries, n_models)" in herd.ArgMax.choose.__doc__
+
+
+def test_the_serve_examples_policy_saves_what_the_readme_says():
+    """The README's serve example trains a policy that saves money; its stated cross-validated
+    figures are recomputed here on the shipped data."""
+    from herd import Outcomes, evaluate, make_policy
+
+    try:
+        data_dir = find_data_dir(None)
+    except HerdDataError:
+        pytest.skip("no shipped outcome data beside the repository")
+    text = README.read_text()
+    train = re.search(r"herd train \.\./shared/data --source zeroeval --benchmark gsm8k \\\n"
+                      r"  --models (\S+) \\\n  --router logistic --policy (\S+) -o router/", text)
+    models, policy = train.group(1).split(","), train.group(2)
+    claim = re.search(r"it answers\s+([\d.]+)% of GSM8K right against gpt-4o's ([\d.]+)%, at (\d+)% of gpt-4o's cost",
+                      text)
+    data = Outcomes.load(data_dir).filter(source="zeroeval", benchmark="gsm8k", models=models)
+    (b,) = evaluate(data, ["logistic"], policy=[make_policy(policy)], folds=5, seed=0, sweep=False).benchmarks
+    routed, best = b.row("router"), b.row("best-single")
+    assert f"{100 * routed.accuracy:.2f}" == claim.group(1) and f"{100 * best.accuracy:.2f}" == claim.group(2)
+    assert f"{routed.cost_usd / best.cost_usd:.0%}" == claim.group(3) + "%"
+    assert routed.cost_usd < 0.5 * best.cost_usd  # it saves money
