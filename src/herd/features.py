@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from herd.onnx_encoder import RECIPE, OnnxEncoder, OnnxUnavailable
+from herd import onnx_encoder, static_encoder
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
 EMBED_MAX_TOKENS = 128
@@ -34,9 +34,13 @@ CACHE_MIN_TEXTS = 16
 # auto's mean) encode a query once.
 RECENT_TEXTS = 1024
 # "torch": sentence-transformers as shipped. "onnx-int8": the same model exported to ONNX with
-# int8 weights (the onnx extra), 2-4x faster on CPU; its vectors differ slightly (cosine ~0.99),
-# so each engine has its own cache and a fitted featurizer keeps the engine it was fitted with.
-EMBED_ENGINES = ("torch", "onnx-int8")
+# int8 weights (the onnx extra), 2-4x faster on CPU; its vectors differ slightly (cosine ~0.99).
+# "static": token vectors distilled from the model (the static extra), a mean per text, ~100x
+# faster; other vectors (256 dimensions). Each engine has its own cache, and a fitted featurizer
+# keeps the engine it was fitted with.
+EMBED_ENGINES = ("torch", "onnx-int8", "static")
+# Each non-torch engine's recipe names its cache (torch keeps the name its caches always had).
+RECIPES = {"torch": None, "onnx-int8": onnx_encoder.RECIPE, "static": static_encoder.RECIPE}
 
 
 class EmbeddingsUnavailable(RuntimeError):
@@ -107,13 +111,17 @@ class SentenceEmbedder:
     def name(self) -> str:
         return Path(self.model_path or local_model_path()).name
 
+    @property
+    def dim(self) -> int:
+        return static_encoder.PCA_DIMS if self.engine == "static" else 384
+
     @cached_property
     def _store(self) -> Path:
         """This model's and engine's vector directory (found once: naming it reads the model's files)."""
         root = Path(self.cache) if self.cache else cache_dir() / "embeddings"
         tag = _model_tag(Path(self.model_path or local_model_path()))
-        engine = "" if self.engine == "torch" else f"-{RECIPE}"  # torch keeps its existing caches
-        return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}{engine}"
+        recipe = f"-{RECIPES[self.engine]}" if RECIPES[self.engine] else ""
+        return root / f"{self.name}-{EMBED_MAX_TOKENS}{TRUNCATE[0]}-{tag}{recipe}"
 
     def _load_cache(self) -> None:
         store = self._store
@@ -137,7 +145,8 @@ class SentenceEmbedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
                 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-                self._encode = self._onnx_encoder() if self.engine == "onnx-int8" else self._torch_encoder()
+                load = {"torch": self._torch_encoder, "onnx-int8": self._onnx_encoder, "static": self._static_encoder}
+                self._encode = load[self.engine]()
         return self._encode
 
     def _torch_encoder(self):
@@ -157,11 +166,20 @@ class SentenceEmbedder:
 
     def _onnx_encoder(self):
         path = Path(self.model_path or local_model_path())
-        exported = self._store.parent / "onnx" / f"{self.name}-{_model_tag(path)}-{RECIPE}.onnx"
+        exported = self._store.parent / "onnx" / f"{self.name}-{_model_tag(path)}-{onnx_encoder.RECIPE}.onnx"
         try:
-            encoder = OnnxEncoder(path, exported, EMBED_MAX_TOKENS)
-        except OnnxUnavailable as e:
+            encoder = onnx_encoder.OnnxEncoder(path, exported, EMBED_MAX_TOKENS)
+        except onnx_encoder.OnnxUnavailable as e:
             raise EmbeddingEngineError(f"HERD_EMBED_ENGINE=onnx-int8: {e}") from None
+        return encoder.encode
+
+    def _static_encoder(self):
+        path = Path(self.model_path or local_model_path())
+        distilled = self._store.parent / "static" / f"{self.name}-{_model_tag(path)}-{static_encoder.RECIPE}"
+        try:
+            encoder = static_encoder.StaticEncoder(path, distilled, EMBED_MAX_TOKENS)
+        except static_encoder.StaticUnavailable as e:
+            raise EmbeddingEngineError(f"HERD_EMBED_ENGINE=static: {e}") from None
         return encoder.encode
 
     def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -178,7 +196,7 @@ class SentenceEmbedder:
             else:
                 self._encode_and_save(todo, by_hash, self._encoder(), progress)
         found = [fresh[h] if h in fresh else self._memory[h] for h in hashes]
-        return np.stack(found) if found else np.zeros((0, 384), np.float32)
+        return np.stack(found) if found else np.zeros((0, self.dim), np.float32)
 
     def _live(self, todo: list[str], by_hash: dict[str, str]) -> dict[str, np.ndarray]:
         """Vectors for a few live texts, from the recent ones or encoded and kept among them."""
