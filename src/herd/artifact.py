@@ -116,9 +116,10 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         # What the policy does: each model's share of the validation queries, most used first.
         "shares": {m.models[j]: float(np.mean(chosen == j)) for j in np.argsort(-np.bincount(chosen, minlength=len(m.models)))
                    if np.any(chosen == j)},
-        "cheaper": (cheaper_option(oof, y, costs, m.models, chosen, best)
-                    if getattr(policy, "uses_scores", True) and not getattr(policy, "post_call", False) else None),
     }
+    if getattr(policy, "uses_scores", True) and not getattr(policy, "post_call", False):
+        # a cheaper policy on the same scores (none is looked for where answers decide)
+        validation["cheaper"] = cheaper_option(oof, y, costs, m.models, chosen, best)
     manifest = {
         "format": FORMAT,
         "herd_version": __version__,
