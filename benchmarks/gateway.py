@@ -2,6 +2,7 @@
 side by side in one run, on loopback only.
 
     python benchmarks/gateway.py [--requests 4000] [--concurrency 64] [--workers 1 2] [--data ../shared/data]
+    python benchmarks/gateway.py --limits [--requests 2000]   # + a key's limits: in process, then in Redis
 
 Prints latency p50/p99 and throughput for each target and the added latency and throughput
 ratio of herd, and writes benchmarks/out/gateway.json. The load client is aiohttp (pip install
@@ -35,7 +36,8 @@ QUESTIONS = [
 ]
 
 
-async def load(url: str, model: str, requests: int, concurrency: int) -> dict:
+async def load(url: str, model: str, requests: int, concurrency: int, headers: dict | None = None,
+               keep_latencies: bool = False) -> dict:
     import aiohttp
 
     latencies: list[float] = []
@@ -55,7 +57,7 @@ async def load(url: str, model: str, requests: int, concurrency: int) -> dict:
             latencies.append(time.perf_counter() - t0)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         queue = iter(range(min(requests, 2 * concurrency)))
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))  # open the connections first
         queue = iter(range(requests))
@@ -65,7 +67,8 @@ async def load(url: str, model: str, requests: int, concurrency: int) -> dict:
         wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {"requests": requests, "errors": errors, "rps": requests / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+            **({"ms": ms} if keep_latencies else {})}
 
 
 def train_router(data: str, out: Path) -> None:
@@ -82,7 +85,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--data", default=os.environ.get("HERD_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(HERE / "out" / "gateway.json"))
+    ap.add_argument("--limits", action="store_true", help="instead: one worker with no keys, with a limited key in "
+                    "process, and with the same key in Redis (needs redis-server); writes gateway_limits.json")
     args = ap.parse_args()
+    if args.limits:
+        return limits_main(args)
 
     work = Path(tempfile.mkdtemp(prefix="herd-gw-bench-"))
     train_router(args.data, work / "router")
@@ -130,6 +137,81 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
+
+
+LIMITED_KEY = ("keys:\n  - {name: bench, key: sk-bench, rpm: 100000000, tpm: 1000000000000, "
+               "budget_usd_per_day: 1000000, budget_usd_per_month: 1000000}\n")
+
+
+def limits_main(args) -> None:
+    """Added latency of a limited key's checks (rate windows, budget hold, charge), in process and
+    in Redis, next to herd without keys; by-name requests, so routing does not blur it. The three
+    gateways run at once and take turns request by request (unloaded) or burst by burst
+    (loaded), so a busy machine slows each of them alike."""
+    from servers import RedisProcess
+
+    work = Path(tempfile.mkdtemp(prefix="herd-limits-bench-"))
+    keys = work / "keys.yaml"
+    keys.write_text(LIMITED_KEY)
+    (work / "redis").mkdir()
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+               "requests": args.requests, "concurrency": args.concurrency, "runs": {}}
+    auth = {"authorization": "Bearer sk-bench"}
+    with start_backend(name="fast") as backend, RedisProcess(work / "redis", fsync="everysec") as redis:
+        pool = work / "pool.yaml"
+        pool.write_text(f"models:\n  - {{name: m, base_url: '{backend.url}', price_in_per_mtok: 1, price_out_per_mtok: 2}}\n")
+        variants = (("no_keys", [], {}), ("limits_in_process", ["--api-keys-file", str(keys)], {}),
+                    ("limits_in_redis", ["--api-keys-file", str(keys)], {"HERD_STATE_URL": redis.url}))
+        procs, urls = [], {}
+        try:
+            for label, extra, env in variants:
+                port = free_port()
+                procs.append(subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
+                                               "--log-level", "warning", *extra], env={**os.environ, **env},
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                urls[label] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            for proc, url in zip(procs, urls.values()):
+                wait_until_up(url.replace("/v1/chat/completions", "/health"), proc, timeout=180)
+            rounds = 10
+            runs = {label: {"unloaded": [], "loaded": []} for label in urls}
+            for _ in range(rounds):
+                for label, url in urls.items():
+                    runs[label]["unloaded"].append(asyncio.run(load(url, "m", args.latency_requests // rounds, 1, auth, True)))
+                    runs[label]["loaded"].append(asyncio.run(load(url, "m", args.requests // rounds, args.concurrency, auth,
+                                                                   True)))
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+    for label, phases in runs.items():
+        results["runs"][label] = {phase: _pooled(parts) for phase, parts in phases.items()}
+    runs = results["runs"]
+    for phase in ("unloaded", "loaded"):
+        for stat in ("p50_ms", "p99_ms"):
+            results[f"{phase}_redis_minus_in_process_{stat}"] = (runs["limits_in_redis"][phase][stat]
+                                                                 - runs["limits_in_process"][phase][stat])
+    print(f"\nherd (1 worker) with a limited key, in turns: {args.latency_requests} requests one at a time "
+          f"(unloaded), {args.requests} at concurrency {args.concurrency} (loaded), per variant")
+    for phase in ("unloaded", "loaded"):
+        print(f"  {phase}")
+        for label, r in runs.items():
+            x = r[phase]
+            print(f"    {label:18s} {x['rps']:7.0f} req/s  p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:6.2f} ms  "
+                  f"errors {x['errors']}")
+        print(f"    Redis minus in process: p50 {results[f'{phase}_redis_minus_in_process_p50_ms']:+.2f} ms, "
+              f"p99 {results[f'{phase}_redis_minus_in_process_p99_ms']:+.2f} ms")
+    out = Path(args.out).with_name("gateway_limits.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
+
+
+def _pooled(parts: list[dict]) -> dict:
+    """Rounds of one variant as one run: percentiles over all latencies, throughput over all time."""
+    ms = np.concatenate([p["ms"] for p in parts])
+    wall = sum(p["requests"] / p["rps"] for p in parts)
+    return {"requests": int(ms.size), "errors": sum(p["errors"] for p in parts), "rps": ms.size / wall,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
 
 
 if __name__ == "__main__":

@@ -114,12 +114,12 @@ def start_local_model(alias: str = "gemma-3-270m", n_ctx: int = 2048):
 
 
 class RedisProcess:
-    """A real ``redis-server`` on a loopback port with its data in ``directory``. Every write is
-    on disk before Redis answers (AOF, fsync always), so a killed and restarted server has
-    everything it acknowledged."""
+    """A real ``redis-server`` on a loopback port with its data in ``directory``. By default every
+    write is on disk before Redis answers (AOF, fsync always), so a killed and restarted server
+    has everything it acknowledged."""
 
-    def __init__(self, directory: Path, port: int | None = None):
-        self.directory, self.port = Path(directory), port or free_port()
+    def __init__(self, directory: Path, port: int | None = None, fsync: str = "always"):
+        self.directory, self.port, self.fsync = Path(directory), port or free_port(), fsync
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = None
         self._log = tempfile.TemporaryFile()
@@ -129,7 +129,7 @@ class RedisProcess:
         import redis
 
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"]
+               "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 20

@@ -81,7 +81,7 @@ def test_local_state_windows_and_holds():
         assert refused.limit == "day" and refused.used == pytest.approx(0.8)
         # The holds give way to what was spent: 0.1 each.
         for rid in ("r1", "r2"):
-            await state.settle(Charge("k", rid, 0.4, "local", {"m": 0.1}, {"m": 1}, {"m": (30.0, 20.0)}, day, month))
+            state.settle(Charge("k", rid, 0.4, "local", {"m": 0.1}, {"m": 1}, {"m": (30.0, 20.0)}, day, month))
         assert state.budgets[("k", day)] == pytest.approx([0.2, 0.0])
         refused, _ = await state.admit(key, 0.4, "r4", day, month)
         assert refused.limit == "tpm"  # 100 tokens in the last minute

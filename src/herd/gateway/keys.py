@@ -9,8 +9,6 @@ spend of every call it made (cascades and fan-outs included) replaces the hold w
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import os
 from contextvars import ContextVar
@@ -28,7 +26,6 @@ from herd.gateway.selection import Plan
 from herd.gateway.state import Charge, State, StateDown, periods
 from herd.pool import PoolConfig, _describe
 
-log = logging.getLogger("herd.gateway")
 ENV_KEYS = "HERD_API_KEYS"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The request being answered: every backend call's usage is added to its tab, wherever in a
@@ -181,7 +178,6 @@ class Limits:
     def __init__(self, pool: PoolConfig, state: State):
         self.pool, self.state = pool, state
         self.by_name = {m.name: m for m in pool.models}
-        self._settling: set[asyncio.Task] = set()
 
     def needs_tab(self, key: ClientKey | None) -> bool:
         """A tab is kept when the key is limited or a shared ledger records every request."""
@@ -222,19 +218,15 @@ class Limits:
         return first + max(map(cost, plan.candidates), default=0.0)
 
     def settle(self, tab: Tab) -> None:
-        """Charge the tab's spend once the request has ended, off the answer's path; ``close``
-        waits for charges still being written."""
+        """Charge the tab's spend once the request has ended (a shared store is written off the
+        answer's path)."""
         if tab.key is not None:
             spent = sum(tab.usd.values())
             if spent:
                 tm.KEY_SPEND.labels(tab.key.name).inc(spent)
-        task = asyncio.get_running_loop().create_task(self.state.settle(tab.charge()))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self.state.settle(tab.charge())
 
     async def close(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.state.close()
 
 
