@@ -100,8 +100,11 @@ def test_limits_in_one_process(tmp_path):
         with start_gateway(pool, "--api-keys-file", str(keys), "--choice-log", str(log),
                            env={"TEAM_A_KEY": "sk-team-a-secret"}) as gw:
             team_a = openai.OpenAI(base_url=gw.url, api_key="sk-team-a-secret", max_retries=0)
-            for i in range(3):
+            for i in range(2):
                 assert team_a.chat.completions.create(model="herd", messages=ask(f"q{i}")).model == "m"
+            stream = team_a.chat.completions.create(model="herd", messages=ask("q2"), stream=True,
+                                                    stream_options={"include_usage": True})
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "m: q2"
             with pytest.raises(openai.RateLimitError) as e:
                 team_a.chat.completions.create(model="herd", messages=ask("q3"))
             assert e.value.code == "rate_limit_exceeded" and e.value.body["type"] == "rate_limit_error"
@@ -123,6 +126,7 @@ def test_limits_in_one_process(tmp_path):
             for i in range(5):  # no limits
                 team_c.chat.completions.create(model="herd", messages=ask(f"c{i}"))
             metrics = httpx.get(f"{gw.root}/metrics").text
+            assert b.stats()["answered"] == 8
         assert 'herd_key_requests_total{key="team-a"} 4.0' in metrics
         assert 'herd_key_refusals_total{key="team-a",limit="rpm"} 1.0' in metrics
         assert 'herd_key_refusals_total{key="team-b",limit="day"} 1.0' in metrics
@@ -137,6 +141,8 @@ def test_limits_in_one_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "herd", "spend", "--choice-log", str(log), "--json"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    # Streamed or not, every answer of team-a was charged to it.
+    assert float(spent[0].split()[-1]) == pytest.approx(sum(r["cost_usd"] for r in records if r["key"] == "team-a"))
     rows = {(r["key"], r["model"]): r for r in json.loads(out.stdout)}
     assert rows[("team-a", "m")]["calls"] == 3 and rows[("team-c", "m")]["calls"] == 5
     assert rows[("team-a", "m")]["usd"] == pytest.approx(sum(r["cost_usd"] for r in records if r["key"] == "team-a"))
