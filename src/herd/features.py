@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 
-from herd import onnx_encoder, static_encoder
+from herd import onnx_encoder, static_encoder, tfidf
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
 EMBED_MAX_TOKENS = 128
@@ -50,10 +49,6 @@ class EmbeddingsUnavailable(RuntimeError):
 class EmbeddingEngineError(ValueError):
     """The chosen encoder engine is unknown or cannot run. Unlike a missing embed extra, which
     ``auto`` works around, an engine asked for by name must not be silently left out."""
-
-
-def tfidf_vectorizer() -> TfidfVectorizer:
-    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=50_000, sublinear_tf=True, dtype=np.float32)
 
 
 def cache_dir() -> Path:
@@ -297,6 +292,8 @@ class Featurizer:
     def prepare(self, texts: list[str], progress=None) -> None:
         if "embed" in self.kind:
             shared_embedder().embed(texts, progress=progress)
+        if "tfidf" in self.kind:
+            tfidf.count(texts)
 
     def fit(self, texts: list[str]) -> Featurizer:
         if self.uses_task:
@@ -304,7 +301,7 @@ class Featurizer:
         # The engine is part of the fitted state: served anywhere, it embeds as it was trained.
         self.engine_ = embed_engine() if "embed" in self.kind else None
         if "tfidf" in self.kind:
-            self.tfidf_ = tfidf_vectorizer().fit(texts)
+            self.tfidf_ = tfidf.Tfidf().fit(texts)
         if "svd" in self.kind:
             from sklearn.decomposition import TruncatedSVD
 

@@ -50,7 +50,11 @@ class LogisticRouter(FeatureRouter):
                 return
             weights = np.r_[yj, 1.0 - yj]
             keep = weights > 0
-            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", random_state=self.seed)
+            # The same optimum either way; liblinear's dual coordinate descent reaches it several
+            # times faster when there are fewer rows than features (text), its primal Newton when not.
+            dual = int(keep.sum()) < xx.shape[1]
+            clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", dual=dual,
+                                     random_state=self.seed)
             clf.fit(xx[keep], labels[keep], sample_weight=weights[keep])
             self.coef_[:, j] = clf.coef_[0]
             self.intercept_[j] = clf.intercept_[0]

@@ -1,0 +1,119 @@
+"""TF-IDF features that fit in milliseconds on any subset of a counted corpus.
+
+Cross-validation fits TF-IDF on dozens of overlapping subsets of one dataset (every outer fold,
+every inner fold of a tuned policy). Tokenizing and counting word n-grams is nearly all of that
+work, and it is the same for a text every time. So the texts are counted once (``count``), and
+fitting on any of them is column arithmetic on those counts that reproduces scikit-learn's
+``TfidfVectorizer(**TFIDF_PARAMS).fit`` exactly: the same vocabulary in the same order, the
+same idf, the same rows. Texts that were not counted (new queries, live traffic) go through
+scikit-learn's own counting with the fitted vocabulary.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+NGRAMS = (1, 2)
+MIN_DF = 2
+MAX_FEATURES = 50_000
+# What TfidfVectorizer(ngram_range=NGRAMS, min_df=MIN_DF, max_features=MAX_FEATURES,
+# sublinear_tf=True, dtype=np.float32) does, in its two public halves.
+TRANSFORM_PARAMS = dict(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
+
+
+class NgramCounts:
+    """Word n-gram counts of a set of texts, one row per distinct text, columns in alphabetical
+    term order (as scikit-learn sorts its vocabulary)."""
+
+    def __init__(self, texts: list[str]):
+        unique = list(dict.fromkeys(texts))
+        counter = CountVectorizer(ngram_range=NGRAMS, dtype=np.float32)
+        self.counts = counter.fit_transform(unique).tocsr()
+        self.counts.sort_indices()
+        self.terms = counter.get_feature_names_out()
+        self.column = counter.vocabulary_
+        self.row = {text: i for i, text in enumerate(unique)}
+
+    def rows(self, texts: list[str]) -> np.ndarray | None:
+        """Row indices of ``texts``, or None when any of them was not counted."""
+        try:
+            return np.fromiter((self.row[t] for t in texts), dtype=np.int64, count=len(texts))
+        except KeyError:
+            return None
+
+
+_corpus: NgramCounts | None = None
+_lock = threading.Lock()
+
+
+def count(texts: list[str]) -> NgramCounts:
+    """Count ``texts`` once; later fits and transforms on any of them read these counts. One
+    corpus is kept (the latest dataset), so memory stays bounded by one dataset's counts."""
+    global _corpus
+    with _lock:
+        corpus = _corpus
+    if corpus is not None and corpus.rows(texts) is not None:
+        return corpus
+    corpus = NgramCounts(texts)
+    with _lock:
+        _corpus = corpus
+    return corpus
+
+
+def _counted(texts: list[str]) -> tuple[NgramCounts, np.ndarray] | None:
+    with _lock:
+        corpus = _corpus
+    if corpus is None:
+        return None
+    rows = corpus.rows(texts)
+    return None if rows is None else (corpus, rows)
+
+
+def _count_rows(texts: list[str]) -> tuple[NgramCounts, np.ndarray]:
+    corpus = count(texts)
+    return corpus, corpus.rows(texts)
+
+
+class Tfidf:
+    """TF-IDF over word 1-2-grams: unit rows, sublinear tf, terms in at least MIN_DF training
+    texts, the MAX_FEATURES most frequent kept."""
+
+    def fit(self, texts: list[str]) -> Tfidf:
+        corpus, rows = _counted(texts) or _count_rows(texts)
+        x = corpus.counts[rows]
+        kept = _kept_columns(x)
+        if len(kept) == 0:
+            raise ValueError(f"TF-IDF: no word appears in {MIN_DF} or more of the {len(texts)} training texts")
+        terms = corpus.terms[kept]
+        self.counter_ = CountVectorizer(ngram_range=NGRAMS, dtype=np.float32,
+                                        vocabulary={t: j for j, t in enumerate(terms)})
+        self.transformer_ = TfidfTransformer(**TRANSFORM_PARAMS).fit(x[:, kept])
+        return self
+
+    def transform(self, texts: list[str]):
+        """(n_texts, n_terms) sparse float32 TF-IDF rows."""
+        found = _counted(texts)
+        if found is not None:
+            corpus, rows = found
+            columns = [corpus.column.get(t, -1) for t in self.counter_.vocabulary]
+            if min(columns, default=0) >= 0:
+                return self.transformer_.transform(corpus.counts[rows][:, columns])
+        return self.transformer_.transform(self.counter_.transform(texts))
+
+
+def _kept_columns(x) -> np.ndarray:
+    """Columns of the count rows ``x`` that scikit-learn's vectorizer keeps, in its order:
+    document frequency at least MIN_DF, then the MAX_FEATURES highest term frequencies (its
+    own, unstable, sort on the same array, so ties break the same way)."""
+    df = np.bincount(x.indices, minlength=x.shape[1])
+    mask = df >= MIN_DF
+    if mask.sum() > MAX_FEATURES:
+        tf = np.asarray(x.sum(axis=0)).ravel()
+        top = (-tf[mask]).argsort()[:MAX_FEATURES]
+        chosen = np.zeros(len(mask), dtype=bool)
+        chosen[np.where(mask)[0][top]] = True
+        mask = chosen
+    return np.where(mask)[0]

@@ -1,0 +1,61 @@
+"""Counted TF-IDF gives exactly what scikit-learn's TfidfVectorizer gives on the same texts."""
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from herd import tfidf
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+
+
+def _texts(n, seed):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(1, 12))) + f" Q{i % 7}" for i in range(n)]
+
+
+def _reference(texts, max_features):
+    return TfidfVectorizer(ngram_range=tfidf.NGRAMS, min_df=tfidf.MIN_DF, max_features=max_features,
+                           sublinear_tf=True, dtype=np.float32).fit(texts)
+
+
+def _same(a, b):
+    a, b = a.tocsr(), b.tocsr()
+    a.sort_indices(), b.sort_indices()
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("max_features", [40, 10_000])  # with and without the frequency cut (ties included)
+def test_subsets_of_a_counted_corpus_fit_as_the_vectorizer_does(monkeypatch, max_features):
+    monkeypatch.setattr(tfidf, "MAX_FEATURES", max_features)
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    texts = _texts(300, 0)
+    tfidf.count(texts)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        train = [texts[i] for i in rng.choice(len(texts), 200, replace=True)]  # duplicates count twice
+        test = [texts[i] for i in rng.choice(len(texts), 50, replace=False)] + ["kappa mu unseen words"]
+        ours, ref = tfidf.Tfidf().fit(train), _reference(train, max_features)
+        assert list(ours.counter_.vocabulary) == list(ref.get_feature_names_out())
+        np.testing.assert_array_equal(ours.transformer_.idf_, ref.idf_)
+        _same(ours.transform(train), ref.transform(train))
+        _same(ours.transform(test), ref.transform(test))  # one text not counted: scikit-learn's path
+
+
+def test_uncounted_texts_are_counted_on_fit_and_a_new_corpus_replaces_the_old(monkeypatch):
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    first, second = _texts(80, 2), _texts(60, 3)
+    model = tfidf.Tfidf().fit(first)
+    assert tfidf._corpus is not None and tfidf._corpus.rows(first) is not None
+    tfidf.count(second)
+    assert tfidf._corpus.rows(first) is None
+    _same(model.transform(first), _reference(first, tfidf.MAX_FEATURES).transform(first))
+
+
+def test_no_shared_word_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    with pytest.raises(ValueError, match="no word appears in 2 or more"):
+        tfidf.Tfidf().fit(["one", "two", "three"])
