@@ -208,3 +208,24 @@ def test_costs_known_for_few_queries_are_not_shown_or_matched_against():
     (b,) = evaluate(unpriced, ["logistic"], policy=[make_policy("argmax")], folds=3).benchmarks
     assert b.row("best-single").cost_usd is None
     assert b.row("router", "logistic (argmax)").cost_to_match_best_single is None
+
+
+def test_bit_tally_equals_the_float_tally_on_right_wrong_outcomes():
+    """Right/wrong outcomes are tallied on packed bits; scores in [0, 1] by floats. On right/wrong
+    data both must give the same candidates and the same per-fold figures, with folds of unequal
+    size (pads), unanswered questions and a pool that skips models."""
+    from herd.policies import _agreement_floats, _AgreementBits
+
+    rng = np.random.default_rng(7)
+    n, k = 203, 7
+    y = (rng.random((n, k)) < 0.6).astype(float)
+    codes = rng.integers(-1, 3, size=(n, k))  # -1: no answer
+    fold = rng.integers(0, 3, size=n)
+    valid = codes.T >= 0
+    same = (codes.T[:, None, :] == codes.T[None, :, :]) & valid[:, None, :]
+    pool, strong = [5, 1, 3, 0, 6], 2
+    floats = _agreement_floats(same, y, fold, 3, pool, strong)
+    bits = _AgreementBits(same, y.T > 0.5, fold, 3).candidates(pool, strong)
+    assert [(list(map(int, s)), need) for s, need in floats[0]] == [(list(map(int, s)), need) for s, need in bits[0]]
+    for a, b in zip(floats[1:], bits[1:]):
+        np.testing.assert_array_equal(np.asarray(a, float), b)

@@ -125,8 +125,30 @@ def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices,
 
 
 def _progress_bar():
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console, transient=True)
+
+
+def _step_progress(bar: Progress, benchmarks: int):
+    """evaluate()'s progress callback on one bar: each step (embedding a benchmark's questions,
+    its folds) restarts the bar, so the time left is read off that step's own pace."""
+    task = bar.add_task("starting", total=1)
+    seen: list[str] = []
+    current = [None]
+
+    def progress(message: str, done: int, total: int) -> None:
+        label = message.split(":")[0]
+        if label not in seen:
+            seen.append(label)
+        description = f"{len(seen)}/{max(benchmarks, len(seen))} {message}"
+        step = (label, message.split(":")[1].split(",")[0].strip() if "fold" not in message else "folds", total)
+        if step != current[0]:
+            current[0] = step
+            bar.reset(task, total=max(total, 1), completed=done, description=description)
+        else:
+            bar.update(task, description=description, completed=done)
+
+    return progress
 
 
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
@@ -154,11 +176,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         console.print(f"herd {__version__} evaluating {len(data.groups())} benchmark(s)"
                       f"{' and a mixture' if mix or demo_mix else ''} from {path}")
         with _progress_bar() as bar:
-            task = bar.add_task("starting", total=1)
-
-            def progress(message: str, done: int, total: int) -> None:
-                bar.update(task, description=message, completed=done, total=max(total, 1))
-
+            progress = _step_progress(bar, len(data.groups()) + (mixture is not None or mix))
             ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
                           conversations=conversations, mix=mix)
             if mixture is not None:

@@ -213,17 +213,21 @@ class SentenceEmbedder:
         store = self._store
         store.mkdir(parents=True, exist_ok=True)
         chunk = 1024  # save as we go, so an interrupted run keeps what it paid for
+        step = 256  # and say how far we are more often than that
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            vecs = encode([by_hash[h] for h in part]).astype(np.float32)
+            pieces = []
+            for at in range(0, len(part), step):
+                pieces.append(encode([by_hash[h] for h in part[at : at + step]]).astype(np.float32))
+                if progress:
+                    progress(start + min(at + step, len(part)), len(todo))
+            vecs = np.concatenate(pieces)
             name = f"{part[0][:12]}-{len(part)}.npz"
             tmp = store / f".{name}.tmp.npz"
             np.savez(tmp, hashes=np.array(part), vectors=vecs)
             tmp.replace(store / name)
             self._loaded_shards.add(name)
             self._memory.update(zip(part, vecs))
-            if progress:
-                progress(min(start + chunk, len(todo)), len(todo))
 
 
 def _model_tag(path: Path) -> str:

@@ -700,6 +700,86 @@ def agreement_choice(codes: np.ndarray, stage: list[int], need: int, last: int) 
     return np.where(ok, np.asarray(stage)[top], last)
 
 
+def _agreement_floats(same: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds: int, pool: list[int], strong: int):
+    """``Agree._candidates`` for outcomes that are scores in [0, 1]: vectorized over the third model."""
+    yt = np.ascontiguousarray(y.T, dtype=np.float32)
+    ys, folds = yt[strong], np.eye(n_folds, dtype=np.float32)[fold]
+    candidates, batches = [], []
+
+    def add(stages, need, got, ok):
+        got = np.atleast_2d(got)
+        candidates.extend((list(st), need) for st in stages)
+        diff = got - ys
+        batches.append((got @ folds, np.atleast_2d(ok).astype(np.float32) @ folds, (diff * diff) @ folds))
+
+    for i, a in enumerate(pool):
+        for j in range(i + 1, len(pool)):
+            b, rest = pool[j], pool[j + 1:]
+            ab = same[a, b]
+            add([(a, b)], 2, np.where(ab, yt[a], ys), ab)
+            if rest:
+                ac, bc = same[a, rest], same[b, rest]
+                triples = [(a, b, c) for c in rest]
+                add(triples, 2, np.where(ab | ac, yt[a], np.where(bc, yt[b], ys)), ab | ac | bc)
+                add(triples, 3, np.where(ab & ac, yt[a], ys), ab & ac)
+    if not candidates:
+        return [], None, None, None
+    return candidates, *(np.concatenate([b[x] for b in batches]) for x in range(3))
+
+
+class _AgreementBits:
+    """Agreement cascades tallied on bits: with right/wrong outcomes every indicator of
+    ``Agree._candidates`` is a set of queries, so a candidate costs a few bitwise operations per
+    64 queries and a popcount per inner fold (the same figures as the float tally)."""
+
+    def __init__(self, same: np.ndarray, right: np.ndarray, fold: np.ndarray, n_folds: int):
+        # Queries grouped by fold, each fold padded to the same whole number of 64-bit words;
+        # pads agree with nothing and are never right, so they count nowhere.
+        sizes = np.bincount(fold, minlength=n_folds)
+        self.width = -(-int(sizes.max()) // 64) * 64
+        order = np.argsort(fold, kind="stable")
+        position = np.empty(len(fold), int)
+        position[order] = np.arange(len(fold)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        self.slot, self.n_folds = fold * self.width + position, n_folds
+        k = same.shape[0]
+        self.same = self._pack(same.reshape(k * k, -1)).reshape(k, k, -1)
+        self.right = self._pack(right)
+
+    def _pack(self, bits: np.ndarray) -> np.ndarray:
+        buf = np.zeros((bits.shape[0], self.n_folds * self.width), bool)
+        buf[:, self.slot] = bits
+        return np.packbits(buf, axis=-1, bitorder="little").view(np.uint64)
+
+    def _per_fold(self, words: list[np.ndarray]) -> np.ndarray:
+        stacked = np.vstack(words)
+        return np.bitwise_count(stacked).reshape(len(stacked), self.n_folds, -1).sum(axis=2).astype(float)
+
+    def candidates(self, pool: list[int], strong: int):
+        same, y = self.same, self.right
+        ys = y[strong]
+        candidates, got, kept = [], [], []
+        for i, a in enumerate(pool):
+            for j in range(i + 1, len(pool)):
+                b, rest = pool[j], pool[j + 1:]
+                ab = same[a, b]
+                candidates.append(([a, b], 2))
+                got.append(((ab & y[a]) | (~ab & ys))[None])
+                kept.append(ab[None])
+                if not rest:
+                    continue
+                ac, bc = same[a, rest], same[b, rest]
+                to_a = ab | ac  # a agrees with b or with c: a's answer
+                to_b = ~to_a & bc  # else b agrees with c: b's
+                unanimous = ab & ac
+                candidates += [([a, b, c], 2) for c in rest] + [([a, b, c], 3) for c in rest]
+                got += [(to_a & y[a]) | (to_b & y[b]) | (~(to_a | bc) & ys), (unanimous & y[a]) | (~unanimous & ys)]
+                kept += [to_a | bc, unanimous]
+        if not candidates:
+            return [], None, None, None
+        differ = [g ^ ys for g in got]  # right or wrong: a squared difference is a difference
+        return candidates, self._per_fold(got), self._per_fold(kept), self._per_fold(differ)
+
+
 class Agree:
     """An agreement cascade (FrugalGPT's and Leeroo's deferral after the call, with independent
     models as the check): ask a first stage of 2-3 models at once, keep the answer that at least
@@ -809,7 +889,7 @@ class Agree:
             self._go_direct(f"{self.pool_[strong]} costs nothing here; asking others first cannot save")
             return
         nf = np.bincount(fold, minlength=max(folds, 1)).astype(float)
-        candidates, right, kept, differ = self._candidates(y, codes, pool, strong, np.eye(len(nf))[fold])
+        candidates, right, kept, differ = self._candidates(y, codes, pool, strong, fold, len(nf))
         if not candidates:
             self._go_direct(f"no model cheaper than {self.pool_[strong]} to ask first")
             return
@@ -861,36 +941,16 @@ class Agree:
                         f"{self.pool_[strong]} (by a margin of {margin:g} standard errors, from inner CV)")
 
     @staticmethod
-    def _candidates(y: np.ndarray, codes: np.ndarray, pool: list[int], strong: int, folds: np.ndarray):
+    def _candidates(y: np.ndarray, codes: np.ndarray, pool: list[int], strong: int, fold: np.ndarray, n_folds: int):
         """Every first stage of two or three ``pool`` models (cheapest first) and every ``need``:
-        per inner fold (``folds``: one-hot, n_queries x n_folds), the right answers, the answers
-        kept, and the squared paired differences from the strong model. Vectorized over the third
-        model; the rule is ``agreement_choice``'s (the earliest agreeing model's answer stands)."""
+        per inner fold (``fold``: each query's), the right answers, the answers kept, and the
+        squared paired differences from the strong model. Vectorized over the third model; the
+        rule is ``agreement_choice``'s (the earliest agreeing model's answer stands)."""
         valid = codes.T >= 0
         same = (codes.T[:, None, :] == codes.T[None, :, :]) & valid[:, None, :]  # (k, k, n)
-        yt = np.ascontiguousarray(y.T, dtype=np.float32)
-        ys, folds = yt[strong], folds.astype(np.float32)
-        candidates, batches = [], []
-
-        def add(stages, need, got, ok):
-            got = np.atleast_2d(got)
-            candidates.extend((list(st), need) for st in stages)
-            diff = got - ys
-            batches.append((got @ folds, np.atleast_2d(ok).astype(np.float32) @ folds, (diff * diff) @ folds))
-
-        for i, a in enumerate(pool):
-            for j in range(i + 1, len(pool)):
-                b, rest = pool[j], pool[j + 1:]
-                ab = same[a, b]
-                add([(a, b)], 2, np.where(ab, yt[a], ys), ab)
-                if rest:
-                    ac, bc = same[a, rest], same[b, rest]
-                    triples = [(a, b, c) for c in rest]
-                    add(triples, 2, np.where(ab | ac, yt[a], np.where(bc, yt[b], ys)), ab | ac | bc)
-                    add(triples, 3, np.where(ab & ac, yt[a], ys), ab & ac)
-        if not candidates:
-            return [], None, None, None
-        return candidates, *(np.concatenate([b[x] for b in batches]) for x in range(3))
+        if np.isin(y, (0.0, 1.0)).all():
+            return _AgreementBits(same, y.T > 0.5, fold, n_folds).candidates(pool, strong)
+        return _agreement_floats(same, y, fold, n_folds, pool, strong)
 
     def _go_direct(self, why: str) -> None:
         self.stage_, self.need_, self.direct_, self.reason_ = [], 0, True, why
