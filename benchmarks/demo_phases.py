@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--cold", action="store_true", help="start with an empty embedding cache")
     parser.add_argument("--out", default="benchmarks/out/demo_phases.json")
+    parser.add_argument("--stats", default=None, help="also save the raw profile here (for pstats or snakeviz)")
     args = parser.parse_args()
     if args.cold:
         os.environ["HERD_CACHE"] = tempfile.mkdtemp(prefix="herd-cold-cache-")
@@ -66,6 +67,8 @@ def main() -> None:
     finally:
         profiler.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if args.stats:
+        profiler.dump_stats(args.stats)
     phases = phase_times(pstats.Stats(profiler))
     print(f"\nherd demo ({'cold' if args.cold else 'warm'} embedding cache): {wall:.1f} s wall, {cpu:.1f} s CPU, "
           f"load average {os.getloadavg()[0]:.1f}")
