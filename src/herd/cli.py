@@ -509,7 +509,8 @@ def serve(
 
     import uvicorn
 
-    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app, serving_keys
+    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app
+    from herd.gateway.keys import serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
     from herd.http_guard import http_protocol
 

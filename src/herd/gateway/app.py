@@ -33,7 +33,7 @@ from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, u
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
 from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
-from herd.gateway.keys import ENV_KEYS, TAB, ClientKey, Limits, as_keys, read_api_keys, serving_keys  # noqa: F401
+from herd.gateway.keys import TAB, ClientKey, Limits, as_keys, read_api_keys
 from herd.gateway.selection import Plan, Selector
 from herd.gateway.state import SharedHealth, make_state
 from herd.pool import PoolConfig, load_pool
