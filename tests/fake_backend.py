@@ -1,6 +1,6 @@
-"""A small, fast fake OpenAI-compatible chat backend for fault injection in tests and benchmarks.
+"""A small, fast fake OpenAI-compatible backend for fault injection in tests and benchmarks.
 
-It answers ``POST /v1/chat/completions`` (plain or streamed) with "NAME: <last user message>" and can
+It answers ``POST /v1/chat/completions`` and ``/v1/completions`` (plain or streamed) with "NAME: <last user message>" and can
 fail on purpose: error statuses, 429s, delays, and connections dropped before or in the middle of a
 stream. ``GET /stats`` tells what it received. Use ``make_app`` in-process, or ``start_backend`` to run
 it as a real subprocess::
@@ -139,7 +139,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.get("model", name)}
 
-        if completion:
+        if completion and not body.get("stream"):
             choices = [{"index": 0, "text": text, "finish_reason": "stop"}]
             return await reply(send, 200, {**base, "object": "text_completion", "choices": choices, "usage": usage})
         if not body.get("stream"):
@@ -162,9 +162,13 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         k = max(1, int(chunks))
         step = -(-len(text) // k)  # ceil
         pieces = [text[i * step:(i + 1) * step] for i in range(k)]
-        events = [{"choices": [{"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": p},
-                                "finish_reason": None}]} for i, p in enumerate(pieces)]
-        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if completion:
+            events = [{"choices": [{"index": 0, "text": p, "finish_reason": None}]} for p in pieces]
+            events.append({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+        else:
+            events = [{"choices": [{"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": p},
+                                    "finish_reason": None}]} for i, p in enumerate(pieces)]
+            events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({"choices": [], "usage": usage})
         if odd_json:
@@ -174,7 +178,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
                 return await _drop(send)
             if i and chunk_delay_s:
                 await asyncio.sleep(chunk_delay_s)
-            data = json.dumps({**base, "object": "chat.completion.chunk", **ev}).replace('"1e999"', "1e999")
+            kind = "text_completion" if completion else "chat.completion.chunk"
+            data = json.dumps({**base, "object": kind, **ev}).replace('"1e999"', "1e999")
             await send({"type": "http.response.body", "body": f"data: {data}\n\n".encode(), "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         if isinstance(usage, dict) and not inf_usage and (body.get("stream_options") or {}).get("include_usage"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import openai
@@ -87,6 +88,54 @@ def test_streaming_relays_chunks_with_herd_metadata_first(healthy):
     assert all(c.model == "math-7b" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"math-7b: {MATH}"
     assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_streams_are_costed_from_the_backends_usage_which_the_client_sees_only_if_asked(healthy):
+    """The original: a stream's cost came from its length (4 characters a token) unless the
+    client happened to ask for usage."""
+    gw, backends = healthy
+    question = "how long is this stream, in tokens??"
+    text = f"big-70b: {question}"
+    assert len(text) % 4  # so the length's estimate and the backend's count differ
+
+    def completion_tokens() -> float:
+        found = re.search(r'^herd_tokens_total\{kind="completion",model="big-70b"\} (\S+)$', httpx.get(f"{gw.root}/metrics").text, re.M)
+        return float(found[1]) if found else 0.0
+
+    before = completion_tokens()
+    chunks = list(client(gw).chat.completions.create(model="big-70b", messages=ask(question), stream=True))
+    assert backends["big-70b"].stats()["last_body"]["stream_options"] == {"include_usage": True}
+    assert all(c.choices and c.usage is None for c in chunks)  # the usage herd asked for is not relayed
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert completion_tokens() - before == len(text) // 4  # the fake backend's count, not len / 4
+
+
+def test_models_retrieve_and_completions_pass_through(healthy):
+    gw, backends = healthy
+    c = client(gw)
+    assert c.models.retrieve("herd").id == "herd" and c.models.retrieve("herd:cheap").owned_by == "herd"
+    big = c.models.retrieve("big-70b")
+    assert big.owned_by == "pool" and big.model_extra["tags"] == []
+    with pytest.raises(openai.NotFoundError) as e:
+        c.models.retrieve("gpt-9")
+    assert e.value.code == "model_not_found" and "big-70b" in e.value.message
+    # A base model's prompt goes to the pool model named, with herd's metadata.
+    raw = c.completions.with_raw_response.create(model="math-7b", prompt="Q: 2 + 2?\nA:", max_tokens=5)
+    done = raw.parse()
+    assert done.model == "math-7b" and done.choices[0].text == "math-7b: A:" and raw.headers["x-herd-model"] == "math-7b"
+    assert done.model_extra["herd"]["reason"] == "requested by name" and done.usage.completion_tokens > 0
+    assert backends["math-7b"].stats()["last_body"] == {"model": "math-7b", "prompt": "Q: 2 + 2?\nA:", "max_tokens": 5}
+    streamed = list(c.completions.create(model="big-70b", prompt="Once upon a time", stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == "big-70b: Once upon a time"
+    assert backends["big-70b"].stats()["last_body"]["model"] == "vendor/big-70b-instruct"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="herd", prompt="Once upon a time")
+    assert "passes a prompt to the pool model it names" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="math-7b", prompt=[1, 2, 3])
+    assert e.value.param == "prompt"
+    r = httpx.post(f"{gw.url}/completions", json={"model": "math-7b", "prompt": "x", "stream_options": "yes"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
 
 
 def test_async_clients_in_parallel(healthy):

@@ -118,7 +118,10 @@ class Backend:
         has been read, so a failure before the first byte can still fall back; the stream holds
         its slot until ``finish``. With ``slot_wait_s``, a backend at ``max_concurrency`` for that
         long is not called: the outcome is ``busy`` (the gateway tries the next model)."""
-        payload = json.dumps({**body, "model": self.config.backend_model}).encode()
+        fields = {**body, "model": self.config.backend_model}
+        if stream and self.config.stream_usage:  # the cost of a stream from its usage, not its length
+            fields["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        payload = json.dumps(fields).encode()
         if slot_wait_s is None:
             await self.slots.acquire()
         else:

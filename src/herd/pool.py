@@ -41,6 +41,8 @@ class ModelConfig(_Strict):
     max_concurrency: int = Field(64, gt=0, description="calls in flight to this backend at most")
     retries: int = Field(2, ge=0, description="retries on connect errors, 429 and 5xx before falling back")
     prompt_style: Literal["chat", "completion"] = "chat"
+    stream_usage: bool = Field(True, description="ask streams for their token usage (stream_options.include_usage), "
+                               "so their cost is counted, not estimated; false for a server that refuses the field")
 
     @field_validator("base_url")
     @classmethod

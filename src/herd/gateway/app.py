@@ -30,7 +30,7 @@ from herd.backends import Backend, Outcome, read_json, token_count
 from herd.collect.grading import get_grader
 from herd.gateway.agree import ask_first_stage
 from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
-from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat
+from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat, parse_completion
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
 from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
 from herd.gateway.keys import TAB, ClientKey, Limits, as_keys, read_api_keys
@@ -96,13 +96,13 @@ class Gateway:
     def _too_large(self) -> GatewayError:
         return GatewayError(413, f"request body is larger than {self.pool.gateway.max_body_mb:g} MB", code="body_too_large")
 
-    async def chat(self, request: Request) -> Response:
-        """Answer a chat request. Whatever goes wrong is counted and answered in OpenAI's shape: a
+    async def chat(self, request: Request, parse=parse_chat) -> Response:
+        """Answer a chat request (or, with ``parse_completion``, a prompt passed through). Whatever goes wrong is counted and answered in OpenAI's shape: a
         client gone before its body arrived is a 499, an error herd did not foresee a 500 with
         one log line naming the request."""
         request.state.request_id = rid = uuid.uuid4().hex
         try:
-            return await self._chat(request)
+            return await self._chat(request, parse)
         except ClientDisconnect:
             log.info("request %s: the client went away before sending its whole body", rid)
             tm.REQUESTS.labels("disconnected", "499").inc()
@@ -118,11 +118,16 @@ class Gateway:
             return error_response(500, f"internal error in herd ({type(e).__name__}); the server log names request "
                                        f"{rid}", code="internal_error", headers={"x-herd-request-id": rid})
 
-    async def _chat(self, request: Request) -> Response:
+    async def _chat(self, request: Request, parse) -> Response:
         started = time.perf_counter()
         key = self.check_key(request)
-        req = parse_chat(await self.read_body(request), request.headers)
+        req = parse(await self.read_body(request), request.headers)
         req.request_id = request.state.request_id
+        if req.path == "/completions" and req.model not in self.backends:
+            raise GatewayError(404 if req.model not in self.selector.route_names else 400,
+                               f"model {req.model!r}: /v1/completions passes a prompt to the pool model it names, one "
+                               f"of {self.selector.names}; herd routes chat requests (/v1/chat/completions)",
+                               param="model", code="model_not_found")
         if key is not None:
             req.key = key.name
             tm.KEY_REQUESTS.labels(key.name).inc()
@@ -152,16 +157,18 @@ class Gateway:
                 if tab is not None:
                     self.limits.settle(tab)
 
-    async def _dispatch(self, candidates: list[str], body: dict, stream: bool) -> tuple[str, Outcome, list[dict]]:
+    async def _dispatch(self, candidates: list[str], body: dict, stream: bool,
+                        path: str) -> tuple[str, Outcome, list[dict]]:
         """Call the candidates in order, retrying each on transient failures, until one answers."""
-        name, outcome, attempts = await self.call_in_order(candidates, body, stream)
+        name, outcome, attempts = await self.call_in_order(candidates, body, stream, path)
         if outcome is None:
             chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
             raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
                                headers={"x-herd-attempts": str(_calls(attempts))})
         return name, outcome, attempts
 
-    async def call_in_order(self, candidates: list[str], body: dict, stream: bool) -> tuple[str | None, Outcome | None, list[dict]]:
+    async def call_in_order(self, candidates: list[str], body: dict, stream: bool,
+                            path: str = "/chat/completions") -> tuple[str | None, Outcome | None, list[dict]]:
         attempts: list[dict] = []
         too_long = None
         for rank, name in enumerate(candidates):
@@ -171,7 +178,7 @@ class Gateway:
                     attempts.append({"model": name, "outcome": "skipped: circuit open"})
                     break
                 t0 = time.perf_counter()
-                outcome = await backend.call(body, stream, slot_wait_s=self.pool.gateway.slot_wait_s)
+                outcome = await backend.call(body, stream, path, slot_wait_s=self.pool.gateway.slot_wait_s)
                 if outcome.kind == "busy":  # not called: no attempt to count, the next model may be free
                     attempts.append({"model": name, "outcome": f"skipped: {outcome.detail}"})
                     break
@@ -225,7 +232,7 @@ class Gateway:
         if checked is not None and checked.answer is not None:
             return self._accepted(req, plan, route, started, checked)
         try:
-            name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream)
+            name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream, req.path)
         except GatewayError as e:
             if checked is not None:  # the cascade's calls were made too
                 e.headers["x-herd-attempts"] = str(_calls(checked.attempts) + int(e.headers.get("x-herd-attempts", 0)))
@@ -272,13 +279,15 @@ class Gateway:
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
-        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False, "ended": False}
+        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False, "ended": False,
+                 "hide_usage": not req.wants_usage}
 
         async def relay():
             try:
                 yield _rewrite(outcome.first_event, name, state, meta)
                 async for event in outcome.events:
-                    yield _rewrite(event, name, state)
+                    if chunk := _rewrite(event, name, state):
+                        yield chunk
                 if not state["ended"]:  # closed without [DONE] or a finish_reason: a cut, not an end
                     raise StreamCut()
                 state["finished"] = True
@@ -375,6 +384,14 @@ class Gateway:
                   "context_window": m.context_window} for m in self.pool.models]
         return {"object": "list", "data": data}
 
+    def model(self, model_id: str) -> dict:
+        found = [m for m in self.models()["data"] if m["id"] == model_id]
+        if not found:
+            raise GatewayError(404, f"model {model_id!r} is not served here; use one of "
+                                    f"{self.selector.route_names + self.selector.names}", param="model",
+                               code="model_not_found")
+        return found[0]
+
     def health(self) -> tuple[dict, int]:
         models = {name: b.health() for name, b in self.backends.items()}
         up = sum(h["state"] != "open" for h in models.values())
@@ -443,15 +460,22 @@ def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) ->
         chunk["herd"] = meta
     choices = chunk.get("choices")
     for choice in choices if isinstance(choices, list) else []:
-        if isinstance(choice, dict) and choice.get("finish_reason"):
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason"):
             counts["ended"] = True
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
+        delta = choice.get("delta")
+        # A chat chunk's text is in its delta; a completion chunk's in "text".
+        content = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(content, str):
             counts["chars"] += len(content)
     usage = chunk.get("usage")
     if isinstance(usage, dict):
         counts["prompt"], counts["completion"] = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if counts["hide_usage"] and "usage" in chunk:  # herd asked for it, the client did not: it never sees it
+        del chunk["usage"]
+        if not choices and meta is None:
+            return b""
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
@@ -503,7 +527,8 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
-        message = {404: f"no route {request.url.path}; herd serves /v1/chat/completions, /v1/models, /health, /metrics",
+        message = {404: f"no route {request.url.path}; herd serves /v1/chat/completions, /v1/completions, /v1/models, "
+                        "/health, /metrics",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message)
 
@@ -516,10 +541,19 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     async def chat_completions(request: Request):
         return await gateway.chat(request)
 
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await gateway.chat(request, parse_completion)
+
     @app.get("/v1/models")
     async def list_models(request: Request):
         gateway.check_key(request)
         return gateway.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(request: Request, model_id: str):
+        gateway.check_key(request)
+        return gateway.model(model_id)
 
     @app.get("/health")
     async def health(request: Request):

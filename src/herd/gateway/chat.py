@@ -55,6 +55,12 @@ class ChatRequest:
     opening: str = ""  # the first user turn, which keys a conversation that names no session
     request_id: str = ""
     key: str | None = None  # the client key's name, for the choice log
+    path: str = "/chat/completions"  # the backends' endpoint: /completions for a prompt passed through
+
+    @property
+    def wants_usage(self) -> bool:
+        """The client asked a stream for its usage (herd asks backends for it either way)."""
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
 
     @property
     def session(self) -> str:
@@ -71,18 +77,7 @@ class ChatRequest:
 def parse_chat(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequest:
     """The request in ``raw`` with herd's options from its body and ``headers`` (x-herd-session,
     x-herd-private), every value herd reads checked."""
-    try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=finite_float)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:
-        raise GatewayError(400, "request body is nested too deeply", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise GatewayError(400, f"request body must be a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise GatewayError(400, "'model' is required: 'herd', 'herd:<policy>' or a pool model's name", param="model")
-    check_sampling(body)
+    body, model = _read_body(raw, "'herd', 'herd:<policy>' or a pool model's name")
     stream = body.get("stream") or False
     texts, users = _read_messages(body.get("messages"))
     options = _options(body, headers or {})
@@ -98,6 +93,38 @@ def parse_chat(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequ
                        prompt_tokens_high=sum(_tokens_high(t) for t in texts + extra) + TOKENS_PER_IMAGE * _images(body),
                        prompt_chars=sum(map(len, texts + extra)), n_messages=len(texts), max_tokens=max_tokens,
                        n=body.get("n") or 1, options=options, turn=max(1, len(users)), opening=users[0] if users else "")
+
+
+def parse_completion(raw: bytes, headers: Mapping[str, str] | None = None) -> ChatRequest:
+    """A completions request (a prompt for a base model), passed through to the pool model it
+    names; herd's options and checks as for chat."""
+    body, model = _read_body(raw, "a pool model's name")
+    prompt = body.get("prompt")
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise GatewayError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
+    options = _options(body, headers or {})
+    return ChatRequest(body=body, model=model, stream=body.get("stream") or False, router_text=texts[0],
+                       prompt_tokens_high=sum(map(_tokens_high, texts)), prompt_chars=sum(map(len, texts)),
+                       n_messages=0, max_tokens=body.get("max_tokens"), n=(body.get("n") or 1) * len(texts),
+                       options=options, path="/completions")
+
+
+def _read_body(raw: bytes, models: str) -> tuple[dict, str]:
+    """The request's JSON object and its model, with the sampling fields herd reads checked."""
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=finite_float)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+        raise GatewayError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise GatewayError(400, "request body is nested too deeply", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(400, f"'model' is required: {models}", param="model")
+    check_sampling(body)
+    return body, model
 
 
 def _read_messages(messages) -> tuple[list[str], list[str]]:

@@ -34,6 +34,7 @@ class Sampling(BaseModel):
     temperature: Optional[float] = Field(None, ge=0, le=2, description="a number from 0 to 2")
     top_p: Optional[float] = Field(None, ge=0, le=1, description="a number from 0 to 1")
     seed: Optional[int] = Field(None, ge=-INT64 - 1, le=INT64, description="a 64-bit integer")
+    stream_options: Optional[dict] = Field(None, description='an object such as {"include_usage": true}')
 
 
 def check_sampling(body: dict) -> None:
