@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import json
 import math
 import random
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -102,7 +104,7 @@ class Backend:
                 # sock_connect, not connect: waiting for a pooled connection is not a connect failure.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
                                               sock_read=self.config.timeout_s),
-                headers=self.headers, auto_decompress=True, trust_env=False,
+                headers=self.headers, auto_decompress=True, trust_env=not _loopback(self.config.base_url),
             )
         return self.session
 
@@ -205,6 +207,16 @@ class Backend:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+
+
+def _loopback(url: str) -> bool:
+    """A backend on this host: never reached through HTTP(S)_PROXY, which is for the way out
+    (other backends honour it, and NO_PROXY)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _closed(response: aiohttp.ClientResponse | None, outcome: Outcome) -> Outcome:

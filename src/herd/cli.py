@@ -476,8 +476,9 @@ def _read_queries(path: str) -> tuple[list, list[str], list]:
 @app.command()
 def serve(
     pool: str = typer.Argument(..., metavar="POOL", help="Pool file (YAML): models, router, policies."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="HERD_HOST",
+                             help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, "--port", envvar="HERD_PORT", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (share the port; metrics add up)."),
     api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File with one client API key per line, "
                                                 "or YAML naming each key with its limits (rpm, tpm, budgets, models); "
@@ -490,6 +491,8 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     choice_log: Optional[str] = typer.Option(None, "--choice-log", help="Append one JSON line per answered request "
                                              "(session, turn, choice, model, reason, cost) to this file."),
+    log_format: str = typer.Option("text", "--log-format", help="text, or json: every log line one JSON object, "
+                                   "with an access and a decision line per request carrying its request id."),
 ) -> None:
     """Run the OpenAI-compatible routing gateway.
 
@@ -503,6 +506,7 @@ def serve(
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
     """
     import copy
+    import logging
     import os
     import shutil
     import tempfile
@@ -513,10 +517,14 @@ def serve(
     from herd.gateway.keys import serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
     from herd.http_guard import http_protocol
+    from herd.json_logs import ENV_LOG_FORMAT, JsonFormatter, json_log_config
 
+    if log_format not in ("text", "json"):
+        _fail(f"--log-format {log_format}: choose text or json")
+    as_json = log_format == "json"
     try:
         keys = serving_keys(api_keys_file, no_auth, host)
-        app_ = build_app(pool, keys, choice_log)  # validate everything before any worker starts
+        app_ = build_app(pool, keys, choice_log, as_json)  # validate everything before any worker starts
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
         app_.state.gateway.selector.warm_up()
@@ -524,8 +532,13 @@ def serve(
         _fail(f"{e.filename}: {e.strerror}")
     except _usage_errors() as e:
         _fail(str(e))
-    err.print(f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
-              f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
+    started = (f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
+               f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
+    if as_json:
+        err.file.write(JsonFormatter().format(logging.makeLogRecord({"name": "herd", "levelname": "INFO",
+                                                                     "msg": started})) + "\n")
+    else:
+        err.print(started)
     # herd's own lines (a cut connection, an unforeseen error) go where uvicorn's go, at its level.
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["herd"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
@@ -534,6 +547,9 @@ def serve(
     options = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
                    http=http_protocol(app_.state.gateway.pool.gateway), log_config=log_config,
                    timeout_keep_alive=KEEP_ALIVE_S)
+    if as_json:  # herd writes the access lines, with the request id uvicorn's lack
+        options.update(log_config=json_log_config(log_config, log_level), access_log=False)
+        os.environ[ENV_LOG_FORMAT] = "json"
     if workers == 1:
         uvicorn.run(app_, **options)
         return

@@ -36,6 +36,7 @@ from herd.gateway.errors import GatewayError, error_body, error_response, relaye
 from herd.gateway.keys import TAB, ClientKey, Limits, as_keys, read_api_keys
 from herd.gateway.selection import Plan, Selector
 from herd.gateway.state import SharedHealth, make_state
+from herd.json_logs import ENV_LOG_FORMAT, AccessLog, decision_log
 from herd.pool import PoolConfig, load_pool
 
 log = logging.getLogger("herd.gateway")
@@ -44,10 +45,11 @@ ENV_POOL, ENV_KEYS_FILE = "HERD_POOL", "HERD_API_KEYS_FILE"
 
 class Gateway:
     def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[ClientKey | str] | None = None,
-                 choice_log: ChoiceLog | None = None):
+                 choice_log: ChoiceLog | None = None, log_decisions: bool = False):
         self.pool = pool
         self.selector = selector
         self.choice_log = choice_log
+        self.log_decisions = log_decisions  # a JSON decision line per request (--log-format json)
         self.keys = as_keys(api_keys)
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
         state = make_state(pool.gateway)
@@ -268,14 +270,18 @@ class Gateway:
 
     def _log_choice(self, req: ChatRequest, plan: Plan, route: str, name: str | None, attempts: list[dict],
                     status: str, cost: float | None, started: float, checked: Checked | None) -> None:
-        if self.choice_log is None:
+        if self.choice_log is None and not self.log_decisions:
             return
-        self.choice_log.write({
+        record = {
             "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
             "key": req.key, "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
             "reason": plan.reason, "fallback": plan.fallback, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
-            **(checked.logged() if checked is not None else {})}, req.session, req.options.private)
+            **(checked.logged() if checked is not None else {})}
+        if self.choice_log is not None:
+            self.choice_log.write(record, req.session, req.options.private)
+        if self.log_decisions:  # no session here: the choice log's keyed hash is its own to give
+            decision_log.info("decision", extra={"fields": record})
 
     def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
                meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
@@ -500,10 +506,10 @@ async def _disconnected(request: Request) -> None:
 
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
-               choice_log: str | Path | None = None) -> FastAPI:
+               choice_log: str | Path | None = None, log_json: bool = False) -> FastAPI:
     log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret),
                      pool.gateway.log_session_text) if choice_log else None
-    gateway = Gateway(pool, selector, api_keys, log_)
+    gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -515,6 +521,8 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     # No /openapi.json: herd's API is OpenAI's, and the schema would only map herd for a stranger.
     app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
+    if log_json:  # herd's access line, with the request id, in place of uvicorn's
+        app.add_middleware(AccessLog)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, e: GatewayError):
@@ -572,11 +580,13 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     return app
 
 
-def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None) -> FastAPI:
+def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None,
+              log_json: bool = False) -> FastAPI:
     pool, router_dir = load_pool(pool_path)
-    return create_app(pool, Selector.from_config(pool, router_dir), api_keys, choice_log)
+    return create_app(pool, Selector.from_config(pool, router_dir), api_keys, choice_log, log_json)
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: the pool file, key file and choice log come from the environment."""
-    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)), os.environ.get(ENV_CHOICE_LOG))
+    """Factory for uvicorn workers: the pool file, key file, choice log and log format come from the environment."""
+    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)), os.environ.get(ENV_CHOICE_LOG),
+                     os.environ.get(ENV_LOG_FORMAT) == "json")
