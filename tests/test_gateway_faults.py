@@ -189,7 +189,9 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(stack):
 
 
 def test_streams_hold_their_backend_slot_until_they_end(stack):
-    gw, b1, _ = stack({"chunk_delay_s": 0.3}, max_concurrency=1)
+    # Each stream takes ~1.2 s (four paced events after the first, usage included): the third
+    # waits for two, within the slot wait.
+    gw, b1, _ = stack({"chunk_delay_s": 0.3}, max_concurrency=1, gateway={"slot_wait_s": 10})
     results = []
 
     def call():
