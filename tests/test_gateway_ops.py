@@ -33,14 +33,16 @@ def ops(tmp_path_factory):
     which without API keys would not start."""
     d = tmp_path_factory.mktemp("ops")
     near, proxy = start_backend(name="near"), start_backend(name="via-proxy")
-    models = [{"name": "near", "base_url": near.url, "price_in_per_mtok": 1, "price_out_per_mtok": 2},
+    models = [{"name": "near", "base_url": near.url, "price_in_per_mtok": 1, "price_out_per_mtok": 2,
+               "api_key_env": "HERD_TEST_NEAR_KEY", "api_key_header": "api-key", "extra_headers": {"x-team": "a"},
+               "extra_query": {"api-version": "2024-10-21"}, "extra_body": {"chat_template_kwargs": {"think": False}}},
               {"name": "far", "base_url": "http://far.invalid:8080/v1"},
               {"name": "skip", "base_url": "http://skip.invalid:8080/v1", "retries": 0}]
     pool = d / "pool.yaml"
     pool.write_text(pool_yaml(models))
     port = free_port()
     env = {**os.environ, "HERD_PORT": str(port), "HERD_HOST": "0.0.0.0", "HTTP_PROXY": f"http://127.0.0.1:{proxy.port}",
-           "NO_PROXY": "skip.invalid"}
+           "NO_PROXY": "skip.invalid", "HERD_TEST_NEAR_KEY": "near-secret"}
     env.pop("HERD_API_KEYS", None)
     log = tempfile.TemporaryFile()
     cmd = [sys.executable, "-m", "herd", "serve", str(pool), "--host", "127.0.0.1", "--log-format", "json"]
@@ -65,6 +67,20 @@ def test_backend_calls_honour_the_proxy_settings(ops):
     with pytest.raises(openai.InternalServerError) as e:
         c.chat.completions.create(model="skip", messages=ask)
     assert "skip: connection error" in e.value.message and proxy.stats()["requests"] == 1  # NO_PROXY: direct
+
+
+def test_per_model_headers_query_and_default_body_reach_the_backend(ops):
+    """An Azure-style key header and api-version, a team header, vLLM's chat_template_kwargs."""
+    gw, near, _ = ops
+    r = httpx.post(f"{gw.url}/chat/completions", json={"model": "near", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    seen = near.stats()
+    assert seen["last_headers"]["api-key"] == "near-secret" and "authorization" not in seen["last_headers"]
+    assert seen["last_headers"]["x-team"] == "a" and seen["last_query"] == "api-version=2024-10-21"
+    assert seen["last_body"]["chat_template_kwargs"] == {"think": False}
+    own = {"model": "near", "messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"think": True}}
+    assert httpx.post(f"{gw.url}/chat/completions", json=own).status_code == 200
+    assert near.stats()["last_body"]["chat_template_kwargs"] == {"think": True}  # the request's own wins
 
 
 def test_json_logs_carry_the_request_id_and_no_prompt_text(ops):

@@ -82,3 +82,55 @@ def test_the_readme_pool_example_is_valid(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     config, router = load_pool(write(tmp_path, example))
     assert len(config.models) == 3 and router.name == "router" and set(config.policies) == {"cheap", "budget"}
+
+
+LITELLM = """\
+model_list:
+  - model_name: gpt-4o-2024-08-06
+    litellm_params:
+      model: openai/gpt-4o-2024-08-06
+      api_key: os.environ/OPENAI_API_KEY
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 0.00001
+  - model_name: llama-3-8b
+    litellm_params: {model: hosted_vllm/meta-llama/Meta-Llama-3-8B-Instruct, api_base: "http://127.0.0.1:8081/v1", rpm: 100}
+    model_info: {max_input_tokens: 8192}
+  - model_name: azure-mini
+    litellm_params: {model: azure/mini-deployment, api_base: "https://res.example.com/", api_version: "2024-10-21",
+                     api_key: os.environ/AZURE_API_KEY}
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-3-5-sonnet-20241022}
+  - model_name: llama-3-8b
+    litellm_params: {model: hosted_vllm/meta-llama/Meta-Llama-3-8B-Instruct, api_base: "http://127.0.0.1:8082/v1"}
+  - model_name: base
+    litellm_params: {model: text-completion-openai/base-7b, api_base: "http://127.0.0.1:8083/v1", api_key: sk-literal}
+router_settings: {routing_strategy: simple-shuffle}
+"""
+
+
+def test_a_litellm_config_becomes_a_pool_file_and_what_is_left_out_is_said(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from herd.cli import app
+
+    (tmp_path / "config.yaml").write_text(LITELLM)
+    r = CliRunner().invoke(app, ["pool", "from-litellm", str(tmp_path / "config.yaml"), "-o", str(tmp_path / "pool.yaml")])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    monkeypatch.setenv("AZURE_API_KEY", "y")
+    config, _ = load_pool(tmp_path / "pool.yaml")
+    gpt, llama, azure, base = config.models
+    assert config.names == ["gpt-4o-2024-08-06", "llama-3-8b", "azure-mini", "base"]
+    assert gpt.base_url == "https://api.openai.com/v1" and gpt.api_key_env == "OPENAI_API_KEY"
+    assert (gpt.price_in_per_mtok, gpt.price_out_per_mtok) == (2.5, 10.0)
+    assert llama.backend_model == "meta-llama/Meta-Llama-3-8B-Instruct" and llama.context_window == 8192
+    assert azure.base_url == "https://res.example.com/openai/deployments/mini-deployment"
+    assert azure.extra_query == {"api-version": "2024-10-21"} and azure.api_key_header == "api-key"
+    assert base.prompt_style == "completion" and base.api_key_env is None
+    for words in ("router_settings: herd routes by its own", "llama-3-8b: rpm", "(claude): skipped: provider anthropic",
+                  "model_list[4] (llama-3-8b): skipped: a second deployment", "base: api_key written in the config"):
+        assert words in r.output and words in (tmp_path / "pool.yaml").read_text()
+    assert "sk-literal" not in (tmp_path / "pool.yaml").read_text()
+    (tmp_path / "bad.yaml").write_text("model_list: []\n")
+    bad = CliRunner().invoke(app, ["pool", "from-litellm", str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "x.yaml")])
+    assert bad.exit_code == 2 and "no 'model_list'" in bad.output

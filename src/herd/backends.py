@@ -86,10 +86,11 @@ class Backend:
     def __init__(self, config: ModelConfig, settings: GatewaySettings):
         self.config = config
         self.settings = settings
-        self.headers = {"content-type": "application/json"}
+        self.headers = {**config.extra_headers, "content-type": "application/json"}
         key = config.api_key()
         if key:
-            self.headers["authorization"] = f"Bearer {key}"
+            self.headers[config.api_key_header or "authorization"] = key if config.api_key_header else f"Bearer {key}"
+        self.query = f"?{urllib.parse.urlencode(config.extra_query)}" if config.extra_query else ""
         self.session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.circuit = Circuit(settings.circuit_failures, settings.circuit_cooldown_s)
@@ -120,7 +121,7 @@ class Backend:
         has been read, so a failure before the first byte can still fall back; the stream holds
         its slot until ``finish``. With ``slot_wait_s``, a backend at ``max_concurrency`` for that
         long is not called: the outcome is ``busy`` (the gateway tries the next model)."""
-        fields = {**body, "model": self.config.backend_model}
+        fields = {**self.config.extra_body, **body, "model": self.config.backend_model}
         if stream and self.config.stream_usage:  # the cost of a stream from its usage, not its length
             fields["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(fields).encode()
@@ -135,7 +136,7 @@ class Backend:
         self.calls += 1
         outcome = None
         try:
-            outcome = await self._send(self.config.base_url + path, payload, stream)
+            outcome = await self._send(self.config.base_url + path + self.query, payload, stream)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # an answer so malformed that reading it failed: the backend's fault

@@ -900,6 +900,39 @@ def _pool_settings(path: str):
     return load_pool(path)[0].gateway
 
 
+pool_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                       help="Pool files: make one from another tool's configuration.")
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("from-litellm")
+def pool_from_litellm(
+    config: str = typer.Argument(..., metavar="CONFIG", help="A LiteLLM proxy config (YAML with model_list)."),
+    out: str = typer.Option(..., "--out", "-o", help="The pool file to write."),
+) -> None:
+    """Write a pool file from a LiteLLM config's model_list, and say what could not be mapped.
+
+    \b
+    herd pool from-litellm litellm_config.yaml -o pool.yaml
+    """
+    from herd import from_litellm
+    from herd.pool import PoolError
+
+    try:
+        pool, notes = from_litellm.convert(config)
+        written = from_litellm.write(pool, notes, out, config)
+    except PoolError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.filename or out}: cannot write the pool file ({e.strerror or e})")
+    priced = sum("price_in_per_mtok" in m for m in pool["models"])
+    console.print(f"wrote {written}: {len(pool['models'])} model(s), {priced} with prices", markup=False)
+    for note in notes:
+        err.print(f"not mapped: {note}", markup=False, highlight=False)
+    console.print("next: add 'router: DIR' from `herd train` (pool names must be the router's, or map them with "
+                  "router_name), then `herd serve " + str(written) + "`", markup=False)
+
+
 @app.command()
 def routers() -> None:
     """List the routers herd can train."""

@@ -41,6 +41,13 @@ class ModelConfig(_Strict):
     max_concurrency: int = Field(64, gt=0, description="calls in flight to this backend at most")
     retries: int = Field(2, ge=0, description="retries on connect errors, 429 and 5xx before falling back")
     prompt_style: Literal["chat", "completion"] = "chat"
+    api_key_header: Optional[str] = Field(None, description="header that carries the key as it is (e.g. Azure's "
+                                          "api-key); default: Authorization: Bearer KEY")
+    extra_headers: dict[str, str] = Field(default_factory=dict, description="sent with every call")
+    extra_query: dict[str, str] = Field(default_factory=dict, description="added to every call's URL, e.g. "
+                                        "{api-version: 2024-10-21} for Azure")
+    extra_body: dict = Field(default_factory=dict, description="default body fields, e.g. vLLM's "
+                             "chat_template_kwargs; a request's own fields win")
     stream_usage: bool = Field(True, description="ask streams for their token usage (stream_options.include_usage), "
                                "so their cost is counted, not estimated; false for a server that refuses the field")
 
