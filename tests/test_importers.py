@@ -216,3 +216,35 @@ def test_import_refuses_what_eval_refuses_with_the_same_message(tmp_path, rows, 
     same = tmp_path / "same.csv"
     pd.DataFrame([rows[0], rows[0], {**rows[0], "model": "b"}]).to_csv(same, index=False)
     assert len(importers.long_table(same)[1]) == 2  # identical repeated rows count once
+
+
+def test_lm_eval_import_says_it_has_no_prices_and_eval_takes_them_from_a_pool_file(tmp_path):
+    files = [write_jsonl(tmp_path / "results" / m / "samples_gsm8k_2025-01-02T03-04-05.123.jsonl",
+                         [gsm8k_sample(i, "strict-match", (i + k) % 3 != 0) for i in range(40)])
+             for k, m in enumerate(("llama-8b", "qwen-7b"))]
+    r = herd("import", "lm-eval", *map(str, files), "-o", str(tmp_path / "out"))
+    assert r.returncode == 0 and "no costs or prices for llama-8b, qwen-7b" in r.stderr and "--pool" in r.stderr
+    data = Outcomes.load(tmp_path / "out")
+    assert data.outcomes["cost_usd"].isna().all()
+    cheap, dear = data.with_prices({"llama-8b": (0.1, 0.2)}), data.with_prices({"llama-8b": (1.0, 2.0)})
+    llama = cheap.outcomes["model"] == "llama-8b"
+    assert cheap.outcomes.loc[llama, "cost_usd"].notna().all() and cheap.outcomes.loc[llama, "cost_estimated"].all()
+    assert cheap.outcomes.loc[~llama, "cost_usd"].isna().all()  # a model the prices do not name stays unpriced
+    # Estimates are made again at the new prices, not kept: ten times the price, ten times the cost.
+    again = cheap.with_prices({"llama-8b": (1.0, 2.0)})
+    assert again.outcomes.loc[llama, "cost_usd"].to_numpy() == pytest.approx(
+        10 * cheap.outcomes.loc[llama, "cost_usd"].to_numpy())
+    assert again.outcomes["cost_usd"].equals(dear.outcomes["cost_usd"])
+
+    pool = tmp_path / "pool.yaml"
+    pool.write_text("models:\n"
+                    "  - {name: llama, router_name: llama-8b, base_url: 'http://127.0.0.1:9/v1', price_in_per_mtok: 0.1,"
+                    " price_out_per_mtok: 0.2}\n"
+                    "  - {name: qwen-7b, base_url: 'http://127.0.0.1:9/v1', price_in_per_mtok: 0.05, price_out_per_mtok: 0.1}\n")
+    r = herd("eval", str(tmp_path / "out"), "--pool", str(pool), "--router", "logistic", "--policy", "argmax",
+             "--folds", "2", "--no-sweep", "-o", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr
+    assert "prices from" in r.stdout and "llama-8b, qwen-7b" in r.stdout
+    rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["results"]
+    singles = {x["method"]: x["cost_usd"] for x in rows if x["kind"] == "single"}
+    assert all(cost is not None and cost > 0 for cost in singles.values()) and len(singles) == 2

@@ -104,18 +104,35 @@ def _usage_errors():
     return (HerdDataError, ArtifactError, EmbeddingsUnavailable, ValueError)
 
 
-def _read_outcomes(data_dir, min_outcomes, size_prices):
+def _read_outcomes(data_dir, min_outcomes, size_prices, prices=None):
     from herd.data import Outcomes, find_data_dir
     from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
 
     schedule = parse_size_prices(size_prices) if size_prices else DEFAULT_SIZE_PRICES
     path = find_data_dir(data_dir)
     with console.status(Text(f"loading {path}")):
-        return path, Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+        data = Outcomes.load(path, min_outcomes=min_outcomes, size_prices=schedule)
+    return path, data.with_prices(prices) if prices else data
 
 
-def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None, loaded=None):
-    path, data = loaded or _read_outcomes(data_dir, min_outcomes, size_prices)
+def _pool_prices(pool_file: str | None) -> dict | None:
+    """Each priced pool model's (input, output) USD per million tokens, by the name the outcome
+    data uses (its router_name, else its name)."""
+    if pool_file is None:
+        return None
+    from herd.pool import load_pool
+
+    config, _ = load_pool(pool_file)
+    prices = {m.router_name or m.name: (m.price_in_per_mtok, m.price_out_per_mtok) for m in config.models
+              if m.price_in_per_mtok is not None and m.price_out_per_mtok is not None}
+    if not prices:
+        raise ValueError(f"{pool_file}: no model has both price_in_per_mtok and price_out_per_mtok")
+    console.print(f"prices from {pool_file} for {len(prices)} model(s): {', '.join(prices)}", markup=False)
+    return prices
+
+
+def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None, loaded=None, prices=None):
+    path, data = loaded or _read_outcomes(data_dir, min_outcomes, size_prices, prices)
     if groups:
         data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
     data = data.filter(source=sources, benchmark=benchmarks, models=models)
@@ -152,7 +169,8 @@ def _step_progress(bar: Progress, benchmarks: int):
 
 
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
-              size_prices, sweep, groups=None, conversations: int = 0, mix: bool = False, demo_mix: bool = False) -> None:
+              size_prices, sweep, groups=None, conversations: int = 0, mix: bool = False, demo_mix: bool = False,
+              pool_file: str | None = None) -> None:
     from herd.evaluation import evaluate
     from herd.policies import make_policy
     from herd.routers import make_router
@@ -163,11 +181,11 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         if len(routers) > 1:
             _fail("give one trained router directory as --router, or router names, not both or several directories")
         return _run_eval_trained(dirs[0], data_dir, sources, benchmarks, models, out, json_path, min_outcomes,
-                                 size_prices, sweep, started)
+                                 size_prices, sweep, started, pool_file)
     try:
         named = {name: make_router(name, seed=seed) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
-        loaded = _read_outcomes(data_dir, min_outcomes, size_prices)
+        loaded = _read_outcomes(data_dir, min_outcomes, size_prices, _pool_prices(pool_file))
         path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups, loaded)
         mixture = loaded[1].filter(source=DEMO_MIX_SOURCE) if demo_mix else None
         if groups is None and not mix:
@@ -213,13 +231,14 @@ def _announce(data, n_routers: int, n_policies: int, folds: int, ask: bool) -> N
 
 
 def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, json_path, min_outcomes, size_prices,
-                      sweep, started) -> None:
+                      sweep, started, pool_file=None) -> None:
     from herd import artifact
     from herd.evaluation import evaluate_trained
 
     try:
         trained = artifact.load(router_dir)
-        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices)
+        path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices,
+                                prices=_pool_prices(pool_file))
         console.print(f"herd {__version__} evaluating the router in {router_dir} on "
                       f"{len(data.groups())} benchmark(s) from {path} as held-out data")
         with console.status("routing"):
@@ -300,11 +319,14 @@ def eval_cmd(
     mix: bool = MixOpt,
     conversations: int = typer.Option(0, "--conversations", min=0, help="Also replay conversations of this many "
                                       "turns (chained questions) under single models, uniform/weighted/learned blends."),
+    pool_file: Optional[str] = typer.Option(None, "--pool", metavar="POOL", help="Price the models from this pool "
+                                            "file (per million tokens; by router_name, else name); recorded costs stay."),
 ) -> None:
     """Cross-validate routers against oracle, random, single models and the best single model."""
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
               _split_list(router) or DEMO_ROUTERS, _tagged_policies(_split_policies(policy) or DEFAULT_POLICIES, tags),
-              folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations, mix=mix)
+              folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations, mix=mix,
+              pool_file=pool_file)
 
 
 @app.command()
@@ -741,6 +763,13 @@ def import_cmd(
     queries, outcomes, pool = frames
     console.print(f"imported {len(outcomes)} outcomes: {len(queries)} questions x {len(pool)} models "
                   f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")
+    costed = set(outcomes.loc[outcomes["cost_usd"].notna(), "model"]) if "cost_usd" in outcomes else set()
+    unpriced = sorted(set(outcomes["model"]) - costed)
+    if unpriced:
+        err.print(f"note: no costs or prices for {', '.join(unpriced)}: herd eval shows their cost as n/a. Price them "
+                  f"with `herd eval {out} --pool pool.yaml` (each model's price_in_per_mtok, price_out_per_mtok), or "
+                  f"in {Path(out) / 'models.csv'} (the same columns, or params_b for open models)", markup=False,
+                  highlight=False)
 
 
 @app.command("select")

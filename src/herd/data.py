@@ -219,6 +219,25 @@ class Outcomes:
         outcomes = fill_costs(outcomes, queries, model_prices(models, size_prices))
         return cls(queries, outcomes, models, origin)
 
+    def with_prices(self, prices: dict[str, tuple[float, float]]) -> Outcomes:
+        """These outcomes priced with ``prices`` (USD per million input and output tokens, by model
+        name, e.g. from a pool file): the named models' estimated costs are estimated again at
+        these prices; recorded costs and other models stay as they are."""
+        out = self.outcomes.copy()
+        redo = out["model"].isin(list(prices)) & out["cost_estimated"]
+        out.loc[redo, "cost_usd"] = np.nan
+        pairs = out[["source", "model"]].drop_duplicates()
+        given = pd.DataFrame([{"source": s, "model": m, "price_in": prices[m][0], "price_out": prices[m][1],
+                               "price_basis": "pool file"} for s, m in pairs.itertuples(index=False) if m in prices],
+                             columns=["source", "model", "price_in", "price_out", "price_basis"])
+        priced = fill_costs(out.drop(columns=["cost_estimated"]), self.queries, given)
+        priced["cost_estimated"] |= out["cost_estimated"] & ~redo
+        models = self.models.copy()
+        for col, k in (("price_in_per_mtok", 0), ("price_out_per_mtok", 1)):
+            named = models["model"].map(lambda m: prices[m][k] if m in prices else None)
+            models[col] = named.where(named.notna(), models[col] if col in models else None)
+        return replace(self, outcomes=priced, models=models)
+
     # ---- selecting -----------------------------------------------------------------------
     def groups(self) -> list[tuple[str, str]]:
         g = self.queries[["source", "benchmark"]].drop_duplicates().sort_values(["source", "benchmark"])
