@@ -193,8 +193,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/")
-        stats["last_query"] = scope.get("query_string", b"").decode()
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            stats["last_query"] = scope.get("query_string", b"").decode()
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             return await chat(receive, send, headers, completion=path == "/v1/completions")
         if method == "GET" and path == "/v1/models":
