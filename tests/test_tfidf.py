@@ -39,7 +39,7 @@ def test_subsets_of_a_counted_corpus_fit_as_the_vectorizer_does(monkeypatch, max
         train = [texts[i] for i in rng.choice(len(texts), 200, replace=True)]  # duplicates count twice
         test = [texts[i] for i in rng.choice(len(texts), 50, replace=False)] + ["kappa mu unseen words"]
         ours, ref = tfidf.Tfidf().fit(train), _reference(train, max_features)
-        assert list(ours.counter_.vocabulary) == list(ref.get_feature_names_out())
+        assert list(ours.terms_) == list(ref.get_feature_names_out())
         np.testing.assert_array_equal(ours.transformer_.idf_, ref.idf_)
         _same(ours.transform(train), ref.transform(train))
         _same(ours.transform(test), ref.transform(test))  # one text not counted: scikit-learn's path
@@ -59,3 +59,15 @@ def test_no_shared_word_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(tfidf, "_corpus", None)
     with pytest.raises(ValueError, match="no word appears in 2 or more"):
         tfidf.Tfidf().fit(["one", "two", "three"])
+
+
+def test_a_saved_model_transforms_new_texts_without_its_corpus(monkeypatch, tmp_path):
+    import pickle
+
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    texts = _texts(120, 4)
+    model = tfidf.Tfidf().fit(texts)
+    blob = pickle.dumps(model)
+    assert len(blob) < 20_000  # the terms and idf, not the corpus's counts
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    _same(pickle.loads(blob).transform(texts[:5]), _reference(texts, tfidf.MAX_FEATURES).transform(texts[:5]))

@@ -157,7 +157,7 @@ def _step_progress(bar: Progress, benchmarks: int):
         label = message.split(":")[0]
         if label not in seen:
             seen.append(label)
-        description = f"{len(seen)}/{max(benchmarks, len(seen))} {message}"
+        description = f"({len(seen)} of {max(benchmarks, len(seen))}) {message}"
         step = (label, message.split(":")[1].split(",")[0].strip() if "fold" not in message else "folds", total)
         if step != current[0]:
             current[0] = step

@@ -12,6 +12,7 @@ scikit-learn's own counting with the fitted vocabulary.
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
@@ -87,10 +88,9 @@ class Tfidf:
         kept = _kept_columns(x)
         if len(kept) == 0:
             raise ValueError(f"TF-IDF: no word appears in {MIN_DF} or more of the {len(texts)} training texts")
-        terms = corpus.terms[kept]
-        self.counter_ = CountVectorizer(ngram_range=NGRAMS, dtype=np.float32,
-                                        vocabulary={t: j for j, t in enumerate(terms)})
+        self.terms_ = corpus.terms[kept]
         self.transformer_ = TfidfTransformer(**TRANSFORM_PARAMS).fit(x[:, kept])
+        self._columns = (weakref.ref(corpus), kept)  # weak: a model does not keep an old corpus alive
         return self
 
     def transform(self, texts: list[str]):
@@ -98,10 +98,29 @@ class Tfidf:
         found = _counted(texts)
         if found is not None:
             corpus, rows = found
-            columns = [corpus.column.get(t, -1) for t in self.counter_.vocabulary]
-            if min(columns, default=0) >= 0:
+            columns = self._columns_in(corpus)
+            if columns is not None:
                 return self.transformer_.transform(corpus.counts[rows][:, columns])
-        return self.transformer_.transform(self.counter_.transform(texts))
+        return self.transformer_.transform(self._counter().transform(texts))
+
+    def _columns_in(self, corpus: NgramCounts) -> np.ndarray | None:
+        """The corpus's columns of this model's terms (None if it lacks one), found once per corpus."""
+        seen, columns = getattr(self, "_columns", (lambda: None, None))
+        if seen() is not corpus:
+            columns = np.fromiter((corpus.column.get(t, -1) for t in self.terms_), dtype=np.int64, count=len(self.terms_))
+            columns = None if (columns < 0).any() else columns
+            self._columns = (weakref.ref(corpus), columns)
+        return columns
+
+    def _counter(self) -> CountVectorizer:
+        """scikit-learn's counting with this model's vocabulary, for texts that were not counted."""
+        if getattr(self, "_counter_", None) is None:
+            self._counter_ = CountVectorizer(ngram_range=NGRAMS, dtype=np.float32,
+                                             vocabulary={t: j for j, t in enumerate(self.terms_)})
+        return self._counter_
+
+    def __getstate__(self) -> dict:  # saved without the corpus it was fitted on or caches
+        return {k: v for k, v in self.__dict__.items() if k not in ("_columns", "_counter_")}
 
 
 def _kept_columns(x) -> np.ndarray:
