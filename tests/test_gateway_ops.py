@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -92,6 +93,10 @@ def test_json_logs_carry_the_request_id_and_no_prompt_text(ops):
         {"role": "user", "content": SECRET_PROMPT}]})
     assert httpx.get(f"{gw.url}/models?key={SECRET_PROMPT}").status_code == 200
     assert httpx.get(f"{gw.url}/nowhere").status_code == 404
+    # An access line is written once its response has ended, just after the client has it.
+    deadline = time.monotonic() + 10
+    while '"path": "/v1/nowhere"' not in gw.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     lines = [line for line in gw.log().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line, uvicorn's and herd's, is one JSON object
     assert all({"time", "level", "logger"} <= set(r) for r in records)
