@@ -39,7 +39,9 @@ def pool(tmp_path):
                 start_backend(name="base", delay_s=0.02, fail_rate=0.2, seed=4)]
     path = tmp_path / "pool.yaml"
     path.write_text(f"""models:
-  - {{name: chatty, base_url: '{backends[0].url}', price_in_per_mtok: 1, price_out_per_mtok: 2, max_concurrency: 4}}
+  - {{name: chatty, base_url: '{backends[0].url}', price_in_per_mtok: 1, price_out_per_mtok: 2, max_concurrency: 4,
+      extra_body: {{chat_template_kwargs: {{enable_thinking: false}}}}, extra_headers: {{x-team: a}},
+      extra_query: {{api-version: '2024-10-21'}}}}
   - {{name: base, base_url: '{backends[1].url}', prompt_style: completion, max_concurrency: 4, tags: [open]}}
 """)
     yield path, backends
@@ -73,6 +75,10 @@ def test_collect_records_grades_and_feeds_eval(tmp_path, pool):
     assert sent["prompt"].count("Question:") == 3 and "train question" in sent["prompt"]  # 2 shots from train
     assert "test question" not in sent["prompt"].rsplit("Question:", 1)[0]
     assert chatty.stats()["last_body"]["temperature"] == 0.7  # several samples: sampled, with a seed each
+    # The pool's per-model extras reach the backend from collect as from the gateway.
+    seen = chatty.stats()
+    assert seen["last_body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert seen["last_headers"]["x-team"] == "a" and seen["last_query"] == "api-version=2024-10-21"
     m = pd.read_csv(run / "models.csv")
     assert list(m["model"]) == ["chatty", "base"] and m.loc[0, "price_in_per_mtok"] == 1
     data = Outcomes.load(run)
