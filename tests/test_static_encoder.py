@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +150,16 @@ def test_without_the_extra_the_engine_says_what_to_install(tmp_path, tiny_model,
     assert "[static]" in cli.stderr + cli.stdout and "Traceback" not in cli.stderr, cli.stderr
     with pytest.raises(EmbeddingEngineError, match="choose from torch, onnx-int8, static"):
         SentenceEmbedder(engine="static-int8")
+
+
+def test_a_shard_saved_by_another_embedder_is_read(tmp_path, tiny_model):
+    """Live queries look at the cache directory's time stamp, not its listing; a dataset another
+    process saves there since is still found."""
+    first = SentenceEmbedder(tiny_model, cache=tmp_path / "emb", engine="static")
+    first.embed([f"add the numbers {i}" for i in range(20)])
+    first.embed(["write a python function"])  # a live query: nothing new to list
+    time.sleep(0.05)  # past the file system's time stamp granularity
+    other = [f"which emperor ruled rome {i}" for i in range(20)]
+    saved = SentenceEmbedder(tiny_model, cache=tmp_path / "emb", engine="static").embed(other)
+    first._encode = lambda texts: pytest.fail(f"encoded {texts} again instead of reading the cache")
+    np.testing.assert_array_equal(first.embed(other[:1]), saved[:1])

@@ -101,6 +101,7 @@ class SentenceEmbedder:
         self._recent_lock = threading.Lock()
         self._memory: dict[str, np.ndarray] = {}
         self._loaded_shards: set[str] = set()
+        self._scanned: int | None = None  # the store's mtime when its shards were last listed
 
     @property
     def name(self) -> str:
@@ -120,8 +121,13 @@ class SentenceEmbedder:
 
     def _load_cache(self) -> None:
         store = self._store
-        if not store.exists():
+        try:
+            stamp = store.stat().st_mtime_ns
+        except FileNotFoundError:
             return
+        if stamp == self._scanned:
+            return  # no shard added since the last look: a live query costs a stat, not a listing
+        self._scanned = stamp
         for shard in sorted(store.glob("*.npz")):
             if shard.name in self._loaded_shards:
                 continue
