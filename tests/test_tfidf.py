@@ -71,3 +71,18 @@ def test_a_saved_model_transforms_new_texts_without_its_corpus(monkeypatch, tmp_
     assert len(blob) < 20_000  # the terms and idf, not the corpus's counts
     monkeypatch.setattr(tfidf, "_corpus", None)
     _same(pickle.loads(blob).transform(texts[:5]), _reference(texts, tfidf.MAX_FEATURES).transform(texts[:5]))
+
+
+def test_a_few_uncounted_texts_get_scikit_learns_rows(monkeypatch):
+    """Live queries skip scikit-learn's per-call checks: the rows must be the ones it computes,
+    for texts with repeated, unknown, non-ASCII and no known terms at all."""
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    texts = _texts(300, seed=3)
+    fitted = tfidf.Tfidf().fit(texts)
+    monkeypatch.setattr(tfidf, "_corpus", None)  # as in a served router: nothing counted
+    odd = ["", "zzqx unknownword", "alpha alpha alpha beta " + texts[1], "Ünïcödé " + texts[2], "?!", texts[3] * 3]
+    for batch in [texts[:1], texts[:tfidf.FEW_TEXTS], odd, [odd[0]]]:
+        fast = fitted.transform(batch)
+        assert fast.dtype == np.float32
+        _same(fast, fitted.transformer_.transform(fitted._counter().transform(batch)))
+        _same(fast, _reference(texts, tfidf.MAX_FEATURES).transform(batch))

@@ -15,6 +15,7 @@ import threading
 import weakref
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
 NGRAMS = (1, 2)
@@ -23,6 +24,9 @@ MAX_FEATURES = 50_000
 # What TfidfVectorizer(ngram_range=NGRAMS, min_df=MIN_DF, max_features=MAX_FEATURES,
 # sublinear_tf=True, dtype=np.float32) does, in its two public halves.
 TRANSFORM_PARAMS = dict(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
+# Live routing transforms a query or two, where scikit-learn's checks of its input cost
+# milliseconds per call; up to this many uncounted texts the same arithmetic is done directly.
+FEW_TEXTS = 16
 
 
 class NgramCounts:
@@ -101,7 +105,31 @@ class Tfidf:
             columns = self._columns_in(corpus)
             if columns is not None:
                 return self.transformer_.transform(corpus.counts[rows][:, columns])
+        if len(texts) <= FEW_TEXTS:
+            return self._few(texts)
         return self.transformer_.transform(self._counter().transform(texts))
+
+    def _few(self, texts: list[str]):
+        """``transformer_.transform(_counter().transform(texts))``, the same rows: term counts,
+        1 + log(tf), times idf, unit length (norms summed in float64, as scikit-learn does)."""
+        counter = self._counter()
+        analyze, vocabulary, idf = counter.build_analyzer(), counter.vocabulary, self.transformer_.idf_
+        indptr, indices, values = [0], [], []
+        for text in texts:
+            counts: dict[int, int] = {}
+            for term in analyze(text):
+                j = vocabulary.get(term)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            terms = sorted(counts.items())  # column order, as in scikit-learn's rows
+            columns = np.array([j for j, _ in terms], np.int32)
+            weights = (np.log(np.array([n for _, n in terms], np.float32)) + np.float32(1)) * idf[columns]
+            norm = np.sqrt(np.sum(weights * weights, dtype=np.float64))
+            indices.append(columns)
+            values.append((weights / norm).astype(np.float32) if norm > 0 else weights)
+            indptr.append(indptr[-1] + len(columns))
+        return sp.csr_matrix((np.concatenate(values), np.concatenate(indices), np.array(indptr, np.int32)),
+                             shape=(len(texts), len(idf)), dtype=np.float32)
 
     def _columns_in(self, corpus: NgramCounts) -> np.ndarray | None:
         """The corpus's columns of this model's terms (None if it lacks one), found once per corpus."""
