@@ -1,12 +1,25 @@
-"""Gateway overhead: the same load against a fast fake backend directly and through `herd serve`,
+"""Gateway overhead: the same load against a fast fake backend directly, through `herd serve`
+(routed and by model name) and, when given, through another herd checkout and LiteLLM's proxy,
 side by side in one run, on loopback only.
 
-    python benchmarks/gateway.py [--requests 4000] [--concurrency 64] [--workers 1 2] [--data ../shared/data]
+    python benchmarks/gateway.py [--rounds 3] [--requests 2000] [--concurrency 64] [--workers 1]
+        [--baseline DIR] [--litellm PATH] [--data ../shared/data]
     python benchmarks/gateway.py --limits [--requests 2000]   # + a key's limits: in process, then in Redis
 
-Prints latency p50/p99 and throughput for each target and the added latency and throughput
-ratio of herd, and writes benchmarks/out/gateway.json. The load client is aiohttp (pip install
-aiohttp): httpx as a client tops out below what the gateway serves on these machines.
+``--baseline DIR`` serves the same pool with the herd source tree in DIR (e.g. a worktree of an
+earlier commit), so a change is measured against what it changes in the same run. ``--litellm``
+(or HERD_BENCH_LITELLM) is the ``litellm`` command of a separate venv (``python -m venv
+/tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``); LiteLLM is never a
+dependency of herd, and without it that column is skipped with a message.
+
+Each round sends every target, in a rotating order, requests one at a time (latency without
+queueing) and then at ``--concurrency`` (throughput), so a shared machine's load falls on all of
+them alike; figures are medians over rounds with their range. Added latency is a gateway's p50/p99
+minus the direct call's in the same round. CPU ms per request is the server process's own CPU
+time (user + system, its worker processes included) over the requests it answered: unlike wall
+time it does not grow when other processes take the cores, and 1000 / it is the throughput one
+worker could reach with a core of its own. Writes benchmarks/out/gateway.json.
+The load client is aiohttp: httpx as a client tops out below what the gateway serves here.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +48,8 @@ QUESTIONS = [
     "Which emperor ruled Rome when the Colosseum was finished?",
     "Write a Python function that reverses a linked list.",
 ]
+MODELS = ("gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "Meta-Llama-3-8B-Instruct")
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 async def load(url: str, model: str, requests: int, concurrency: int, headers: dict | None = None,
@@ -71,18 +87,127 @@ async def load(url: str, model: str, requests: int, concurrency: int, headers: d
             **({"ms": ms} if keep_latencies else {})}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its descendants (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / TICKS
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return None
+    return own + sum(c for child in children if (c := cpu_seconds(int(child))) is not None)
+
+
+def measured(url: str, model: str, requests: int, concurrency: int, pid: int) -> dict:
+    cpu0 = cpu_seconds(pid)
+    result = asyncio.run(load(url, model, requests, concurrency))
+    cpu1 = cpu_seconds(pid)
+    # Includes the warm-up requests that open the connections, so counted over all requests sent.
+    sent = requests + min(requests, 2 * concurrency)
+    result["server_cpu_ms_per_request"] = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1000 / sent
+    result["loadavg_1m"] = os.getloadavg()[0]
+    return result
+
+
 def train_router(data: str, out: Path) -> None:
     subprocess.run([sys.executable, "-m", "herd", "train", data, "--source", "zeroeval", "--benchmark", "gsm8k",
-                    "--models", "gpt-4o-2024-08-06,gpt-4o-mini-2024-07-18,Meta-Llama-3-8B-Instruct",
-                    "--router", "logistic", "--policy", "argmax", "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
+                    "--models", ",".join(MODELS), "--router", "logistic", "--policy", "argmax", "-o", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def start_herd(pool: Path, workers: int, src: Path | None = None) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "src")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
+                             "--workers", str(workers), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=180)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def start_litellm(command: str, backend_url: str, workers: int, work: Path) -> tuple[subprocess.Popen, str]:
+    """LiteLLM's proxy serving the fake backend as model 'fast': no master key (as herd on loopback
+    needs none), no access log (as herd's benchmark runs at --log-level warning), no network."""
+    config = work / "litellm.yaml"
+    config.write_text(f"model_list:\n  - model_name: fast\n    litellm_params:\n      model: openai/fast\n"
+                      f"      api_base: {backend_url}\n      api_key: none\n")
+    logging_config = work / "litellm-logging.json"
+    logging_config.write_text(json.dumps({"version": 1, "disable_existing_loggers": False,
+                                          "root": {"level": "WARNING"},
+                                          "loggers": {"uvicorn.access": {"level": "WARNING"}}}))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    port = free_port()
+    proc = subprocess.Popen([command, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                             "--num_workers", str(workers), "--log_config", str(logging_config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work)
+    wait_until_up(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=300)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def litellm_command(given: str | None) -> str | None:
+    """The litellm command asked for, or None (with the reason printed)."""
+    if not given:
+        print("LiteLLM: skipped (pass --litellm PATH or set HERD_BENCH_LITELLM to the litellm command of a venv "
+              "with 'litellm[proxy]' installed)")
+        return None
+    found = shutil.which(given)
+    if found is None:
+        print(f"LiteLLM: skipped ({given} is not an executable litellm command)")
+    return found
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def summarize(rounds: list[dict], labels: list[str]) -> dict:
+    """Per phase and target: medians and ranges over rounds; added latency against direct per round."""
+    out = {}
+    for phase in ("unloaded", "loaded"):
+        out[phase] = {}
+        for label in labels:
+            runs = [r[phase][label] for r in rounds]
+            row = {k: spread([x[k] for x in runs]) for k in ("p50_ms", "p99_ms", "rps")}
+            cpu = [x["server_cpu_ms_per_request"] for x in runs]
+            row["server_cpu_ms_per_request"] = spread(cpu) if None not in cpu else None
+            row["errors"] = sum(x["errors"] for x in runs)
+            if label != "direct":
+                for q in ("p50", "p99"):
+                    row[f"added_{q}_ms"] = spread([r[phase][label][f"{q}_ms"] - r[phase]["direct"][f"{q}_ms"]
+                                                   for r in rounds])
+                row["throughput_ratio"] = spread([r[phase][label]["rps"] / r[phase]["direct"]["rps"] for r in rounds])
+            out[phase][label] = row
+    return out
+
+
+def show(summary: dict, args) -> None:
+    def f(s, digits=2):
+        return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+    for phase, (n, c) in (("unloaded", (args.latency_requests, 1)), ("loaded", (args.requests, args.concurrency))):
+        print(f"  {phase}: {n} requests at concurrency {c}, {args.rounds} round(s): median [min-max]")
+        for label, x in summary[phase].items():
+            cpu = x["server_cpu_ms_per_request"]
+            line = (f"    {label:15s} {f(x['rps'], 0):>18s} req/s  p50 {f(x['p50_ms']):>20s} ms  "
+                    f"p99 {f(x['p99_ms']):>20s} ms  cpu/req {f(cpu, 3) if cpu else '?':>20s} ms")
+            if label != "direct":
+                line += f"  added p50 {f(x['added_p50_ms'])} p99 {f(x['added_p99_ms'])} ms"
+            print(line + (f"  errors {x['errors']}" if x["errors"] else ""))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per target and round under load")
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--latency-requests", type=int, default=500, help="requests sent one at a time for latency")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--latency-requests", type=int, default=300, help="requests sent one at a time for latency")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1])
+    ap.add_argument("--baseline", type=Path, help="another herd checkout (its src/ is imported) served side by side")
+    ap.add_argument("--litellm", default=os.environ.get("HERD_BENCH_LITELLM"), help="the litellm command of a "
+                    "separate venv with 'litellm[proxy]' (default: $HERD_BENCH_LITELLM); skipped without it")
     ap.add_argument("--data", default=os.environ.get("HERD_DATA", str(HERE.parent.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(HERE / "out" / "gateway.json"))
     ap.add_argument("--limits", action="store_true", help="instead: one worker with no keys, with a limited key in "
@@ -91,49 +216,63 @@ def main() -> None:
     if args.limits:
         return limits_main(args)
 
+    litellm = litellm_command(args.litellm)
     work = Path(tempfile.mkdtemp(prefix="herd-gw-bench-"))
     train_router(args.data, work / "router")
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "requests": args.requests, "concurrency": args.concurrency, "runs": []}
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                           "loadavg_at_start": os.getloadavg()},
+               "method": "medians over rounds [min, max]; added = target minus direct in the same round",
+               "requests": args.requests, "latency_requests": args.latency_requests, "concurrency": args.concurrency,
+               "rounds": args.rounds, "baseline": str(args.baseline) if args.baseline else None, "runs": []}
+    if litellm:
+        version = subprocess.run([str(Path(litellm).parent / "python"), "-c",
+                                  "import importlib.metadata as m; print(m.version('litellm'))"],
+                                 capture_output=True, text=True).stdout.strip()
+        results["litellm_version"] = version or None
     with start_backend(name="fast") as backend:
         pool = work / "pool.yaml"
         models = "\n".join(f"  - {{name: {m}, base_url: '{backend.url}', price_in_per_mtok: 1, price_out_per_mtok: 2}}"
-                           for m in ("gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "Meta-Llama-3-8B-Instruct"))
+                           for m in MODELS)
         pool.write_text(f"models:\n{models}\nrouter: router\n")
         for workers in args.workers:
-            port = free_port()
-            gw = subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
-                                   "--workers", str(workers), "--log-level", "warning"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            servers = []
             try:
-                wait_until_up(f"http://127.0.0.1:{port}/health", gw)
-                gateway = f"http://127.0.0.1:{port}/v1/chat/completions"
-                run = {"workers": workers}
-                targets = (("direct", f"{backend.url}/chat/completions", "fast"), ("herd_routed", gateway, "herd"),
-                           ("herd_by_name", gateway, "gpt-4o-mini-2024-07-18"))
-                # Latency without queueing (one request at a time), then throughput under load.
-                for phase, n, c in (("unloaded", args.latency_requests, 1), ("loaded", args.requests, args.concurrency)):
-                    run[phase] = {label: asyncio.run(load(url, model, n, c)) for label, url, model in targets}
+                herd, herd_url = start_herd(pool, workers)
+                servers.append(herd)
+                targets = [("direct", f"{backend.url}/chat/completions", "fast", backend.proc.pid),
+                           ("herd_routed", herd_url, "herd", herd.pid),
+                           ("herd_by_name", herd_url, MODELS[1], herd.pid)]
+                if args.baseline:
+                    base, base_url = start_herd(pool, workers, args.baseline)
+                    servers.append(base)
+                    targets += [("baseline_routed", base_url, "herd", base.pid),
+                                ("baseline_by_name", base_url, MODELS[1], base.pid)]
+                if litellm:
+                    proxy, proxy_url = start_litellm(litellm, backend.url, workers, work)
+                    servers.append(proxy)
+                    targets.append(("litellm", proxy_url, "fast", proxy.pid))
+                rounds = []
+                for k in range(args.rounds):
+                    order = targets[k % len(targets):] + targets[:k % len(targets)]
+                    done = {"unloaded": {}, "loaded": {}}
+                    for label, url, model, pid in order:
+                        done["unloaded"][label] = measured(url, model, args.latency_requests, 1, pid)
+                        done["loaded"][label] = measured(url, model, args.requests, args.concurrency, pid)
+                    rounds.append(done)
+                    print(f"  round {k + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.1f}", flush=True)
             finally:
-                gw.terminate()
-                gw.wait(timeout=30)
-            for phase in ("unloaded", "loaded"):
-                r = run[phase]
-                for label in ("herd_routed", "herd_by_name"):
-                    r[f"added_p50_ms_{label}"] = r[label]["p50_ms"] - r["direct"]["p50_ms"]
-                    r[f"added_p99_ms_{label}"] = r[label]["p99_ms"] - r["direct"]["p99_ms"]
-                    r[f"throughput_ratio_{label}"] = r[label]["rps"] / r["direct"]["rps"]
+                for proc in servers:
+                    proc.terminate()
+                for proc in servers:
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            labels = [t[0] for t in targets]
+            run = {"workers": workers, "summary": summarize(rounds, labels), "rounds": rounds}
             results["runs"].append(run)
-            print(f"\nherd with {workers} worker(s)")
-            for phase, (n, c) in (("unloaded", (args.latency_requests, 1)), ("loaded", (args.requests, args.concurrency))):
-                print(f"  {phase}: {n} requests at concurrency {c}")
-                r = run[phase]
-                for label in ("direct", "herd_routed", "herd_by_name"):
-                    x = r[label]
-                    print(f"    {label:13s} {x['rps']:7.0f} req/s  p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:6.2f} ms  "
-                          f"errors {x['errors']}")
-                print(f"    added p50/p99: routed {r['added_p50_ms_herd_routed']:.2f}/{r['added_p99_ms_herd_routed']:.2f} ms, "
-                      f"by name {r['added_p50_ms_herd_by_name']:.2f}/{r['added_p99_ms_herd_by_name']:.2f} ms")
+            print(f"\nwith {workers} worker(s) per gateway; load average at start {results['machine']['loadavg_at_start'][0]:.1f}")
+            show(run["summary"], args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

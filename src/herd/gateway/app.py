@@ -138,8 +138,10 @@ class Gateway:
             # The ceiling is checked against this length, so the backend must not write more.
             req.max_tokens = req.body["max_tokens"] = self.pool.gateway.default_output_tokens
         routed = req.model not in self.backends
-        # Scoring a query is CPU work (features, maybe an embedding): keep it off the event loop.
-        plan = await run_in_threadpool(self.selector.plan, req) if routed else self.selector.plan(req)
+        # Scoring a query is CPU work (features, maybe an embedding): unless the router is quick, keep
+        # it off the event loop.
+        slow = routed and not self.selector.quick
+        plan = await run_in_threadpool(self.selector.plan, req) if slow else self.selector.plan(req)
         request.state.route = route = req.model if routed else "direct"
         tab = None
         if self.limits is not None and self.limits.needs_tab(key):
@@ -489,20 +491,57 @@ async def _unless_disconnected(request: Request, work) -> Response:
     """Run ``work``; if the client goes away first, cancel it (and so the backend call)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(lambda _: task.cancel())  # a callback, not asyncio.wait: no per-request waiter
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
+        return await task
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():  # this request itself was cancelled, not the client gone
+            raise
         tm.REQUESTS.labels("disconnected", "499").inc()
         return Response(status_code=499)
-    return task.result()
+    finally:
+        watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def gateway_error(request: Request, e: GatewayError) -> Response:
+    """A GatewayError in OpenAI's shape; on a chat request, counted and naming the request."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:  # not a chat request (e.g. /v1/models without a key): herd_requests_total counts chats
+        return e.response()
+    tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
+    e.headers.setdefault("x-herd-request-id", rid)
+    return e.response()
+
+
+def not_allowed(request: Request) -> Response:
+    return error_response(405, f"method {request.method} is not allowed on {request.url.path}")
+
+
+class HerdApp(FastAPI):
+    """FastAPI, with the endpoints in ``direct`` (path -> its POST route's endpoint) answered
+    before its layers: its middleware, routing and dependency solving take more time per request
+    than herd's own work. With middleware added, and for the rest of the API, FastAPI answers."""
+
+    direct: dict = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        handler = self.direct.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or self.user_middleware:  # added middleware (e.g. the JSON access log) sees every request
+            return await super().__call__(scope, receive, send)
+        request = Request(scope, receive, send)
+        if request.method != "POST":
+            response = not_allowed(request)
+        else:
+            try:
+                response = await handler(request)
+            except GatewayError as e:
+                response = gateway_error(request, e)
+        await response(scope, receive, send)
 
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
@@ -519,19 +558,14 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         await gateway.close()
 
     # No /openapi.json: herd's API is OpenAI's, and the schema would only map herd for a stranger.
-    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = HerdApp(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
     if log_json:  # herd's access line, with the request id, in place of uvicorn's
         app.add_middleware(AccessLog)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, e: GatewayError):
-        rid = getattr(request.state, "request_id", None)
-        if rid is None:  # not a chat request (e.g. /v1/models without a key): herd_requests_total counts chats
-            return e.response()
-        tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
-        e.headers.setdefault("x-herd-request-id", rid)
-        return e.response()
+        return gateway_error(request, e)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
@@ -552,6 +586,8 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await gateway.chat(request, parse_completion)
+
+    app.direct = {"/v1/chat/completions": chat_completions, "/v1/completions": completions}
 
     @app.get("/v1/models")
     async def list_models(request: Request):

@@ -20,6 +20,9 @@ from herd.policies import Agree, policy_from_config, policy_inputs
 from herd.pool import PoolConfig, PoolError
 
 DEFAULT = "herd"
+# A router that scores a query in less CPU time than this runs on the gateway's event loop:
+# handing it to a thread would cost more than it takes. Slower ones (embeddings) go to a thread.
+QUICK_ROUTER_MS = 1.0
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Selector:
         self.policies = policies or {}
         self.names = pool.names
         self.by_name = {m.name: m for m in pool.models}
+        self.quick = trained is None  # a router is slow until warm_up has timed it
         if trained is not None:
             self.router_models = list(trained.models)
             # Sets, not lists: every routed request checks membership.
@@ -100,9 +104,18 @@ class Selector:
         return cls(pool, trained, policies)
 
     def warm_up(self) -> None:
-        """Load the router's features (e.g. the embedding model) before the first request."""
-        if self.trained is not None:
-            self.trained.router.predict_scores(["warm-up"])
+        """Load the router's features (e.g. the embedding model) before the first request, and
+        time a few queries: a router that takes less CPU than QUICK_ROUTER_MS is ``quick``."""
+        if self.trained is None:
+            return
+        predict = self.trained.router.predict_scores
+        predict(["warm-up"])
+        took = []
+        for i in range(5):  # new texts each time: an embedder answers a text it has seen from memory
+            started = time.thread_time()  # CPU time: on a busy machine wall time says more about the neighbours
+            predict([f"warm-up query {i}"])
+            took.append((time.thread_time() - started) * 1000)
+        self.quick = min(took) < QUICK_ROUTER_MS
 
     @property
     def route_names(self) -> list[str]:
