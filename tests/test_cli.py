@@ -29,6 +29,19 @@ def test_eval_writes_report_metrics_and_plots(tmp_path, dataset_dir):
     assert doc["folds"] == 3 and {r["kind"] for r in doc["results"]} >= {"oracle", "router", "best-single"}
     assert (out / "report.html").exists() and list(out.glob("*.png"))
     assert str((out / "report.html").resolve()) in r.stdout
+    assert doc["embedding_engine"] is None  # neither router reads sentence embeddings
+
+
+def test_demo_embeds_with_the_static_engine_unless_told_otherwise(monkeypatch):
+    from herd import cli
+
+    pytest.importorskip("model2vec")
+    monkeypatch.delenv("HERD_EMBED_ENGINE", raising=False)
+    cli._demo_engine()
+    assert os.environ["HERD_EMBED_ENGINE"] == "static"
+    monkeypatch.setenv("HERD_EMBED_ENGINE", "torch")
+    cli._demo_engine()
+    assert os.environ["HERD_EMBED_ENGINE"] == "torch"
 
 
 def test_filters_and_data_from_env(tmp_path, dataset_dir):

@@ -329,6 +329,16 @@ def eval_cmd(
               pool_file=pool_file)
 
 
+def _demo_engine() -> None:
+    """A first run embeds ~15k questions: MiniLM itself takes 5-10 minutes of 2 cores for that,
+    its static distillation (held-out routing within noise of it) about one, once."""
+    import importlib.util
+    import os
+
+    if not os.environ.get("HERD_EMBED_ENGINE") and importlib.util.find_spec("model2vec") is not None:
+        os.environ["HERD_EMBED_ENGINE"] = "static"
+
+
 @app.command()
 def demo(
     data: Optional[str] = DemoDataOpt,
@@ -340,7 +350,9 @@ def demo(
     size_prices: Optional[str] = SizeOpt,
 ) -> None:
     """`herd eval` on ZeroEval GSM8K, MATH-L5, CRUXEval and MMLU-Pro from the shipped public data, then
-    LLMRouter's 13 tasks as one mixture."""
+    LLMRouter's 13 tasks as one mixture. Sentence embeddings come from the static engine where
+    it is installed (unless HERD_EMBED_ENGINE says otherwise)."""
+    _demo_engine()
     _run_eval(data, None, None, None, _split_list(router) or DEMO_ROUTERS, _split_policies(policy) or DEMO_POLICIES,
               folds, seed, out, None, 20, size_prices, True, groups=DEMO_GROUPS, demo_mix=True)
 

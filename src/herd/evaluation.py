@@ -115,6 +115,7 @@ class Evaluation:
     policy: str
     benchmarks: list[BenchmarkResult]
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    embedding_engine: str | None = None  # the sentence encoder engine of routers reading embeddings
 
     @property
     def fingerprint(self) -> str:
@@ -143,6 +144,7 @@ class Evaluation:
             "folds": self.folds,
             "seed": self.seed,
             "policy": self.policy,
+            "embedding_engine": self.embedding_engine,
             "results": [asdict(r) for b in self.benchmarks for r in b.rows],
             "benchmarks": [
                 {
@@ -210,7 +212,17 @@ def evaluate(
             result.blends = {**blends.to_json(), "router": name}
             result.blend_log = [{"source": source, "benchmark": benchmark, **row} for row in blends.log_rows]
         results.append(result)
-    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results)
+    engine = _embedding_engine(named.values())
+    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results, embedding_engine=engine)
+
+
+def _embedding_engine(routers) -> str | None:
+    """The encoder engine the routers read sentence embeddings with, if any of them does."""
+    from herd.features import embed_engine
+
+    reads = any("embed" in str(getattr(r, "features", "")) or hasattr(r, "candidates") or hasattr(r, "members")
+                for r in routers)
+    return embed_engine() if reads else None
 
 
 def _as_list(policy) -> list:

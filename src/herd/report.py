@@ -611,6 +611,10 @@ def _policy_words(ev: Evaluation) -> str:
     return (" Policies: " + "; ".join(said) + ".") if said else ""
 
 
+ENGINE_WORDS = {"torch": "MiniLM encoder (torch)", "onnx-int8": "MiniLM encoder with int8 weights (ONNX)",
+                "static": "static encoder distilled from MiniLM (token vectors averaged)"}
+
+
 def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
     """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -629,6 +633,8 @@ def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> di
         title=html.escape(f"herd evaluation: {ev.dataset}"),
         intro=html.escape(
             f"{len(ev.benchmarks)} benchmark(s), {_protocol(ev)}, policies: {ev.policy}. "
+            + (f"Sentence embeddings: the {ENGINE_WORDS.get(ev.embedding_engine, ev.embedding_engine)}. "
+               if ev.embedding_engine else "")
             + ("The router and the best single model were chosen on the router's own training data."
                if ev.folds == 0 else
                "Every figure is out-of-fold: each query is scored by a router trained without it; "
