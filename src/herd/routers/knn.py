@@ -65,8 +65,11 @@ class KNNRouter(FeatureRouter):
             out[s : s + CHUNK] = np.take_along_axis(part, order, axis=1)
         return out
 
-    def _estimate(self, nbrs: np.ndarray, k: int, a: float) -> np.ndarray:
-        hits = self.y_[nbrs[:, :k]].sum(axis=1)
+    def _hits(self, nbrs: np.ndarray, k: int) -> np.ndarray:
+        """(n_queries, n_models): the outcomes summed over each query's k nearest neighbours."""
+        return self.y_[nbrs[:, :k]].sum(axis=1)
+
+    def _estimate(self, hits: np.ndarray, k: int, a: float) -> np.ndarray:
         return (hits + a * self.prior_) / (k + a)
 
     def _fit(self, texts, y):
@@ -86,12 +89,12 @@ class KNNRouter(FeatureRouter):
         agrid = [float(self.prior_strength)] if self.prior_strength is not None else PRIOR_GRID
         nbrs = self._neighbours(x[rows], max(kgrid), exclude=rows)
         truth = self.y_[rows]
-        best = min(
-            ((float(np.mean((self._estimate(nbrs, k, a) - truth) ** 2)), k, a) for k in kgrid for a in agrid),
-            key=lambda t: t[0],
-        )
-        _, self.k_, self.prior_strength_ = best
+        scored = []
+        for k in kgrid:
+            hits = self._hits(nbrs, k)  # once per k: the prior strengths only reweigh it
+            scored += [(float(np.mean((self._estimate(hits, k, a) - truth) ** 2)), k, a) for a in agrid]
+        _, self.k_, self.prior_strength_ = min(scored, key=lambda t: t[0])
 
     def _predict(self, texts):
         nbrs = self._neighbours(self._featurize(texts), self.k_)
-        return self._estimate(nbrs, self.k_, self.prior_strength_)
+        return self._estimate(self._hits(nbrs, self.k_), self.k_, self.prior_strength_)
