@@ -330,7 +330,8 @@ def test_workers_share_the_port_and_metrics_add_up(router_dir, tmp_path):
     with start_backend(name="math-7b") as b:
         pool = tmp_path / "pool.yaml"
         pool.write_text(pool_yaml([model_entry("math-7b", b)], str(router_dir), not_served=["hist-7b", "big-70b"]))
-        with start_gateway(pool, "--workers", "2") as gw:
+        # Each worker imports the stack and loads the router itself: give a busy machine time.
+        with start_gateway(pool, "--workers", "2", timeout=90) as gw:
             c = client(gw)
             for _ in range(40):
                 assert c.chat.completions.create(model="herd", messages=ask(MATH)).model == "math-7b"
