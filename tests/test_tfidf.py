@@ -25,7 +25,7 @@ def _same(a, b):
     assert a.shape == b.shape
     np.testing.assert_array_equal(a.indptr, b.indptr)
     np.testing.assert_array_equal(a.indices, b.indices)
-    np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(a.data, b.data)  # bitwise
 
 
 @pytest.mark.parametrize("max_features", [40, 10_000])  # with and without the frequency cut (ties included)
@@ -86,3 +86,29 @@ def test_a_few_uncounted_texts_get_scikit_learns_rows(monkeypatch):
         assert fast.dtype == np.float32
         _same(fast, fitted.transformer_.transform(fitted._counter().transform(batch)))
         _same(fast, _reference(texts, tfidf.MAX_FEATURES).transform(batch))
+
+
+def test_one_string_is_refused_not_read_as_letters(monkeypatch):
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    model = tfidf.Tfidf().fit(_texts(50, 5))
+    with pytest.raises(TypeError, match="list of texts"):
+        model.transform("alpha beta")
+    with pytest.raises(TypeError, match="list of texts"):
+        tfidf.Tfidf().fit("alpha beta gamma")
+
+
+def test_the_first_saved_form_loads(monkeypatch):
+    """A model saved while it kept scikit-learn's counter (not its terms) still transforms."""
+    import pickle
+
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    texts = _texts(100, 6)
+    model = tfidf.Tfidf().fit(texts)
+    old = tfidf.Tfidf.__new__(tfidf.Tfidf)
+    old.__dict__.update(transformer_=model.transformer_, counter_=CountVectorizer(
+        ngram_range=tfidf.NGRAMS, dtype=np.float32, vocabulary={t: j for j, t in enumerate(model.terms_)}))
+    monkeypatch.setattr(tfidf, "_corpus", None)
+    loaded = pickle.loads(pickle.dumps(old))
+    _same(loaded.transform(texts[:20]), _reference(texts, tfidf.MAX_FEATURES).transform(texts[:20]))

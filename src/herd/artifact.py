@@ -26,7 +26,9 @@ from herd.routers.auto import validation_scores
 
 MANIFEST = "manifest.json"
 STATE = "state.joblib"
-FORMAT = 2
+FORMAT = 3
+# 3: TF-IDF features are herd's own (herd.tfidf); format 2 routers (scikit-learn's vectorizer) still load.
+READABLE_FORMATS = (2, 3)
 
 
 class ArtifactError(ValueError):
@@ -218,8 +220,9 @@ def load(directory: str | Path, models: list[str] | None = None) -> TrainedRoute
     missing = [k for k in ("format", "herd_version", "router", "policy", "models", "model_costs_usd", "state_sha256") if k not in manifest]
     if missing:
         raise ArtifactError(f"{mf}: missing field(s) {missing}")
-    if manifest["format"] != FORMAT:
-        raise ArtifactError(f"{mf}: artifact format {manifest['format']}, this herd reads format {FORMAT}; retrain with `herd train`")
+    if manifest["format"] not in READABLE_FORMATS:
+        raise ArtifactError(f"{mf}: artifact format {manifest['format']}, this herd reads formats "
+                            f"{', '.join(map(str, READABLE_FORMATS))}; retrain with `herd train`")
     if _minor(manifest["herd_version"]) != _minor(__version__):
         raise ArtifactError(f"{mf}: trained with herd {manifest['herd_version']}, this is herd {__version__}; "
                             "retrain with `herd train`")

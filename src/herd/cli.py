@@ -194,7 +194,8 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         console.print(f"herd {__version__} evaluating {len(data.groups())} benchmark(s)"
                       f"{' and a mixture' if mix or demo_mix else ''} from {path}")
         with _progress_bar() as bar:
-            progress = _step_progress(bar, len(data.groups()) + (mixture is not None or mix))
+            progress = _step_progress(bar, len(data.mixtures()) if mix else
+                                      len(data.groups()) + (mixture is not None))
             ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
                           conversations=conversations, mix=mix)
             if mixture is not None:
@@ -335,7 +336,9 @@ def _demo_engine() -> None:
     import importlib.util
     import os
 
-    if not os.environ.get("HERD_EMBED_ENGINE") and importlib.util.find_spec("model2vec") is not None:
+    # Distilling needs model2vec's distill extra and torch (the embed extra) besides model2vec.
+    can_distill = all(importlib.util.find_spec(m) for m in ("model2vec", "skeletoken", "torch", "transformers"))
+    if not os.environ.get("HERD_EMBED_ENGINE") and can_distill:
         os.environ["HERD_EMBED_ENGINE"] = "static"
 
 

@@ -68,6 +68,7 @@ class BenchmarkResult:
     estimated_cost_models: list[str]
     best_single_by_fold: list[str]
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    embedding_engine: str | None = None  # the sentence encoder engine the fitted routers read, if any
     # Per cascade method: {threshold, accuracy, cost_usd, ownership} over fixed thresholds.
     cascade_curves: dict[str, list[dict]] = field(default_factory=dict)
     # Conversations replayed turn by turn (herd.blend): per method, accuracy per turn and cost.
@@ -212,17 +213,9 @@ def evaluate(
             result.blends = {**blends.to_json(), "router": name}
             result.blend_log = [{"source": source, "benchmark": benchmark, **row} for row in blends.log_rows]
         results.append(result)
-    engine = _embedding_engine(named.values())
-    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results, embedding_engine=engine)
-
-
-def _embedding_engine(routers) -> str | None:
-    """The encoder engine the routers read sentence embeddings with, if any of them does."""
-    from herd.features import embed_engine
-
-    reads = any("embed" in str(getattr(r, "features", "")) or hasattr(r, "candidates") or hasattr(r, "members")
-                for r in routers)
-    return embed_engine() if reads else None
+    engines = sorted({b.embedding_engine for b in results if b.embedding_engine})
+    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results,
+                      embedding_engine=", ".join(engines) or None)
 
 
 def _as_list(policy) -> list:
@@ -283,6 +276,7 @@ def evaluate_matrix(
     deferral: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: held-out P(answer right)
     called: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: every model called per query
     total, done = len(splits) * len(routers), 0
+    engines: set[str | None] = set()
     for f, (tr, te) in enumerate(splits):
         b = metrics.best_model(y[tr], cost[tr])
         best_choice[te] = b
@@ -300,6 +294,7 @@ def evaluate_matrix(
             if progress:
                 progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
             router = clone(proto).fit(train)
+            engines.add(router.embedding_engine())
             if hasattr(router, "summary"):
                 fitted_notes.setdefault(name, []).append(router.summary())
             t0 = time.perf_counter()
@@ -357,6 +352,7 @@ def evaluate_matrix(
     result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes,
                        task_best=task_best)
     result.cascade_curves = cascade_curves
+    result.embedding_engine = ", ".join(sorted(e for e in engines if e)) or None
     return result
 
 
@@ -522,7 +518,7 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
         best_choice = np.full(m.n_queries, m.models.index(best_name))
         results.append(summarize(m, best_choice, [best_name], [Routed(name, f"{name} ({label})", choice, ms, called)],
                                  sweeps, {name: scores}, notes))
-    return Evaluation(data.origin, 0, -1, label, results)
+    return Evaluation(data.origin, 0, -1, label, results, embedding_engine=trained.manifest.get("embedding_engine"))
 
 
 @dataclass

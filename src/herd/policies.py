@@ -724,7 +724,8 @@ def _agreement_floats(same: np.ndarray, y: np.ndarray, fold: np.ndarray, n_folds
                 add(triples, 3, np.where(ab & ac, yt[a], ys), ab & ac)
     if not candidates:
         return [], None, None, None
-    return candidates, *(np.concatenate([b[x] for b in batches]) for x in range(3))
+    # In float64: the selection compares held-out accuracies exactly (ties included).
+    return candidates, *(np.concatenate([b[x] for b in batches]).astype(float) for x in range(3))
 
 
 class _AgreementBits:

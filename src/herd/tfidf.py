@@ -87,6 +87,7 @@ class Tfidf:
     texts, the MAX_FEATURES most frequent kept."""
 
     def fit(self, texts: list[str]) -> Tfidf:
+        _check_texts(texts)
         corpus, rows = _counted(texts) or _count_rows(texts)
         x = corpus.counts[rows]
         kept = _kept_columns(x)
@@ -99,6 +100,7 @@ class Tfidf:
 
     def transform(self, texts: list[str]):
         """(n_texts, n_terms) sparse float32 TF-IDF rows."""
+        _check_texts(texts)
         found = _counted(texts)
         if found is not None:
             corpus, rows = found
@@ -149,6 +151,17 @@ class Tfidf:
 
     def __getstate__(self) -> dict:  # saved without the corpus it was fitted on or caches
         return {k: v for k, v in self.__dict__.items() if k not in ("_columns", "_counter_")}
+
+    def __setstate__(self, state: dict) -> None:
+        # The first saved form of this class kept scikit-learn's counter instead of its terms.
+        if "terms_" not in state and "counter_" in state:
+            state["terms_"] = np.array(list(state.pop("counter_").vocabulary), dtype=object)
+        self.__dict__.update(state)
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str):  # a string is an iterable of one-letter texts: never what was meant
+        raise TypeError("TF-IDF takes a list of texts, not one string")
 
 
 def _kept_columns(x) -> np.ndarray:
