@@ -50,17 +50,20 @@ class LogisticRouter(FeatureRouter):
                 return
             weights = np.r_[yj, 1.0 - yj]
             keep = weights > 0
-            # The same optimum either way; liblinear's dual coordinate descent reaches it several
-            # times faster when there are fewer rows than features (text), its primal Newton when not.
-            dual = int(keep.sum()) < xx.shape[1]
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", dual=dual,
                                      random_state=self.seed)
             clf.fit(xx[keep], labels[keep], sample_weight=weights[keep])
             self.coef_[:, j] = clf.coef_[0]
             self.intercept_[j] = clf.intercept_[0]
 
-        # liblinear releases the GIL: the models' fits share the cores, each writing its own column.
-        with ThreadPoolExecutor(max_workers=min(FIT_THREADS, y.shape[1])) as pool:
+        # The same optimum either way; liblinear's dual coordinate descent reaches it several times
+        # faster when there are fewer rows than features (text), its primal Newton method when not.
+        dual = x.shape[0] < x.shape[1]
+        # liblinear releases the GIL, so the primal fits share the cores, each writing its own
+        # column. The dual visits rows in an order drawn from C's one process-wide random state:
+        # fits running side by side would draw from it in turn and differ from run to run.
+        threads = 1 if dual else min(FIT_THREADS, y.shape[1])
+        with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(fit_one, range(y.shape[1])))
 
     def _predict(self, texts):
