@@ -36,7 +36,8 @@ def test_demo_embeds_with_the_static_engine_unless_told_otherwise(monkeypatch):
     from herd import cli
 
     pytest.importorskip("model2vec")
-    monkeypatch.delenv("HERD_EMBED_ENGINE", raising=False)
+    # Set through monkeypatch (as unset), so the engine the demo picks is undone for later tests.
+    monkeypatch.setenv("HERD_EMBED_ENGINE", "")
     cli._demo_engine()
     assert os.environ["HERD_EMBED_ENGINE"] == "static"
     monkeypatch.setenv("HERD_EMBED_ENGINE", "torch")
