@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -248,3 +249,88 @@ def test_lm_eval_import_says_it_has_no_prices_and_eval_takes_them_from_a_pool_fi
     rows = json.loads((tmp_path / "report" / "metrics.json").read_text())["results"]
     singles = {x["method"]: x["cost_usd"] for x in rows if x["kind"] == "single"}
     assert all(cost is not None and cost > 0 for cost in singles.values()) and len(singles) == 2
+
+
+# ---- herd import choice-log: the gateway's choice log joined with its feedback ----------------
+def live_log(tmp_path):
+    from live_logs import feedback, record, write_lines
+
+    choices = [
+        record("r1", "add the numbers 2 and 3", "math-7b", propensity=0.9, cost=0.002),
+        record("r2", "who signed the treaty", "hist-7b", propensity=0.05, explored=True, allowed=["math-7b", "hist-7b"]),
+        record("r3", "fix the bug", "big-70b", status="502", cost=None),
+        record("r4", "fix the loop", "big-70b", cascade={"stages": ["math-7b", "big-70b"]}),
+        record("r5", "compute the integral", "math-7b", model="big-70b"),  # a fallback answered
+        record("r6", None, "math-7b"),  # prompt logging was off
+        record("r7", "when did the war end", "hist-7b"),  # no feedback
+        '{"request_id": "r8", "chosen": ',  # cut short by a crash
+        record("r9", "return the list", "big-70b", propensity=1.5),
+        record("r1", "add the numbers 2 and 3", "math-7b"),  # the same request logged again
+    ]
+    fb = [feedback("r1", 1.0), feedback("r2", 0.25, "meh"), feedback("r3", 1.0), feedback("r4", 0.0),
+          feedback("r5", 1.0), feedback("r6", 1.0), feedback("r1", 0.0), feedback("zz", 1.0),
+          {"request_id": "r2", "score": 3}, "not json"]
+    return write_lines(tmp_path / "choices.jsonl", choices), write_lines(tmp_path / "feedback.jsonl", fb)
+
+
+def test_choice_log_round_trip(tmp_path):
+    from herd import choicelog
+
+    log, fb = live_log(tmp_path)
+    frames, report = choicelog.join(log, fb)
+    assert report.kept == 2 and report.explored == 1
+    assert dict(report.skipped) == {"status": 1, "cascade": 1, "fallback": 1, "no_query": 1, "no_feedback": 1,
+                                    "duplicate": 1}
+    assert report.feedback_duplicates == 1 and report.feedback_unmatched == 1
+    assert [m.split(":")[0] for m in report.malformed] == [f"{fb}, line 9", f"{fb}, line 10",
+                                                           f"{log}, line 8", f"{log}, line 9"]
+    choicelog.write_atomic(tmp_path / "live", frames)
+    data = Outcomes.load(tmp_path / "live", min_outcomes=1)
+    o = data.outcomes.set_index("qid")
+    assert list(data.queries["text"]) == ["add the numbers 2 and 3", "who signed the treaty"]
+    assert set(data.queries["source"]) == {"live"} and set(data.queries["benchmark"]) == {"feedback"}
+    assert o.loc["r1", "model"] == "math-7b" and o.loc["r1", "correct"] == 1.0 and o.loc["r1", "propensity"] == 0.9
+    assert o.loc["r1", "cost_usd"] == 0.002 and o.loc["r1", "latency_s"] == 0.0125
+    assert o.loc["r2", "correct"] == 0.25 and o.loc["r2", "propensity"] == 0.05 and bool(o.loc["r2", "explored"])
+    assert json.loads(o.loc["r2", "allowed"]) == ["math-7b", "hist-7b"] and o.loc["r2", "logging_policy"] == "argmax"
+    m = data.matrix()
+    assert m.propensity[m.keys["qid"].tolist().index("r2"), m.models.index("hist-7b")] == 0.05
+    assert np.isnan(m.correct[m.keys["qid"].tolist().index("r2"), m.models.index("math-7b")])
+
+
+def test_choice_log_cli_says_what_it_skipped(tmp_path):
+    log, fb = live_log(tmp_path)
+    r = herd("import", "choice-log", str(log), "--feedback", str(fb), "-o", str(tmp_path / "out"),
+             "--source", "prod", "--benchmark", "support")
+    assert r.returncode == 0, r.stderr
+    assert "kept 2 answered request(s)" in r.stdout and "--log-prompts" in r.stdout
+    assert f"{log}, line 8: not valid JSON" in r.stdout and "1 repeated feedback line" in r.stdout
+    assert "fallback model" in r.stdout and "status other than 200" in r.stdout
+    assert set(pd.read_parquet(tmp_path / "out" / "queries.parquet")["benchmark"]) == {"support"}
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_choice_log_bad_input_is_one_line(tmp_path):
+    from live_logs import feedback, record, write_lines
+
+    log = write_lines(tmp_path / "c.jsonl", [record("a", "q", "math-7b")])
+    fb = write_lines(tmp_path / "f.jsonl", [feedback("other", 1.0)])
+    r = herd("import", "choice-log", str(log), "--feedback", str(fb), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "no answered request has feedback" in r.stderr and "Traceback" not in r.stderr
+    r = herd("import", "choice-log", str(log), "-o", str(tmp_path / "out"))
+    assert r.returncode == 2 and "--feedback FILE" in r.stderr
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
+    r = herd("import", "choice-log", str(tmp_path / "bin.jsonl"), "--feedback", str(fb), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not a text file" in r.stderr and "Traceback" not in r.stderr
+    r = herd("import", "long", str(log), "--feedback", str(fb), "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "for choice-log" in r.stderr
+
+
+def test_propensity_outside_its_range_is_refused(tmp_path):
+    from herd.data import HerdDataError
+
+    q = pd.DataFrame({"source": ["s"], "benchmark": ["b"], "qid": ["1"], "text": ["t"]})
+    o = pd.DataFrame({"source": ["s"], "benchmark": ["b"], "qid": ["1"], "model": ["m"], "correct": [1.0],
+                      "propensity": [0.0]})
+    with pytest.raises(HerdDataError, match="propensity.*outside \\(0, 1\\]"):
+        Outcomes.from_frames(q, o, min_outcomes=1)

@@ -732,15 +732,21 @@ def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
 
 @app.command("import")
 def import_cmd(
-    kind: str = typer.Argument(..., metavar="FORMAT", help="lm-eval, long, routerbench or routellm."),
-    paths: list[str] = typer.Argument(..., metavar="FILE", help="Files to import (lm-eval: samples_*.jsonl; routellm: *.csv)."),
+    kind: str = typer.Argument(..., metavar="FORMAT", help="lm-eval, long, routerbench, routellm or choice-log."),
+    paths: list[str] = typer.Argument(..., metavar="FILE", help="Files to import (lm-eval: samples_*.jsonl; routellm: "
+                                      "*.csv; choice-log: the log of `herd serve --choice-log`)."),
     out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Directory to write the unified format to."),
     model: Optional[str] = typer.Option(None, "--model", help="lm-eval: the model's name (default: the folder "
                                         "lm-eval wrote the samples under)."),
     filter_name: Optional[str] = typer.Option(None, "--filter", help="lm-eval: which answer filter to keep when a task "
                                               "has several (default: the first in the file)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="long: benchmark name when the file has no "
-                                            "benchmark column (default: the file name)."),
+                                            "benchmark column (default: the file name); choice-log: the benchmark "
+                                            "the live queries are filed under (default: feedback)."),
+    feedback: Optional[str] = typer.Option(None, "--feedback", metavar="FILE", help="choice-log: the feedback log "
+                                           "(`herd serve --feedback-log`) to join on the request id."),
+    source: Optional[str] = typer.Option(None, "--source", help="choice-log: the source the live queries are filed "
+                                         "under (default: live)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="routerbench: read a .pkl file. Reading a pickle "
                                       "runs any code it holds: only for a file from a source you trust."),
 ) -> None:
@@ -751,13 +757,18 @@ def import_cmd(
     herd import long outcomes.csv -o runs/mine          # qid, model, correct, text[, cost_usd, ...]
     herd import routerbench routerbench_0shot.csv -o runs/routerbench   # .parquet; .pkl with --trust-pickle
     herd import routellm mmlu/responses/*.csv -o runs/routellm-mmlu
+    herd import choice-log choices.jsonl --feedback feedback.jsonl -o runs/live
     """
     from herd import importers
 
     files = [Path(p) for p in paths]
-    missing = [str(p) for p in files if not p.is_file()]
+    missing = [str(p) for p in files + ([Path(feedback)] if feedback else []) if not p.is_file()]
     if missing:
         _fail(f"no such file(s): {missing}")
+    if kind == "choice-log":
+        return _import_choice_log(files, feedback, out, source, benchmark)
+    if feedback or source:
+        _fail("--feedback and --source are for choice-log")
     readers = {"lm-eval": lambda: importers.lm_eval(files, model, filter_name),
                "long": lambda: importers.long_table(files[0], benchmark) if len(files) == 1 else _fail("long takes one file"),
                "routerbench": lambda: importers.routerbench(files[0], trust_pickle) if len(files) == 1
@@ -785,6 +796,30 @@ def import_cmd(
                   f"with `herd eval {out} --pool pool.yaml` (each model's price_in_per_mtok, price_out_per_mtok), or "
                   f"in {Path(out) / 'models.csv'} (the same columns, or params_b for open models)", markup=False,
                   highlight=False)
+
+
+def _import_choice_log(files: list[Path], feedback: str | None, out: str, source: str | None,
+                       benchmark: str | None) -> None:
+    from herd import choicelog
+    from herd.data import HerdDataError
+
+    if len(files) != 1 or feedback is None:
+        _fail("choice-log takes one choice log and --feedback FILE: herd import choice-log choices.jsonl "
+              "--feedback feedback.jsonl -o DIR")
+    try:
+        frames, report = choicelog.join(files[0], feedback, source=source or choicelog.SOURCE,
+                                        benchmark=benchmark or choicelog.BENCHMARK)
+    except HerdDataError as e:
+        _fail(str(e))
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    try:
+        choicelog.write_atomic(out, frames)
+    except OSError as e:
+        _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
+    queries, outcomes, _ = frames
+    console.print(f"wrote {len(outcomes)} outcomes of {outcomes['model'].nunique()} model(s) to "
+                  f"{Path(out).resolve()}; next: herd eval {out} --off-policy", markup=False, highlight=False)
 
 
 @app.command("select")

@@ -2,7 +2,7 @@
 
 Unified format (a directory): ``queries.parquet`` (source, benchmark, qid, text[, gold, category]),
 ``outcomes.parquet`` (source, benchmark, qid, model, correct[, cost_usd, latency_s,
-output_tokens, output_chars, agreement, answer]) and optionally ``models.csv`` (prices, sizes, tags).
+output_tokens, output_chars, agreement, answer, propensity]) and optionally ``models.csv`` (prices, sizes, tags).
 CSV or JSONL files with the same columns work too, as does one long CSV/JSONL file holding
 the outcome columns plus ``text``.
 """
@@ -29,6 +29,9 @@ OUTCOME_OPTIONAL = {
     "output_tokens": "Int64",
     "output_chars": "Int64",
     "agreement": "float64",
+    # Live traffic (herd import choice-log): the probability the serving policy gave the model
+    # that answered, in (0, 1]; off-policy estimates and weighted training read it.
+    "propensity": "float64",
 }
 # What a model's answer showed once it was in, per (query, model): the signals a cascade may
 # read after calling a model (answer length; the share of k samples that agree, when sampled).
@@ -97,6 +100,9 @@ class Matrix:
     # What traffic may know of a query before routing it: its benchmark in a mixture of several,
     # else its category where the data gives one; None where neither is known.
     tasks: np.ndarray | None = None
+    # Live traffic: (n_queries, n_models) the serving policy's probability of the logged model,
+    # NaN where no propensity was logged. None for benchmark data.
+    propensity: np.ndarray | None = None
 
     @property
     def n_queries(self) -> int:
@@ -123,6 +129,7 @@ class Matrix:
             answers=pick(self.answers),
             answer_codes=pick(self.answer_codes),
             tasks=pick(self.tasks),
+            propensity=pick(self.propensity),
             gold=pick(self.gold),
             categories=pick(self.categories),
             observed=None if self.observed is None else {k: v[rows] for k, v in self.observed.items()},
@@ -341,6 +348,7 @@ class Outcomes:
             categories=q["category"].to_numpy(object) if "category" in q else None,
             owned=self._owned(models),
             observed={k: grid(o[k].to_numpy(float, na_value=np.nan)) for k in OBSERVED if o[k].notna().any()} or None,
+            propensity=grid(o["propensity"].to_numpy(float)) if o["propensity"].notna().any() else None,
         )
 
     def _owned(self, models: list[str]) -> np.ndarray | None:
@@ -498,6 +506,10 @@ def validate(queries, outcomes, q_name, o_name, min_outcomes):
     if bad.any():
         raise HerdDataError(f"{o_name}: column 'agreement' has {int(bad.sum())} value(s) outside [0, 1], {_first(outcomes, bad)}; "
                             "it is the share of a model's samples that agree with its majority answer")
+    bad = (outcomes["propensity"] <= 0) | (outcomes["propensity"] > 1)
+    if bad.any():
+        raise HerdDataError(f"{o_name}: column 'propensity' has {int(bad.sum())} value(s) outside (0, 1], {_first(outcomes, bad)}; "
+                            "it is the probability the serving policy gave the model that answered")
     return queries, outcomes
 
 
