@@ -81,11 +81,25 @@ class TrainedRouter:
                                                          self.owned, self.validation_tasks, fit=True))
 
 
-def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "") -> TrainedRouter:
-    """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both."""
+def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "",
+          sample_weight: np.ndarray | None = None) -> TrainedRouter:
+    """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both.
+
+    ``sample_weight`` (n_queries, n_models): the router's weights per outcome (see
+    ``Router.fit``), for benchmark data with live feedback added. The policy is then tuned and
+    validated on the queries with every model's outcome (the benchmark's): a policy compares
+    models on one query, which feedback that observed one model cannot show."""
+    router.fit(m, sample_weight=sample_weight)
+    oof = validation_scores(router, router, m, seed, sample_weight)
+    trained_on, weighted = m, 0
+    if sample_weight is not None:
+        full = (np.asarray(sample_weight) > 0).all(axis=1)
+        if not full.any():
+            raise ArtifactError("no training query has every model's outcome to tune and validate the policy on; "
+                                "add benchmark data beside the feedback")
+        weighted = int((~full).sum())
+        m, oof = m.take(np.flatnonzero(full)), oof[full]
     costs = metrics.mean_cost_per_model(m.cost)
-    router.fit(m)
-    oof = validation_scores(router, router, m, seed)
     policy = copy.deepcopy(policy)
     if getattr(policy, "reads_answers", False):
         if m.answer_codes is None:
@@ -106,7 +120,8 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     validation = {
         "method": ("the training queries' recorded answers (the cascade was chosen on them: optimistic)"
                    if getattr(policy, "reads_answers", False) else
-                   "out-of-fold scores on the training queries (3-fold inner CV)"),
+                   "out-of-fold scores on the training queries (3-fold inner CV)"
+                   + (", those with every model's outcome" if weighted else "")),
         "accuracy": acc,
         "best_single": m.models[best],
         "best_single_accuracy": float(y[:, best].mean()),
@@ -136,13 +151,14 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "model_costs_usd": [None if np.isnan(c) else float(c) for c in costs],
         "training_data": {
             "origin": data_origin,
-            "groups": sorted({f"{s}/{b}" for s, b in zip(m.keys["source"], m.keys["benchmark"])}),
-            "n_queries": m.n_queries,
-            "fingerprint": m.fingerprint(),
+            "groups": sorted({f"{s}/{b}" for s, b in zip(trained_on.keys["source"], trained_on.keys["benchmark"])}),
+            "n_queries": trained_on.n_queries,
+            "fingerprint": trained_on.fingerprint(),
+            **({"partial_queries": weighted} if sample_weight is not None else {}),
         },
         "validation": validation,
     }
-    return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(m),
+    return TrainedRouter(router, policy, list(m.models), costs, manifest, query_keys(trained_on),
                          np.asarray(oof, np.float32), np.asarray(y, np.float32),
                          None if m.observed is None else {k: v.astype(np.float32) for k, v in m.observed.items()},
                          m.answer_codes, m.owned, m.tasks)

@@ -19,12 +19,13 @@ import math
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from herd.data import HerdDataError
+from herd.data import QUERY_KEY, HerdDataError, Matrix, Outcomes
 
 SOURCE = "live"
 BENCHMARK = "feedback"
@@ -207,3 +208,60 @@ def write_atomic(out: str | os.PathLike, frames) -> Path:
             Path(tmp).unlink(missing_ok=True)
             raise
     return out
+
+
+def is_live(data: Outcomes) -> bool:
+    """Whether ``data`` is live traffic (a propensity per outcome): one model observed per query,
+    so cross-validating it as a full outcome table would count the unobserved as wrong."""
+    return "propensity" in data.outcomes and bool(data.outcomes["propensity"].notna().any())
+
+
+def feedback_weights(m: Matrix, live_rows: np.ndarray, weight: float) -> np.ndarray:
+    """(n_queries, n_models) training weights: 1 on every cell of a benchmark row (a missing
+    outcome there counts as wrong, as everywhere in herd), and on a live row ``weight`` times
+    its inverse propensity on the one observed cell, 0 elsewhere.
+
+    Why inverse propensity: the queries a model answered live are mostly the ones the serving
+    policy sent it, its favourites; the explored ones stand for all the others it was not sent.
+    Weighing each by 1 / propensity makes a model's live rows stand for all queries. The weights
+    are normalised per model to average ``weight``, so ``weight`` says what one live answer
+    counts against one benchmark outcome. (Not clipped: propensities come from the policy
+    itself, the smallest being EPS / K, so the largest ratio is bounded by the exploration.)"""
+    if not weight > 0:
+        raise ValueError(f"the weight of the feedback rows must be more than 0; got {weight}")
+    live_rows = np.asarray(live_rows, bool)
+    w = np.where(live_rows[:, None], 0.0, 1.0) * np.ones(m.correct.shape)
+    seen = live_rows[:, None] & ~np.isnan(m.correct)
+    p = m.propensity if m.propensity is not None else np.ones(m.correct.shape)
+    inverse = np.where(seen, 1.0 / np.nan_to_num(p, nan=1.0), 0.0)
+    per_model = inverse.sum(axis=0) / np.maximum(seen.sum(axis=0), 1)
+    w[seen] = (weight * inverse / np.where(per_model > 0, per_model, 1.0))[seen]
+    return w
+
+
+def with_feedback(bench: Outcomes, live: Outcomes, weight: float) -> tuple[Matrix, np.ndarray, list[str]]:
+    """Benchmark outcomes and live feedback as one training Matrix over the benchmark's models,
+    with ``feedback_weights``; and notes on what of the feedback was left out."""
+    models = bench.model_names()
+    o = live.outcomes
+    notes = []
+    other = sorted(set(o["model"]) - set(models))
+    if other:
+        notes.append(f"left out {int(o['model'].isin(other).sum())} feedback row(s) of model(s) {other}, which the "
+                     "benchmark data does not have")
+    o = o[o["model"].isin(models)]
+    if o.empty:
+        raise HerdDataError(f"{live.origin}: no feedback on the models of {bench.origin} ({', '.join(models)})")
+    clash = live.queries.merge(bench.queries[QUERY_KEY], on=QUERY_KEY)
+    if len(clash):
+        raise HerdDataError(f"{live.origin}: {len(clash)} (source, benchmark, qid) also in {bench.origin}; import the "
+                            "feedback with its own --source")
+    q = live.queries.merge(o[QUERY_KEY].drop_duplicates(), on=QUERY_KEY)
+    mixed = Outcomes(pd.concat([bench.queries, q], ignore_index=True),
+                     pd.concat([bench.outcomes, o], ignore_index=True), bench.models, bench.origin)
+    m = mixed.matrix(models)
+    # Tasks as the benchmark data alone has them (live queries' task unknown): the feedback
+    # must not turn a one-benchmark table into a mixture of two.
+    tasks = bench.matrix(models).tasks
+    m = replace(m, tasks=None if tasks is None else np.r_[tasks, np.full(len(q), None, dtype=object)])
+    return m, feedback_weights(m, np.arange(m.n_queries) >= len(bench.queries), weight), notes

@@ -132,7 +132,13 @@ def _pool_prices(pool_file: str | None) -> dict | None:
 
 
 def _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups=None, loaded=None, prices=None):
+    from herd.choicelog import is_live
+
     path, data = loaded or _read_outcomes(data_dir, min_outcomes, size_prices, prices)
+    if is_live(data):
+        _fail(f"{path} is live feedback (one model's outcome per query, with propensities): evaluate routers on it "
+              f"with `herd eval {path} --off-policy`, or train on it beside benchmark data with `herd train DATA "
+              f"--add {path}`")
     if groups:
         data = data.filter(source=sorted({s for s, _ in groups}), benchmark=sorted({b for _, b in groups}))
     data = data.filter(source=sources, benchmark=benchmarks, models=models)
@@ -378,16 +384,36 @@ def train(
     seed: int = SeedOpt,
     min_outcomes: int = MinOpt,
     size_prices: Optional[str] = SizeOpt,
+    add: Optional[str] = typer.Option(None, "--add", metavar="DIR", help="Live feedback (from `herd import "
+                                      "choice-log`) the router learns from too, beside DATA; the policy is tuned "
+                                      "and validated on DATA. Routers: logistic, knn, cluster and their variants "
+                                      "(default logistic)."),
+    add_weight: float = typer.Option(1.0, "--add-weight", metavar="W", help="With --add: what one feedback answer "
+                                     "counts against one outcome of DATA, on average (inverse-propensity weighted "
+                                     "per model, so explored answers count for the queries the policy avoided)."),
 ) -> None:
-    """Fit a router and policy on outcome data and save them as an artifact directory."""
-    from herd import artifact
+    """Fit a router and policy on outcome data and save them as an artifact directory.
+
+    \b
+    herd train ../shared/data --source zeroeval --benchmark gsm8k -o router
+    herd train ../shared/data --source zeroeval --benchmark gsm8k --add runs/live --add-weight 2 -o router2
+    """
+    from herd import artifact, choicelog
+    from herd.data import Outcomes
     from herd.policies import make_policy
-    from herd.routers import make_router
+    from herd.routers import make_router, weighted_names
 
     started = time.perf_counter()
-    router = _one_router(router, "auto")
+    router = _one_router(router, "logistic" if add else "auto")
+    if add is None and add_weight != 1.0:
+        _fail("--add-weight weighs the feedback given by --add DIR")
+    if add is not None and not add_weight > 0:
+        _fail(f"--add-weight {add_weight:g}: give a weight more than 0")
+    weights = notes = None
     try:
         proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
+        if add is not None and not proto.takes_weights:
+            _fail(f"--router {router} cannot weigh outcomes, which --add needs; use one of: {', '.join(weighted_names())}")
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
                                     _split_list(models), min_outcomes, size_prices)
         if mix:
@@ -395,20 +421,35 @@ def train(
             if len(mixtures) > 1:
                 _fail(f"--mix: the data holds mixtures of {len(mixtures)} sources; pick one with --source")
             outcomes = mixtures[0]
-        m = outcomes.matrix()
+        if add is None:
+            m = outcomes.matrix()
+        else:
+            live = Outcomes.load(add, min_outcomes=1)
+            if not choicelog.is_live(live):
+                _fail(f"--add {add}: not live feedback (no propensity column); make it with `herd import choice-log`")
+            m, weights, notes = choicelog.with_feedback(outcomes, live, add_weight)
         with _progress_bar() as bar:
             task = bar.add_task(f"features for {m.n_queries} queries", total=1)
             proto.prepare(m.texts, progress=lambda done, total: bar.update(task, completed=done, total=total))
             bar.update(task, description=f"fitting {router} and tuning {chosen_policy.label}", completed=0, total=None)
-            trained = artifact.train(router, proto, chosen_policy, m, seed=seed, data_origin=str(path))
+            trained = artifact.train(router, proto, chosen_policy, m, seed=seed, data_origin=str(path),
+                                     sample_weight=weights)
+        if add is not None:
+            trained.manifest["training_data"]["feedback"] = {"origin": str(add), "weight": add_weight}
         artifact.save(trained, out)
     except _usage_errors() as e:
         _fail(str(e))
+    for note in notes or []:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    partial = trained.manifest["training_data"].get("partial_queries", 0)
+    if add is not None:
+        console.print(f"the router learnt from {partial} feedback answer(s) of {add} at weight {add_weight:g} "
+                      "(inverse-propensity weighted per model) beside the outcomes below")
     v = trained.manifest["validation"]
     gap = "" if v["gap_closed"] is None else f", gap closed {100 * v['gap_closed']:+.1f}%"
     fitted = [x for x in (trained.manifest["router"]["fitted"], trained.manifest["policy"]["fitted"]) if x]
     console.print(f"trained {router} + {chosen_policy.label}{' (' + ', '.join(fitted) + ')' if fitted else ''} "
-                  f"on {m.n_queries} queries x {len(m.models)} models")
+                  f"on {m.n_queries - partial} queries x {len(m.models)} models")
     cost = ""
     if v.get("cost_usd") is not None and v.get("best_single_cost_usd"):
         cost = f"; cost ${v['cost_usd']:.3g}/query, {v['cost_usd'] / v['best_single_cost_usd']:.0%} of the best single's"

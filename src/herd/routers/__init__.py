@@ -30,6 +30,11 @@ ROUTERS: dict[str, tuple[type[Router], dict, str]] = {
 DESCRIPTIONS = {name: text for name, (_, _, text) in ROUTERS.items()}
 
 
+def weighted_names() -> list[str]:
+    """The routers that can fit weighted and partial outcomes (live feedback)."""
+    return [name for name, (cls, _, _) in ROUTERS.items() if cls.takes_weights]
+
+
 def make_router(name: str, **params) -> Router:
     """An unfitted router by registry name ('knn', 'logistic', 'auto', ...; see ``DESCRIPTIONS``),
     with ``params`` overriding its defaults. ``.fit(outcomes)``, then ``.predict_scores(texts)``
@@ -41,5 +46,5 @@ def make_router(name: str, **params) -> Router:
     return cls(**{**defaults, **params})
 
 
-__all__ = ["ROUTERS", "DESCRIPTIONS", "AutoRouter", "EnsembleRouter", "ClusterRouter", "FeatureRouter", "ForestRouter", "KNNRouter",
+__all__ = ["ROUTERS", "DESCRIPTIONS", "weighted_names", "AutoRouter", "EnsembleRouter", "ClusterRouter", "FeatureRouter", "ForestRouter", "KNNRouter",
            "LogisticRouter", "MFRouter", "MLPRouter", "RegressionRouter", "Router", "make_router"]

@@ -14,20 +14,24 @@ INNER_FOLDS = 3
 ENSEMBLE = "ensemble"
 
 
-def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS) -> np.ndarray:
-    """Scores for every training query from a copy of ``proto`` fitted on the other inner folds."""
+def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS,
+                       sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Scores for every training query from a copy of ``proto`` fitted on the other inner folds
+    (with their ``sample_weight`` rows, when given)."""
     out = np.empty(train.correct.shape)
     for tr, va in train.kfold(min(folds, train.n_queries), seed):
         held = train.take(va)
-        out[va] = clone(proto).fit(train.take(tr)).predict_scores(held.texts, held.tasks)
+        w = None if sample_weight is None else sample_weight[tr]
+        out[va] = clone(proto).fit(train.take(tr), sample_weight=w).predict_scores(held.texts, held.tasks)
     return out
 
 
-def validation_scores(fitted: Router, proto: Router, train: Matrix, seed: int) -> np.ndarray:
+def validation_scores(fitted: Router, proto: Router, train: Matrix, seed: int,
+                      sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Held-out scores of the training queries, for tuning a policy: the ones ``fitted`` kept
     from its own inner CV (``auto`` does), else a fresh inner CV of ``proto``."""
     kept = getattr(fitted, "validation_scores_", None)
-    return kept if kept is not None else out_of_fold_scores(proto, train, seed)
+    return kept if kept is not None else out_of_fold_scores(proto, train, seed, sample_weight=sample_weight)
 
 
 class EnsembleRouter(Router):
@@ -44,7 +48,9 @@ class EnsembleRouter(Router):
         for name in self.members:
             make_router(name, seed=self.seed).prepare(texts, progress=progress)
 
-    def fit(self, data) -> EnsembleRouter:
+    def fit(self, data, sample_weight=None) -> EnsembleRouter:
+        if sample_weight is not None:
+            self._check_takes_weights()
         from herd.routers import make_router
 
         m = data.matrix() if hasattr(data, "matrix") else data
@@ -90,7 +96,9 @@ class AutoRouter(Router):
             except EmbeddingsUnavailable:
                 continue
 
-    def fit(self, data) -> AutoRouter:
+    def fit(self, data, sample_weight=None) -> AutoRouter:
+        if sample_weight is not None:
+            self._check_takes_weights()
         m = data.matrix() if hasattr(data, "matrix") else data
         y = m.labels
         rows = np.arange(len(y))

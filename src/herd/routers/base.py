@@ -14,18 +14,34 @@ class Router(BaseEstimator):
 
     After ``fit``: ``models_`` (pool model names, column order of the scores) and ``prior_``
     (each model's training accuracy, the estimate when a query tells us nothing).
+
+    Families whose learner weighs its samples declare ``takes_weights = True`` and accept
+    ``fit(data, sample_weight=W)``; the others refuse it.
     """
 
-    def fit(self, data: Matrix | Outcomes) -> Router:
+    takes_weights = False
+
+    def fit(self, data: Matrix | Outcomes, sample_weight: np.ndarray | None = None) -> Router:
         """Learn each model's P(correct) from recorded outcomes; every model of ``data`` becomes
-        a column of the scores (``models_``). Returns self."""
+        a column of the scores (``models_``). Returns self.
+
+        ``sample_weight`` (n_queries, n_models), 0 or more: how much each outcome counts; a zero
+        leaves it out, which is how partial labels are fitted (live feedback observes one model
+        per query; unobserved cells must weigh 0). Without it every cell counts once and a
+        missing outcome counts as wrong (the model gave no answer)."""
         m = data.matrix() if isinstance(data, Outcomes) else data
         if m.n_queries == 0 or not m.models:
             raise ValueError("cannot fit a router on no queries or no models")
         self.models_ = list(m.models)
         y = m.labels
-        self.prior_ = y.mean(axis=0)
-        self._fit(Queries(m.texts, m.tasks), y)
+        if sample_weight is None:
+            self.prior_ = y.mean(axis=0)
+            self._fit(Queries(m.texts, m.tasks), y)
+            return self
+        self._check_takes_weights()
+        w = check_weights(sample_weight, m)
+        self.prior_ = (w * y).sum(axis=0) / w.sum(axis=0)
+        self._fit(Queries(m.texts, m.tasks), y, w)
         return self
 
     def predict_scores(self, texts: list[str], tasks: list[str | None] | None = None) -> np.ndarray:
@@ -38,6 +54,13 @@ class Router(BaseEstimator):
         return np.clip(self._predict(Queries(texts, tasks if tasks is not None else getattr(texts, "tasks", None))),
                        0.0, 1.0)
 
+    def _check_takes_weights(self) -> None:
+        if not self.takes_weights:
+            from herd.routers import weighted_names
+
+            raise ValueError(f"{type(self).__name__} cannot weigh its training outcomes (live feedback needs it); "
+                             f"use one of: {', '.join(weighted_names())}")
+
     def prepare(self, texts: list[str], progress=None) -> None:
         """Compute and cache expensive features for texts ahead of fitting (optional)."""
 
@@ -45,7 +68,8 @@ class Router(BaseEstimator):
         """The sentence encoder engine the fitted router reads, or None if it reads no embeddings."""
         return None
 
-    def _fit(self, texts: list[str], y: np.ndarray) -> None:
+    def _fit(self, texts: list[str], y: np.ndarray, w: np.ndarray | None = None) -> None:
+        """``w``: (n_queries, n_models) weights, only where ``takes_weights``; None = all 1."""
         raise NotImplementedError
 
     def _predict(self, texts: list[str]) -> np.ndarray:
@@ -65,3 +89,19 @@ class FeatureRouter(Router):
         if fit:
             self.featurizer_ = Featurizer(self.features, self.seed).fit(texts)
         return self.featurizer_.transform(texts)
+
+
+def check_weights(sample_weight, m: Matrix) -> np.ndarray:
+    """(n_queries, n_models) finite weights of 0 or more, none on a missing outcome, some for
+    every model; float64."""
+    w = np.asarray(sample_weight, dtype=float)
+    if w.shape != m.correct.shape:
+        raise ValueError(f"sample_weight has shape {w.shape}; it needs one weight per query and model, {m.correct.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and 0 or more")
+    if (w[np.isnan(m.correct)] > 0).any():
+        raise ValueError("sample_weight gives weight to outcomes that are missing; weigh them 0")
+    empty = [name for name, total in zip(m.models, w.sum(axis=0)) if total <= 0]
+    if empty:
+        raise ValueError(f"no weighted outcome for model(s) {empty}; leave them out of the pool")
+    return w

@@ -40,7 +40,13 @@ class KNNRouter(FeatureRouter):
     ``k`` and the prior strength ``a`` default to None: chosen on the training data alone by
     leave-one-out Brier score (each training query scored from its other neighbours), so no
     test query ever informs them. ``features``: see ``herd.features.Featurizer``.
+
+    Weighted (``sample_weight``): each neighbour's outcome counts by its weight, over the
+    neighbours' summed weight for that model, so a model counts only the neighbours that
+    observed it (live feedback observes one model per query).
     """
+
+    takes_weights = True
 
     def __init__(self, k: int | None = None, prior_strength: float | None = None, features: str = "embed", seed: int = 0):
         self.k = k
@@ -66,18 +72,28 @@ class KNNRouter(FeatureRouter):
         return out
 
     def _hits(self, nbrs: np.ndarray, k: int) -> np.ndarray:
-        """(n_queries, n_models): the outcomes summed over each query's k nearest neighbours."""
-        return self.y_[nbrs[:, :k]].sum(axis=1)
+        """(n_queries, n_models): the outcomes summed over each query's k nearest neighbours
+        (weighted: (hits, summed weights) stacked on a first axis of 2)."""
+        if getattr(self, "w_", None) is None:  # routers saved before weights had no w_
+            return self.y_[nbrs[:, :k]].sum(axis=1)
+        near = nbrs[:, :k]
+        return np.stack([(self.y_[near] * self.w_[near]).sum(axis=1), self.w_[near].sum(axis=1)])
 
     def _estimate(self, hits: np.ndarray, k: int, a: float) -> np.ndarray:
-        return (hits + a * self.prior_) / (k + a)
+        if getattr(self, "w_", None) is None:  # routers saved before weights had no w_
+            return (hits + a * self.prior_) / (k + a)
+        total = hits[1] + a
+        # No neighbour weighs on a model and no prior strength: the prior.
+        return np.divide(hits[0] + a * self.prior_, total, out=np.broadcast_to(self.prior_, total.shape).copy(),
+                         where=total > 0)
 
-    def _fit(self, texts, y):
+    def _fit(self, texts, y, w=None):
         x = self._featurize(texts, fit=True)
         # Kept transposed in the layout a query's product reads: sparse TF-IDF would otherwise
         # convert the whole training matrix on every call (most of a single query's time).
         self.xt_ = x.T.tocsr() if hasattr(x, "tocsr") else np.ascontiguousarray(x.T)
         self.y_ = y.astype(np.float32)
+        self.w_ = None if w is None else w.astype(np.float32)
         n = len(texts)
         ks = [k for k in K_GRID if k < n] or [max(1, n - 1)]
         if self.k is not None and self.prior_strength is not None:
@@ -89,10 +105,12 @@ class KNNRouter(FeatureRouter):
         agrid = [float(self.prior_strength)] if self.prior_strength is not None else PRIOR_GRID
         nbrs = self._neighbours(x[rows], max(kgrid), exclude=rows)
         truth = self.y_[rows]
+        weigh = None if self.w_ is None else self.w_[rows]  # the Brier score over observed outcomes
         scored = []
         for k in kgrid:
             hits = self._hits(nbrs, k)  # once per k: the prior strengths only reweigh it
-            scored += [(float(np.mean((self._estimate(hits, k, a) - truth) ** 2)), k, a) for a in agrid]
+            scored += [(float(np.average((self._estimate(hits, k, a) - truth) ** 2, weights=weigh)), k, a)
+                       for a in agrid]
         _, self.k_, self.prior_strength_ = min(scored, key=lambda t: t[0])
 
     def _predict(self, texts):

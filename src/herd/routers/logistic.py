@@ -20,8 +20,11 @@ class LogisticRouter(FeatureRouter):
 
     Fractional outcomes (scores in [0, 1]) are fitted exactly: each query enters twice, as a
     positive with weight y and a negative with weight 1 - y. A model that is always right (or
-    always wrong) in training gets its training rate.
+    always wrong) in training gets its training rate. Weighted fits (``sample_weight``) scale
+    both rows of a query by its weight; a model is fitted on the queries that weigh on it.
     """
+
+    takes_weights = True
 
     def __init__(self, C: float = 1.0, max_iter: int = 200, features: str = "tfidf", seed: int = 0):
         self.C = C
@@ -29,13 +32,14 @@ class LogisticRouter(FeatureRouter):
         self.features = features
         self.seed = seed
 
-    def _fit(self, texts, y):
+    def _fit(self, texts, y, w=None):
         x = self._featurize(texts, fit=True)
+        w = np.ones_like(y) if w is None else w
         if self.featurizer_.uses_task and self.featurizer_.tasks_:
             # Each query once more without its task, so one whose task is unknown is routed by its text.
             x = sp.vstack([x, self.featurizer_.without_task(x)]).tocsr() if sp.issparse(x) else np.vstack(
                 [x, self.featurizer_.without_task(x)])
-            y = np.vstack([y, y])
+            y, w = np.vstack([y, y]), np.vstack([w, w])
         xx = sp.vstack([x, x]).tocsr() if sp.issparse(x) else np.vstack([x, x])
         labels = np.r_[np.ones(x.shape[0]), np.zeros(x.shape[0])]
         # All models' weights in one matrix, so routing is one sparse product, not one call per model.
@@ -43,12 +47,13 @@ class LogisticRouter(FeatureRouter):
         self.intercept_ = np.zeros(y.shape[1])
 
         def fit_one(j: int) -> None:
-            yj = y[:, j]
-            if yj.min() == yj.max():  # no signal: a constant at the training rate
-                p = np.clip(yj[0], 1e-6, 1 - 1e-6)
+            yj, wj = y[:, j], w[:, j]
+            seen = yj[wj > 0]
+            if seen.min() == seen.max():  # no signal: a constant at the training rate
+                p = np.clip(seen[0], 1e-6, 1 - 1e-6)
                 self.intercept_[j] = np.log(p / (1 - p))
                 return
-            weights = np.r_[yj, 1.0 - yj]
+            weights = np.r_[wj * yj, wj * (1.0 - yj)]
             keep = weights > 0
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", dual=dual,
                                      random_state=self.seed)
