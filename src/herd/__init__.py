@@ -19,6 +19,7 @@ _EXPORTS = {
     "ArgMax": "herd.policies",
     "CostAware": "herd.policies",
     "SafeArgMax": "herd.policies",
+    "Explore": "herd.policies",
     "make_policy": "herd.policies",
     "AutoRouter": "herd.routers",
     "KNNRouter": "herd.routers",

@@ -99,6 +99,14 @@ class Blend:
         return model, f"{self.label}: turn {turn} of session {_short(session)} drew {model} {how}"
 
 
+    def probability(self, available: list[str], model: str) -> float:
+        """The chance ``pick`` gives ``model`` among ``available``."""
+        weights = None if self.weights is None else np.array([self.weights[m] for m in available], float)
+        if weights is None or not weights.sum() > 0:
+            return 1 / len(available)
+        return float(self.weights[model] / weights.sum())
+
+
 def _short(session: str) -> str:
     return hashlib.sha256(session.encode()).hexdigest()[:8] if len(session) > 24 else repr(session)
 

@@ -295,7 +295,9 @@ POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware
                "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
                "by inner CV unless given; give a cascade as its own --policy), cascade-check:CHEAP,...,STRONG[@T] "
                "(reads each answer: length, sample agreement), agree (an agreement cascade chosen on training "
-               "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]")
+               "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]; after a policy that "
+               "picks one model, +explore:EPS sends that share of queries to a model drawn uniformly (seeded), "
+               "e.g. safe+explore:0.05")
 PolicyOpt = typer.Option(None, "--policy", metavar="SPEC[,SPEC...]", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 TagsOpt = typer.Option(None, "--tags", metavar="TAG", help="'open': an 'agree' policy asks only open-weights models first.")
 MixOpt = typer.Option(False, "--mix", help="Pool every benchmark of a source (or those given by --benchmark) into "
@@ -400,7 +402,7 @@ def train(
     """
     from herd import artifact, choicelog
     from herd.data import Outcomes
-    from herd.policies import make_policy
+    from herd.policies import Explore, make_policy
     from herd.routers import make_router, weighted_names
 
     started = time.perf_counter()
@@ -414,6 +416,9 @@ def train(
         proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
         if add is not None and not proto.takes_weights:
             _fail(f"--router {router} cannot weigh outcomes, which --add needs; use one of: {', '.join(weighted_names())}")
+        if isinstance(chosen_policy, Explore):  # a serving choice: the artifact keeps the policy it wraps
+            _fail(f"--policy {policy}: exploration is chosen when serving; train with --policy "
+                  f"{chosen_policy.policy.label} and serve with 'trained+explore:{chosen_policy.eps:g}' or --explore")
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark),
                                     _split_list(models), min_outcomes, size_prices)
         if mix:
@@ -571,6 +576,16 @@ def serve(
                                              "(session, turn, choice, model, reason, cost) to this file."),
     log_format: str = typer.Option("text", "--log-format", help="text, or json: every log line one JSON object, "
                                    "with an access and a decision line per request carrying its request id."),
+    log_prompts: bool = typer.Option(False, "--log-prompts", help="The choice log also keeps the text the router "
+                                     "scored ('query'), never for private requests; what `herd import choice-log` "
+                                     "trains on."),
+    explore: Optional[float] = typer.Option(None, "--explore", min=0, max=1, metavar="EPS", help="Every route whose "
+                                            "policy picks one model sends this share of requests to a model drawn "
+                                            "uniformly among those allowed (constraints and resting backends kept); "
+                                            "each choice's probability is in the choice log. A pool policy's own "
+                                            "'+explore:EPS' wins. Default: no exploration."),
+    explore_seed: Optional[int] = typer.Option(None, "--explore-seed", help="Seed of the exploration draws (each "
+                                               "worker draws the same sequence); default: fresh each start."),
 ) -> None:
     """Run the OpenAI-compatible routing gateway.
 
@@ -582,6 +597,7 @@ def serve(
 
     Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
+    To learn from your own traffic: --choice-log, --log-prompts and --explore 0.05.
     """
     import copy
     import logging
@@ -591,7 +607,7 @@ def serve(
 
     import uvicorn
 
-    from herd.gateway.app import ENV_KEYS_FILE, ENV_POOL, build_app
+    from herd.gateway.app import ENV_EXPLORE, ENV_EXPLORE_SEED, ENV_KEYS_FILE, ENV_LOG_PROMPTS, ENV_POOL, build_app
     from herd.gateway.keys import serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
     from herd.http_guard import http_protocol
@@ -602,7 +618,9 @@ def serve(
     as_json = log_format == "json"
     try:
         keys = serving_keys(api_keys_file, no_auth, host)
-        app_ = build_app(pool, keys, choice_log, as_json)  # validate everything before any worker starts
+        # Validate everything before any worker starts.
+        app_ = build_app(pool, keys, choice_log, as_json, log_prompts=log_prompts, explore=explore,
+                         explore_seed=explore_seed)
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
         app_.state.gateway.selector.warm_up()
@@ -636,6 +654,12 @@ def serve(
         os.environ[ENV_KEYS_FILE] = str(Path(api_keys_file).resolve())
     if choice_log:
         os.environ[ENV_CHOICE_LOG] = str(Path(choice_log).resolve())
+    if log_prompts:
+        os.environ[ENV_LOG_PROMPTS] = "1"
+    if explore is not None:
+        os.environ[ENV_EXPLORE] = repr(explore)
+    if explore_seed is not None:
+        os.environ[ENV_EXPLORE_SEED] = str(explore_seed)
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="herd-metrics-")

@@ -1051,6 +1051,100 @@ def _agree_called(choice: np.ndarray, stage: list[int], last: int, n_models: int
     return mask
 
 
+def explore_draw(eps: float, own: np.ndarray, allowed: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epsilon-greedy over (n,) own choices and an (n, k) mask of the models allowed per query:
+    the (n,) choices, their propensities and whether exploration made them. With probability
+    ``eps`` a uniform draw among the allowed models, else the own choice; a query with no
+    allowed model keeps its own choice."""
+    n = len(own)
+    count = allowed.sum(axis=1)
+    explored = (rng.random(n) < eps) & (count > 0)
+    uniform = np.argmax(np.where(allowed, rng.random(allowed.shape), -1.0), axis=1)
+    choice = np.where(explored, uniform, own)
+    spread = eps * allowed[np.arange(n), choice] / np.maximum(count, 1)
+    return choice, np.where(count > 0, (1 - eps) * (choice == own) + spread, 1.0), explored
+
+
+class Explore:
+    """Epsilon-greedy exploration around a policy: with probability ``eps`` a uniform draw among
+    the models allowed for the query, else the policy's own choice. Some traffic then reaches
+    models the policy would not pick, and every choice has a known probability (its propensity),
+    which off-policy evaluation of another router divides by. The draw is only ever among the
+    allowed models, so exploration never relaxes a constraint."""
+
+    name = "explore"
+
+    def __init__(self, policy, eps: float, seed: int | None = 0):
+        if getattr(policy, "post_call", False) or not getattr(policy, "uses_scores", True):
+            raise ValueError(f"explore: {policy.label!r} asks several models per query; exploration wraps a policy "
+                             "that picks one model from the router's scores")
+        self.policy = policy
+        self.eps = _probability("explore: the exploration rate", eps)
+        self.seed = seed
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy.label}+explore:{self.eps:g}"
+
+    @property
+    def reads_tasks(self) -> bool:
+        return getattr(self.policy, "reads_tasks", False)
+
+    @property
+    def fit(self):
+        """The wrapped policy's ``fit``, returning this exploring policy; absent (as for
+        ``hasattr``) when the wrapped policy has nothing to fit."""
+        if not hasattr(self.policy, "fit"):
+            raise AttributeError("fit")
+
+        def fit(*args, **kwargs) -> Explore:
+            self.policy = self.policy.fit(*args, **kwargs)
+            return self
+
+        return fit
+
+    def summary(self) -> str:
+        return self.policy.summary()
+
+    def draw(self, own: np.ndarray, allowed: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """From (n,) own choices and an (n, k) mask of the models allowed per query: the (n,)
+        choices, their propensities and whether exploration made them. A query with no allowed
+        model keeps its own choice."""
+        return explore_draw(self.eps, own, allowed, rng)
+
+    def probabilities(self, scores: np.ndarray, model_costs: np.ndarray | None = None, allowed=None,
+                      **kwargs) -> np.ndarray:
+        """(n_queries, n_models): the probability this policy gives each model, the allowed ones
+        ((n, k) mask, default all) sharing ``eps`` equally."""
+        allowed = np.ones(scores.shape, bool) if allowed is None else np.asarray(allowed, bool)
+        own = self.policy.choose(scores, model_costs, **kwargs)
+        count = allowed.sum(axis=1, keepdims=True)
+        p = np.where(count > 0, self.eps * allowed / np.maximum(count, 1), 0.0)
+        p[np.arange(len(own)), own] += np.where(count[:, 0] > 0, 1 - self.eps, 1.0)
+        return p
+
+    def choose(self, scores: np.ndarray, model_costs: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        """(n_queries,) choices, drawn with a generator seeded afresh on each call, so a replay
+        (or two routers compared on one split) meets the same draws."""
+        own = self.policy.choose(scores, model_costs, **kwargs)
+        return self.draw(own, np.isfinite(scores), np.random.default_rng(self.seed))[0]
+
+    def decide(self, scores: np.ndarray, models: list[str], model_costs: np.ndarray | None = None,
+               **kwargs) -> Decision:
+        own = self.policy.decide(scores, models, model_costs, **kwargs)
+        allowed = np.isfinite(scores)
+        choice, _, explored = self.draw(own.choice, allowed, np.random.default_rng(self.seed))
+        reasons = [f"explored ({self.eps:g}): drew {models[c]} uniformly among {int(ok.sum())} allowed models; the "
+                   f"policy's own pick: {why}" if e else why
+                   for c, ok, e, why in zip(choice, allowed, explored, own.reasons)]
+        return Decision(choice, reasons, models)
+
+    def __repr__(self) -> str:
+        return f"Explore({self.policy!r}, eps={self.eps:g}, seed={self.seed})"
+
+
 POLICIES = {"argmax": ArgMax, "safe": SafeArgMax, "cost-aware": CostAware, "budget": Budget,
             "random-likely": RandomLikely, "sorted": CheapestLikely, "prediction": Prediction, "cascade": Cascade,
             "cascade-check": CheckedCascade, "agree": Agree}
@@ -1064,7 +1158,11 @@ def make_policy(spec: str):
     'random-likely[:0.5]' or 'sorted[:0.5]' (threshold on P(correct)), 'cascade:small,big'
     (threshold tuned) or 'cascade:small,big@0.8', 'cascade-check:small,big[@T]' (which
     reads each answer before it accepts it), and agreement cascades: 'agree' (stages chosen
-    on training data), 'agree:open' (open-weights first stage) or 'agree:a,b[,c]>big[@2]'."""
+    on training data), 'agree:open' (open-weights first stage) or 'agree:a,b[,c]>big[@2]'.
+    '+explore:EPS' after a policy that picks one model ('safe+explore:0.05') explores."""
+    spec, eps = split_explore(spec)
+    if eps is not None:
+        return Explore(make_policy(spec), eps)
     try:
         return _parse_policy(spec)
     except ValueError as e:
@@ -1134,11 +1232,45 @@ def _is_number(text: str) -> bool:
         return False
 
 
+EXPLORE = "+explore:"
+
+
+def split_explore(spec: str | dict | None) -> tuple[str | dict | None, float | None]:
+    """A policy spec without its exploration rate, and the rate (None when it does not explore):
+    'safe+explore:0.05' or ``{name: safe, explore: 0.05}``."""
+    if isinstance(spec, dict):
+        rest = {k: v for k, v in spec.items() if k != "explore"}
+        return rest, None if "explore" not in spec else _rate(spec["explore"], f"policy {spec.get('name')!r}: explore")
+    if not isinstance(spec, str) or EXPLORE not in spec:
+        if isinstance(spec, str) and spec.startswith("explore"):
+            raise ValueError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. "
+                             "'safe+explore:0.05' or 'trained+explore:0.05'")
+        return spec, None
+    base, _, rate = spec.rpartition(EXPLORE)
+    if not base:
+        raise ValueError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. 'safe+explore:0.05'")
+    return base, _rate(rate, f"policy {spec!r}")
+
+
+def _rate(value, where: str) -> float:
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        eps = None
+    if isinstance(value, bool) or eps is None or not 0 <= eps <= 1:
+        raise ValueError(f"{where}: the exploration rate is a probability between 0 and 1 (e.g. 0.05); got {value!r}")
+    return eps
+
+
 def policy_from_config(spec: str | dict):
     """A policy from a config entry: a spec string as for ``make_policy`` or a mapping such as
-    ``{name: cost-aware, cost_weight: 0.2}`` whose other keys are the policy's parameters."""
+    ``{name: cost-aware, cost_weight: 0.2}`` whose other keys are the policy's parameters
+    (``explore: EPS`` wraps it in exploration)."""
     if isinstance(spec, str):
         return make_policy(spec)
+    spec, eps = split_explore(spec)
+    if eps is not None:
+        return Explore(policy_from_config(spec), eps)
     params = dict(spec)
     name = params.pop("name", None)
     if name not in POLICIES:

@@ -94,6 +94,8 @@ class GatewaySettings(_Strict):
                                           "(HERD_SESSION_SECRET wins; default: random per start)")
     log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "
                                    "private requests)")
+    log_prompts: bool = Field(False, description="choice log: also write the text the router scored as 'query' "
+                              "(never for private requests); as herd serve --log-prompts")
     state: Optional[str] = Field(None, pattern=r"^(redis|rediss|unix)://", description="where keys' limits, the "
                                  "spend ledger and backend health are shared, e.g. redis://127.0.0.1:6379/0 "
                                  "(HERD_STATE_URL wins; default: each process's memory)")

@@ -41,6 +41,7 @@ from herd.pool import PoolConfig, load_pool
 
 log = logging.getLogger("herd.gateway")
 ENV_POOL, ENV_KEYS_FILE = "HERD_POOL", "HERD_API_KEYS_FILE"
+ENV_LOG_PROMPTS, ENV_EXPLORE, ENV_EXPLORE_SEED = "HERD_LOG_PROMPTS", "HERD_EXPLORE", "HERD_EXPLORE_SEED"
 
 
 class Gateway:
@@ -52,6 +53,7 @@ class Gateway:
         self.log_decisions = log_decisions  # a JSON decision line per request (--log-format json)
         self.keys = as_keys(api_keys)
         self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        selector.circuits = {name: b.circuit for name, b in self.backends.items()}  # resting models are not allowed
         state = make_state(pool.gateway)
         # Without limits or a shared ledger, requests take no detour through them.
         self.limits = Limits(pool, state) if state.ledger_kept or any(k.limited for k in self.keys) else None
@@ -276,12 +278,13 @@ class Gateway:
             return
         record = {
             "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
-            "key": req.key, "route": route, "policy": plan.policy, "chosen": plan.first, "model": name,
+            "key": req.key, "route": route, "policy": plan.policy, "chosen": plan.first,
+            "propensity": plan.propensity, "allowed": plan.allowed, "explored": plan.explored, "model": name,
             "reason": plan.reason, "fallback": plan.fallback, "calls": _calls(attempts), "status": status, "cost_usd": cost,
             "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
             **(checked.logged() if checked is not None else {})}
         if self.choice_log is not None:
-            self.choice_log.write(record, req.session, req.options.private)
+            self.choice_log.write(record, req.session, req.options.private, req.router_text)
         if self.log_decisions:  # no session here: the choice log's keyed hash is its own to give
             decision_log.info("decision", extra={"fields": record})
 
@@ -545,9 +548,11 @@ class HerdApp(FastAPI):
 
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
-               choice_log: str | Path | None = None, log_json: bool = False) -> FastAPI:
-    log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret),
-                     pool.gateway.log_session_text) if choice_log else None
+               choice_log: str | Path | None = None, log_json: bool = False, *, log_prompts: bool = False) -> FastAPI:
+    """``log_prompts`` (or the pool's ``gateway.log_prompts``): the choice log keeps the text the
+    router scored, except for private requests."""
+    log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret), pool.gateway.log_session_text,
+                     log_prompts or pool.gateway.log_prompts) if choice_log else None
     gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json)
 
     @asynccontextmanager
@@ -617,12 +622,17 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
 
 
 def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None,
-              log_json: bool = False) -> FastAPI:
+              log_json: bool = False, *, log_prompts: bool = False, explore: float | None = None,
+              explore_seed: int | None = None) -> FastAPI:
     pool, router_dir = load_pool(pool_path)
-    return create_app(pool, Selector.from_config(pool, router_dir), api_keys, choice_log, log_json)
+    selector = Selector.from_config(pool, router_dir, explore, explore_seed)
+    return create_app(pool, selector, api_keys, choice_log, log_json, log_prompts=log_prompts)
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: the pool file, key file, choice log and log format come from the environment."""
-    return build_app(os.environ[ENV_POOL], read_api_keys(os.environ.get(ENV_KEYS_FILE)), os.environ.get(ENV_CHOICE_LOG),
-                     os.environ.get(ENV_LOG_FORMAT) == "json")
+    """Factory for uvicorn workers: the pool file, key file, logs, log format and exploration come from the environment."""
+    env = os.environ
+    return build_app(env[ENV_POOL], read_api_keys(env.get(ENV_KEYS_FILE)), env.get(ENV_CHOICE_LOG),
+                     env.get(ENV_LOG_FORMAT) == "json", log_prompts=env.get(ENV_LOG_PROMPTS) == "1",
+                     explore=float(env[ENV_EXPLORE]) if env.get(ENV_EXPLORE) else None,
+                     explore_seed=int(env[ENV_EXPLORE_SEED]) if env.get(ENV_EXPLORE_SEED) else None)

@@ -16,7 +16,7 @@ from herd.blend import Blend
 from herd.collect.grading import GRADERS, get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
-from herd.policies import Agree, policy_from_config, policy_inputs
+from herd.policies import Agree, explore_draw, policy_from_config, policy_inputs, split_explore
 from herd.pool import PoolConfig, PoolError
 
 DEFAULT = "herd"
@@ -43,6 +43,11 @@ class Plan:
     fan_out: list[str] = field(default_factory=list)
     agree_policy: object = None
     fallback: str | None = None  # set when a later candidate answered: who failed first and how
+    # The action set (eligible models whose backend is not resting), the probability the policy
+    # gave the first choice, and whether an exploration draw made it: what off-policy evaluation reads.
+    allowed: list[str] = field(default_factory=list)
+    propensity: float = 1.0
+    explored: bool = False
 
     def fell_back(self, name: str, attempts: list[dict]) -> Plan:
         """This plan as it went when ``name``, not the first candidate, answered: the reason says
@@ -63,7 +68,8 @@ class Plan:
 
     def describe(self) -> dict:
         return {"policy": self.policy, "reason": self.reason, "fallback": self.fallback, "scores": self.scores,
-                "ineligible": self.ineligible, "router_ms": round(self.router_ms, 3)}
+                "ineligible": self.ineligible, "router_ms": round(self.router_ms, 3), "propensity": self.propensity,
+                "explored": self.explored}
 
 
 class Selector:
@@ -71,10 +77,14 @@ class Selector:
     the order of preference."""
 
     def __init__(self, pool: PoolConfig, trained: artifact.TrainedRouter | None = None,
-                 policies: dict[str, object] | None = None):
+                 policies: dict[str, object] | None = None, explore: dict[str, float] | None = None,
+                 seed: int | None = None):
         self.pool = pool
         self.trained = trained
         self.policies = policies or {}
+        self.explore = {route: eps for route, eps in (explore or {}).items() if eps > 0}  # route -> exploration rate
+        self.rng = np.random.default_rng(seed)
+        self.circuits: dict = {}  # model -> its backend's circuit, set by the gateway: a resting model is not allowed
         self.names = pool.names
         self.by_name = {m.name: m for m in pool.models}
         self.quick = trained is None  # a router is slow until warm_up has timed it
@@ -85,11 +95,21 @@ class Selector:
             self.unscored = [m for m in self.names if m not in set(self.router_models)]
 
     @classmethod
-    def from_config(cls, pool: PoolConfig, router_dir: Path | None) -> Selector:
+    def from_config(cls, pool: PoolConfig, router_dir: Path | None, explore: float | None = None,
+                    seed: int | None = None) -> Selector:
+        """``explore`` (``herd serve --explore``) is the exploration rate of every route whose
+        policy picks one model and sets no rate of its own; ``seed`` fixes the draws."""
         trained = None if router_dir is None else _load_router(router_dir, pool)
         specs = [(DEFAULT, pool.policy), *((f"{DEFAULT}:{k}", v) for k, v in pool.policies.items())]
-        policies = {}
+        policies, rates = {}, {}
         for name, spec in specs:
+            try:
+                spec, rates[name] = split_explore(spec)
+            except ValueError as e:
+                raise PoolError(f"policy {name!r}: {e}") from None
+            if rates[name] is not None and (Blend.is_spec(spec) or _is_agree(spec)):
+                raise PoolError(f"policy {name!r}: a blend draws its own models and an agreement cascade asks several; "
+                                "exploration wraps a policy that picks one model from the router's scores")
             # Blends draw per turn and agreement cascades read answers: neither needs a router.
             # Every other policy turns a router's scores into a choice.
             if Blend.is_spec(spec):
@@ -101,7 +121,13 @@ class Selector:
             elif spec is not None:
                 raise PoolError("the pool file sets a policy but no router; add 'router: DIR' (from `herd train`) "
                                 "or use a blend or an agreement cascade that names its models, which need none")
-        return cls(pool, trained, policies)
+            if rates[name] is not None and not _picks_one(policies.get(name)):
+                raise PoolError(f"policy {name!r}: {policies[name].label} asks several models; exploration wraps a "
+                                "policy that picks one model from the router's scores")
+        for name, _ in specs:  # without a router, the default route explores around the pool's order
+            if explore is not None and rates[name] is None and _picks_one(policies.get(name)):
+                rates[name] = explore
+        return cls(pool, trained, policies, {k: v for k, v in rates.items() if v is not None}, seed)
 
     def warm_up(self) -> None:
         """Load the router's features (e.g. the embedding model) before the first request, and
@@ -122,6 +148,30 @@ class Selector:
         return list(self.policies) if DEFAULT in self.policies else [DEFAULT, *self.policies]
 
     def plan(self, req: ChatRequest) -> Plan:
+        plan = self._plan(req)
+        given = set(plan.allowed or plan.candidates)  # in the pool's order, so logs compare
+        plan.allowed = [m for m in self.names
+                        if m in given and (m not in self.circuits or self.circuits[m].state != "open")]
+        eps = self.explore.get(req.model)
+        return plan if eps is None else self._explore(plan, eps)
+
+    def _explore(self, plan: Plan, eps: float) -> Plan:
+        """With probability ``eps``, a uniform draw among the allowed models in place of the
+        policy's own pick, which becomes the first fallback."""
+        own, allowed = plan.candidates[0], plan.allowed
+        names = allowed if own in allowed else [own, *allowed]
+        mask = np.array([[m in allowed for m in names]])
+        choice, propensity, explored = explore_draw(eps, np.array([names.index(own)]), mask, self.rng)
+        pick = names[int(choice[0])]
+        plan.propensity, plan.explored = float(propensity[0]), bool(explored[0])
+        plan.policy = f"{plan.policy}+explore:{eps:g}" if plan.policy else f"explore:{eps:g}"
+        if plan.explored:
+            plan.candidates = [pick, *(m for m in plan.candidates if m != pick)]
+            plan.reason = (f"explored ({eps:g}): drew {pick} uniformly among {len(allowed)} allowed models; "
+                           f"the policy's own pick: {plan.reason}")
+        return plan
+
+    def _plan(self, req: ChatRequest) -> Plan:
         ineligible = {m.name: why for m in self.pool.models if (why := self._ineligible(m, req))}
         if req.model in self.names:
             if req.model in ineligible:
@@ -153,7 +203,8 @@ class Selector:
             raise GatewayError(400, f"no model in the blend can take this request ({detail})", code="no_eligible_model")
         pick, reason = blend.pick(members, req.session, req.turn)
         rest = [m for m in members if m != pick] + [m for m in eligible if m not in members]
-        return Plan([pick, *rest], reason, blend.label, ineligible=ineligible)
+        return Plan([pick, *rest], reason, blend.label, ineligible=ineligible, allowed=members,
+                    propensity=blend.probability(members, pick))
 
     def _agree(self, req: ChatRequest, policy: Agree, eligible: list[str], ineligible: dict[str, str]) -> Plan:
         """An agreement cascade: its eligible first-stage models together, then the strong model
@@ -325,6 +376,11 @@ def _routed(name: str, spec, trained: artifact.TrainedRouter, pool: PoolConfig):
     if getattr(policy, "post_call", False):
         _check_answer_reading(name, policy)
     return policy
+
+
+def _picks_one(policy) -> bool:
+    """Whether a route's policy picks one model (None: the pool's order), so it can explore."""
+    return not isinstance(policy, (Blend, Agree)) and not getattr(policy, "post_call", False)
 
 
 def _is_agree(spec) -> bool:
