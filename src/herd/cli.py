@@ -584,6 +584,10 @@ def serve(
                                             "uniformly among those allowed (constraints and resting backends kept); "
                                             "each choice's probability is in the choice log. A pool policy's own "
                                             "'+explore:EPS' wins. Default: no exploration."),
+    feedback_log: Optional[str] = typer.Option(None, "--feedback-log", metavar="FILE", help="Take POST /v1/feedback "
+                                               "({request_id, score 0..1, label?, comment?} for an answered request) "
+                                               "and append each to this file; with --workers N it needs shared "
+                                               "state (HERD_STATE_URL or gateway.state)."),
     explore_seed: Optional[int] = typer.Option(None, "--explore-seed", help="Seed of the exploration draws (each "
                                                "worker draws the same sequence); default: fresh each start."),
 ) -> None:
@@ -610,6 +614,8 @@ def serve(
     from herd.gateway.app import ENV_EXPLORE, ENV_EXPLORE_SEED, ENV_KEYS_FILE, ENV_LOG_PROMPTS, ENV_POOL, build_app
     from herd.gateway.keys import serving_keys
     from herd.gateway.choices import ENV_CHOICE_LOG
+    from herd.gateway.feedback import ENV_FEEDBACK_LOG
+    from herd.gateway.state import ENV_STATE_URL
     from herd.http_guard import http_protocol
     from herd.json_logs import ENV_LOG_FORMAT, JsonFormatter, json_log_config
 
@@ -620,7 +626,7 @@ def serve(
         keys = serving_keys(api_keys_file, no_auth, host)
         # Validate everything before any worker starts.
         app_ = build_app(pool, keys, choice_log, as_json, log_prompts=log_prompts, explore=explore,
-                         explore_seed=explore_seed)
+                         explore_seed=explore_seed, feedback_log=feedback_log)
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
         app_.state.gateway.selector.warm_up()
@@ -628,6 +634,10 @@ def serve(
         _fail(f"{e.filename}: {e.strerror}")
     except _usage_errors() as e:
         _fail(str(e))
+    if feedback_log and workers > 1 and not (os.environ.get(ENV_STATE_URL) or app_.state.gateway.pool.gateway.state):
+        _fail(f"--feedback-log with --workers {workers}: each worker would know only the requests it answered, and "
+              "feedback reaching another one would be refused; share them in Redis (HERD_STATE_URL or gateway.state "
+              "in the pool file) or serve with --workers 1")
     started = (f"herd {__version__} serving {pool} on http://{host}:{port}/v1 "
                f"({workers} worker{'s' if workers > 1 else ''}, {'API keys required' if keys else 'no auth'})")
     if as_json:
@@ -654,6 +664,8 @@ def serve(
         os.environ[ENV_KEYS_FILE] = str(Path(api_keys_file).resolve())
     if choice_log:
         os.environ[ENV_CHOICE_LOG] = str(Path(choice_log).resolve())
+    if feedback_log:
+        os.environ[ENV_FEEDBACK_LOG] = str(Path(feedback_log).resolve())
     if log_prompts:
         os.environ[ENV_LOG_PROMPTS] = "1"
     if explore is not None:

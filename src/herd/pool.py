@@ -94,6 +94,8 @@ class GatewaySettings(_Strict):
                                           "(HERD_SESSION_SECRET wins; default: random per start)")
     log_session_text: bool = Field(False, description="choice log: also write each session in clear (never for "
                                    "private requests)")
+    feedback_window_days: float = Field(7.0, gt=0, description="how long an answered request can get feedback "
+                                        "(POST /v1/feedback; herd serve --feedback-log)")
     log_prompts: bool = Field(False, description="choice log: also write the text the router scored as 'query' "
                               "(never for private requests); as herd serve --log-prompts")
     state: Optional[str] = Field(None, pattern=r"^(redis|rediss|unix)://", description="where keys' limits, the "

@@ -33,6 +33,7 @@ from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, u
 from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat, parse_completion
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
 from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
+from herd.gateway.feedback import ENV_FEEDBACK_LOG, Feedback
 from herd.gateway.keys import TAB, ClientKey, Limits, as_keys, read_api_keys
 from herd.gateway.selection import Plan, Selector
 from herd.gateway.state import SharedHealth, make_state
@@ -46,7 +47,8 @@ ENV_LOG_PROMPTS, ENV_EXPLORE, ENV_EXPLORE_SEED = "HERD_LOG_PROMPTS", "HERD_EXPLO
 
 class Gateway:
     def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[ClientKey | str] | None = None,
-                 choice_log: ChoiceLog | None = None, log_decisions: bool = False):
+                 choice_log: ChoiceLog | None = None, log_decisions: bool = False,
+                 feedback_log: str | Path | None = None):
         self.pool = pool
         self.selector = selector
         self.choice_log = choice_log
@@ -58,6 +60,7 @@ class Gateway:
         # Without limits or a shared ledger, requests take no detour through them.
         self.limits = Limits(pool, state) if state.ledger_kept or any(k.limited for k in self.keys) else None
         self.shared_health = SharedHealth(state, self.backends)
+        self.feedback = Feedback(feedback_log, state, pool.gateway.feedback_window_days) if feedback_log else None
         self.secrets = [k for m in pool.models if (k := m.api_key())]  # never relayed to a client
         self.max_body = int(pool.gateway.max_body_mb * 1024 * 1024)
 
@@ -156,6 +159,8 @@ class Gateway:
         try:
             response = await _unless_disconnected(request, self._answer(req, plan, route, started))
             streaming = isinstance(response, _Relay)  # it counts itself out when it closes
+            if self.feedback is not None and response.status_code == 200:
+                await self.feedback.answered(req.request_id)  # before the client can send feedback on it
             return response
         finally:
             if not streaming:
@@ -210,10 +215,10 @@ class Gateway:
             return name, outcome, attempts
         return None, None, attempts
 
-    def _meta(self, plan: Plan, name: str, attempts: list[dict], cost: float | None = None,
+    def _meta(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict], cost: float | None = None,
               checked: Checked | None = None) -> dict:
-        meta = {"model": name, "chosen": plan.first, **plan.describe(), "attempts": attempts,
-                "cost_usd": cost}
+        meta = {"request_id": req.request_id, "model": name, "chosen": plan.first, **plan.describe(),
+                "attempts": attempts, "cost_usd": cost}
         if checked is not None:
             meta.update(checked.describe(name))
         return meta
@@ -258,7 +263,7 @@ class Gateway:
                             headers=headers)
         tm.ANSWERS.labels(name).inc()
         if req.stream:
-            meta = self._meta(plan, name, attempts, None, checked)
+            meta = self._meta(req, plan, name, attempts, None, checked)
             return self._relay(req, plan, route, started, name, outcome, meta, headers, attempts, checked)
         data = outcome.data
         cost = self.account_reply(name, data)
@@ -266,7 +271,7 @@ class Gateway:
             cost = plus(cost, checked.cost)
         headers = self._headers(req, plan, name, attempts, checked, cost)
         data["model"] = name
-        data["herd"] = self._meta(plan, name, attempts, cost, checked)
+        data["herd"] = self._meta(req, plan, name, attempts, cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         self._log_choice(req, plan, route, name, attempts, "200", cost, started, checked)
@@ -364,7 +369,7 @@ class Gateway:
         tm.ANSWERS.labels(name).inc()
         headers = self._headers(req, plan, name, checked.attempts, checked, checked.cost)
         data["model"] = name
-        data["herd"] = self._meta(plan, name, checked.attempts, checked.cost, checked)
+        data["herd"] = self._meta(req, plan, name, checked.attempts, checked.cost, checked)
         tm.REQUESTS.labels(route, "200").inc()
         tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         self._log_choice(req, plan, route, name, checked.attempts, "200", checked.cost, started, checked)
@@ -417,6 +422,20 @@ class Gateway:
         await asyncio.gather(*(b.close() for b in self.backends.values()))
         if self.choice_log is not None:
             self.choice_log.close()
+        if self.feedback is not None:
+            self.feedback.close()
+
+    async def take_feedback(self, request: Request) -> dict | Response:
+        """``POST /v1/feedback`` (gateway/feedback.py says what it takes and answers)."""
+        key = self.check_key(request)
+        if self.feedback is None:
+            raise GatewayError(404, "feedback is off on this gateway; start `herd serve` with --feedback-log FILE to "
+                                    "take it", code="feedback_off")
+        try:
+            raw = await self.read_body(request)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        return await self.feedback.submit(raw, key.name if key is not None else "-")
 
 
 class StreamCut(Exception):
@@ -548,12 +567,13 @@ class HerdApp(FastAPI):
 
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
-               choice_log: str | Path | None = None, log_json: bool = False, *, log_prompts: bool = False) -> FastAPI:
+               choice_log: str | Path | None = None, log_json: bool = False, *, log_prompts: bool = False,
+               feedback_log: str | Path | None = None) -> FastAPI:
     """``log_prompts`` (or the pool's ``gateway.log_prompts``): the choice log keeps the text the
-    router scored, except for private requests."""
+    router scored, except for private requests. ``feedback_log``: POST /v1/feedback appends there."""
     log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret), pool.gateway.log_session_text,
                      log_prompts or pool.gateway.log_prompts) if choice_log else None
-    gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json)
+    gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json, feedback_log=feedback_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -575,7 +595,7 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):
         message = {404: f"no route {request.url.path}; herd serves /v1/chat/completions, /v1/completions, /v1/models, "
-                        "/health, /metrics",
+                        "/v1/feedback, /health, /metrics",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message)
 
@@ -593,6 +613,10 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
         return await gateway.chat(request, parse_completion)
 
     app.direct = {"/v1/chat/completions": chat_completions, "/v1/completions": completions}
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        return await gateway.take_feedback(request)
 
     @app.get("/v1/models")
     async def list_models(request: Request):
@@ -623,10 +647,11 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
 
 def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None,
               log_json: bool = False, *, log_prompts: bool = False, explore: float | None = None,
-              explore_seed: int | None = None) -> FastAPI:
+              explore_seed: int | None = None, feedback_log: str | Path | None = None) -> FastAPI:
     pool, router_dir = load_pool(pool_path)
     selector = Selector.from_config(pool, router_dir, explore, explore_seed)
-    return create_app(pool, selector, api_keys, choice_log, log_json, log_prompts=log_prompts)
+    return create_app(pool, selector, api_keys, choice_log, log_json, log_prompts=log_prompts,
+                      feedback_log=feedback_log)
 
 
 def app_from_env() -> FastAPI:
@@ -635,4 +660,5 @@ def app_from_env() -> FastAPI:
     return build_app(env[ENV_POOL], read_api_keys(env.get(ENV_KEYS_FILE)), env.get(ENV_CHOICE_LOG),
                      env.get(ENV_LOG_FORMAT) == "json", log_prompts=env.get(ENV_LOG_PROMPTS) == "1",
                      explore=float(env[ENV_EXPLORE]) if env.get(ENV_EXPLORE) else None,
-                     explore_seed=int(env[ENV_EXPLORE_SEED]) if env.get(ENV_EXPLORE_SEED) else None)
+                     explore_seed=int(env[ENV_EXPLORE_SEED]) if env.get(ENV_EXPLORE_SEED) else None,
+                     feedback_log=env.get(ENV_FEEDBACK_LOG))

@@ -12,7 +12,9 @@ is back. While Redis is unreachable, ``fail: open`` serves with this process's o
 Keys (prefix ``herd:``): ``rpm:NAME`` (sorted set of admission times), ``tpm:NAME`` (tokens per
 second, last 60 s), ``budget:NAME:d:DAY`` and ``budget:NAME:m:MONTH`` (hash: spent, held),
 ``ledger:DAY`` (hash: ``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``),
-``ledger:days``, ``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms)."""
+``ledger:days``, ``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms),
+``answered:REQUEST_ID`` (a request answered with 200, for the feedback window: "0", then "1"
+once it has feedback)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ WINDOW_S = 60.0
 HEALTH_SYNC_S = 0.25  # how often each process shares circuit changes and probes an unreachable Redis
 CHARGED_TTL_S = 7 * 86400  # how long a request id is remembered as charged
 SETTLE_BATCH = 256  # charges sent to Redis in one round trip at most
+# Answered request ids one process remembers for feedback at most (~150 MB); the oldest go first.
+LOCAL_ANSWERED = 1_000_000
 
 
 class StateDown(Exception):
@@ -111,6 +115,18 @@ class State:
     async def share_health(self, opened: dict[str, float], closed: list[str]) -> dict[str, float]:
         return {}
 
+    async def remember_answered(self, request_id: str, ttl_s: float) -> None:
+        """Note a request answered with status 200, which may get feedback for ``ttl_s``."""
+        raise NotImplementedError
+
+    async def claim_feedback(self, request_id: str) -> str:
+        """'ok' (and from now on 'repeat'), 'repeat', or 'unknown' (never answered, or expired)."""
+        raise NotImplementedError
+
+    async def release_feedback(self, request_id: str) -> None:
+        """Undo a claim whose feedback could not be written."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         pass
 
@@ -122,6 +138,33 @@ class LocalState(State):
         self.requests: dict[str, deque] = {}  # name -> admission times
         self.tokens: dict[str, TokenWindow] = {}
         self.budgets: dict[tuple[str, str], list[float]] = {}  # (name, period) -> [spent, held]
+        self.answered: dict[str, list] = {}  # request id -> [until (monotonic), has feedback], oldest first
+
+    async def remember_answered(self, request_id: str, ttl_s: float) -> None:
+        self.remember_now(request_id, ttl_s)
+
+    def remember_now(self, request_id: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        answered = self.answered
+        while answered and (len(answered) >= LOCAL_ANSWERED or next(iter(answered.values()))[0] <= now):
+            del answered[next(iter(answered))]
+        answered[request_id] = [now + ttl_s, False]
+
+    async def claim_feedback(self, request_id: str) -> str:
+        return self.claim_now(request_id)
+
+    def claim_now(self, request_id: str) -> str:
+        entry = self.answered.get(request_id)
+        if entry is None or entry[0] <= time.monotonic():
+            return "unknown"
+        if entry[1]:
+            return "repeat"
+        entry[1] = True
+        return "ok"
+
+    async def release_feedback(self, request_id: str) -> None:
+        if (entry := self.answered.get(request_id)) is not None:
+            entry[1] = False
 
     async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
                     month: str) -> tuple[Refusal | None, str | None]:
@@ -286,6 +329,16 @@ end
 return redis.call('MGET', unpack(KEYS))
 """
 
+# KEYS: answered:ID. Returns 1 if claimed now, 2 if it had feedback before, 0 if not known.
+# SETRANGE keeps the key's expiry.
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if v == '1' then return 2 end
+redis.call('SETRANGE', KEYS[1], 0, '1')
+return 1
+"""
+
 LEDGER_FIELDS = ("usd", "calls", "prompt_tokens", "completion_tokens")
 
 
@@ -310,6 +363,7 @@ class RedisState(State):
         self._admit = self.redis.register_script(_ADMIT)
         self._settle = self.redis.register_script(_SETTLE)
         self._health = self.redis.register_script(_HEALTH)
+        self._claim = self.redis.register_script(_CLAIM)
         tm.STATE_UP.labels("redis").set(1)
 
     def _down(self, e: Exception) -> None:
@@ -426,6 +480,45 @@ class RedisState(State):
         if self.pending:
             self._write_pending()
         return {m: float(v) / 1000 for m, v in zip(models, values) if v}
+
+    async def remember_answered(self, request_id: str, ttl_s: float) -> None:
+        """In Redis before the answer leaves, so feedback to any worker finds it; while Redis is
+        unreachable, in this process (which then takes that feedback itself)."""
+        from redis.exceptions import RedisError
+
+        if self.up:
+            try:
+                await self.redis.set(f"{self.prefix}answered:{request_id}", "0", ex=max(1, round(ttl_s)))
+                return
+            except (RedisError, OSError) as e:
+                self._down(e)
+        self.local.remember_now(request_id, ttl_s)
+
+    async def claim_feedback(self, request_id: str) -> str:
+        """Redis says; an id this process remembered while Redis was unreachable is claimed here,
+        and while it is unreachable any other id is refused with StateDown, not called unknown."""
+        from redis.exceptions import RedisError
+
+        if self.up:
+            try:
+                got = await self._claim(keys=[f"{self.prefix}answered:{request_id}"])
+            except (RedisError, OSError) as e:
+                self._down(e)
+            else:
+                if got or request_id not in self.local.answered:
+                    return {0: "unknown", 1: "ok", 2: "repeat"}[got]
+        if request_id in self.local.answered:
+            return self.local.claim_now(request_id)
+        raise StateDown()
+
+    async def release_feedback(self, request_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        await self.local.release_feedback(request_id)
+        try:
+            await self.redis.set(f"{self.prefix}answered:{request_id}", "0", xx=True, keepttl=True)
+        except (RedisError, OSError) as e:
+            self._down(e)
 
     async def ledger(self) -> list[dict]:
         """Every (key, model, day) row of the ledger, oldest day first."""

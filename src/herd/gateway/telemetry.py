@@ -30,6 +30,8 @@ KEY_REQUESTS = Counter("herd_key_requests_total", "Chat requests per client key 
 KEY_SPEND = Counter("herd_key_spend_usd_total", "Spend in USD per client key name, every backend call counted", ["key"])
 KEY_REFUSALS = Counter("herd_key_refusals_total", "Requests refused by a key's limits, by limit (rpm, tpm, day, "
                        "month)", ["key", "limit"])
+FEEDBACK = Counter("herd_feedback_total", "Feedback sent to /v1/feedback, per client key name and result (accepted, "
+                   "unknown, repeat, invalid)", ["key", "result"])
 STATE_UP = Gauge("herd_state_up", "1 while the shared limits store is reachable; the lowest of the workers",
                  ["store"], multiprocess_mode="livemin")
 STATE_ERRORS = Counter("herd_state_errors_total", "Failed calls to the shared limits store")
