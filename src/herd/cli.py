@@ -330,12 +330,71 @@ def eval_cmd(
                                       "turns (chained questions) under single models, uniform/weighted/learned blends."),
     pool_file: Optional[str] = typer.Option(None, "--pool", metavar="POOL", help="Price the models from this pool "
                                             "file (per million tokens; by router_name, else name); recorded costs stay."),
+    off_policy: bool = typer.Option(False, "--off-policy", help="DATA is live traffic from `herd import choice-log`: "
+                                    "estimate each candidate's mean score and cost on it (IPS, SNIPS, doubly robust, "
+                                    "95% CIs) beside the policy that served it. Candidates: --router x --policy "
+                                    "cross-fitted on the log (default logistic, argmax), and/or --candidate."),
+    candidate: Optional[list[str]] = typer.Option(None, "--candidate", metavar="ROUTER_DIR", help="With --off-policy: "
+                                                  "a router trained by `herd train`, routing the logged queries as it "
+                                                  "would; repeat for several."),
 ) -> None:
-    """Cross-validate routers against oracle, random, single models and the best single model."""
+    """Cross-validate routers against oracle, random, single models and the best single model.
+
+    \b
+    herd eval runs/gsm8k --router knn,logistic --policy argmax,safe
+    herd eval runs/live --off-policy --policy argmax,cost-aware:0.5 --candidate router/
+    """
+    if off_policy:
+        return _run_off_policy(data or data_opt, _split_list(router), _split_policies(policy), candidate or [],
+                               folds, seed, out, json_path)
+    if candidate:
+        _fail("--candidate goes with --off-policy")
     _run_eval(data or data_opt, _split_list(source), _split_list(benchmark), _split_list(models),
               _split_list(router) or DEMO_ROUTERS, _tagged_policies(_split_policies(policy) or DEFAULT_POLICIES, tags),
               folds, seed, out, json_path, min_outcomes, size_prices, sweep, conversations=conversations, mix=mix,
               pool_file=pool_file)
+
+
+def _run_off_policy(data_dir, routers, policies, candidates, folds, seed, out, json_path) -> None:
+    import json
+
+    from herd import artifact
+    from herd.data import Outcomes, find_data_dir
+    from herd.offpolicy import evaluate_log
+    from herd.policies import make_policy
+    from herd.report import offpolicy_lines, write_offpolicy_report
+    from herd.routers import make_router
+
+    started = time.perf_counter()
+    try:
+        path = find_data_dir(data_dir)
+        chosen = {}
+        if routers or policies or not candidates:
+            for name in routers or ["logistic"]:
+                for p in policies or ["argmax"]:
+                    policy = make_policy(p)
+                    chosen[f"{name} ({policy.label})"] = (make_router(name, seed=seed), policy)
+        for d in candidates:
+            trained = artifact.load(d)
+            chosen[f"{d} ({trained.manifest['router']['name']} + {trained.policy.label})"] = trained
+        # Live traffic has one outcome per request: a model's count says nothing of its coverage.
+        data = Outcomes.load(path, min_outcomes=1)
+        console.print(f"herd {__version__} off-policy evaluation of {len(chosen)} candidate(s) on {path}")
+        with console.status("cross-fitting the reward model and the candidates") as status:
+            result = evaluate_log(data, chosen, folds=folds, seed=seed,
+                                  progress=lambda name: status.update(f"estimating {name}"))
+    except _usage_errors() as e:
+        _fail(str(e))
+    for line in offpolicy_lines(result):
+        console.print(line, markup=False, highlight=False)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = Path(json_path) if json_path else out_dir / "offpolicy.json"
+    metrics_path.write_text(json.dumps(result.to_json(), indent=2))
+    page = write_offpolicy_report(result, out_dir / "offpolicy.html")
+    console.print(f"report:  {page.resolve()}")
+    console.print(f"metrics: {metrics_path.resolve()}")
+    console.print(f"took {time.perf_counter() - started:.1f} s")
 
 
 def _demo_engine() -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from herd import metrics
 from herd.evaluation import BenchmarkResult, Evaluation, MethodResult
+from herd.offpolicy import MIN_ESS, Estimate, OffPolicyResult
 
 MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
 SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
@@ -587,6 +588,63 @@ def write_select_report(result: dict, plot: Path, path: Path) -> Path:
                f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul><div class='plots'>{img}</div></section>")
     path.write_text(_HTML.format(title=html.escape(f"herd select: {result['data']}"),
                                  intro=html.escape(f"constraints: {json.dumps(result['constraints'])}"), body=section))
+    return path
+
+
+# ---- off-policy evaluation ------------------------------------------------------------
+def _interval(e: Estimate, usd: bool = False) -> str:
+    f = (lambda x: f"${x:.3g}") if usd else (lambda x: f"{x:.3f}")
+    return f"{f(e.value)} ({f(e.low)} to {f(e.high)})"
+
+
+def _estimates(label: str, found: dict[str, Estimate], usd: bool = False) -> str:
+    return f"{label}: " + ", ".join(f"{k.upper()} {_interval(e, usd)}" for k, e in found.items())
+
+
+def offpolicy_lines(r: OffPolicyResult) -> list[str]:
+    """The logging policy's observed means, then per candidate its estimates (none when the log
+    cannot tell) and the verdict in words."""
+    out = [f"{r.n} logged request(s) with feedback, {r.explored} chosen by exploration; served by "
+           f"{r.logging_policy or 'an unnamed policy'} over {', '.join(r.models)}",
+           f"served (observed): score {_interval(r.logged_score)}"
+           + (f", cost {_interval(r.logged_cost, True)}/request" if r.logged_cost else ""), ""]
+    for c in r.candidates:
+        picks = ", ".join(f"{share:.0%} {name}" for name, share in sorted(c.shares.items(), key=lambda t: -t[1]))
+        out.append(f"{c.name}: picks {picks}; support on {c.coverage:.0%} of requests, {c.matched} matching the "
+                   f"logged model (effective sample size {c.ess:.0f})")
+        if c.score and not c.too_thin:
+            out.append("  " + _estimates("score", c.score))
+            if c.cost:
+                out.append("  " + _estimates("cost/request", c.cost, True))
+        out.append(f"  -> {c.verdict}")
+    out += ["", f"95% intervals: normal approximation on per-row terms (SNIPS: delta method); reward model for DR "
+                f"cross-fitted over {r.folds} folds; under {MIN_ESS} effective matching requests no estimate is given"]
+    out += [f"note: {n}" for n in r.notes]
+    return out
+
+
+def write_offpolicy_report(r: OffPolicyResult, path: Path) -> Path:
+    """The off-policy estimates as one page: a row per candidate, the verdict in words."""
+    head = "".join(f"<th>{h}</th>" for h in ("candidate", "verdict", "support", "matching (effective)",
+                                            "score IPS", "score SNIPS", "score DR", "cost DR"))
+
+    def cell(c, kind, key, usd=False):
+        found = getattr(c, kind).get(key)
+        return "" if found is None or c.too_thin else html.escape(_interval(found, usd))
+
+    body = "".join(
+        f"<tr><td>{html.escape(c.name)}</td><td>{html.escape(c.verdict)}</td><td>{c.coverage:.0%}</td>"
+        f"<td>{c.matched} ({c.ess:.0f})</td><td>{cell(c, 'score', 'ips')}</td><td>{cell(c, 'score', 'snips')}</td>"
+        f"<td>{cell(c, 'score', 'dr')}</td><td>{cell(c, 'cost', 'dr', True)}</td></tr>" for c in r.candidates)
+    served = (f"<tr class='best-single'><td>served (observed)</td><td>the logging policy</td><td>100%</td><td>{r.n}</td>"
+              f"<td colspan='3'>{html.escape(_interval(r.logged_score))}</td>"
+              f"<td>{html.escape(_interval(r.logged_cost, True)) if r.logged_cost else 'n/a'}</td></tr>")
+    lines = offpolicy_lines(r)
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in lines[-1 - len(r.notes):])
+    section = (f"<section><h2>Off-policy estimates</h2><table><thead><tr>{head}</tr></thead><tbody>{served}{body}"
+               f"</tbody></table><ul class='notes'>{notes}</ul></section>")
+    path.write_text(_HTML.format(title=html.escape(f"herd eval --off-policy: {r.origin}"),
+                                 intro=html.escape(lines[0]), body=section))
     return path
 
 
