@@ -199,3 +199,51 @@ def test_eval_off_policy_says_when_the_log_is_too_thin(tmp_path, dataset_dir):
     page = (tmp_path / "report" / "offpolicy.html").read_text()
     assert "too little exploration to tell" in page
     assert json.loads((tmp_path / "report" / "offpolicy.json").read_text())["candidates"][0]["too_thin"]
+
+
+# ---- the loop through `herd serve`: real processes on loopback -------------------------------
+def test_the_loop_through_the_gateway(tmp_path):
+    """Serve with exploration, both logs and prompt logging; send feedback by request id; import;
+    evaluate off-policy. The import keeps every answered request with its logged propensity."""
+    import httpx
+    import openai
+    from fake_backend import start_backend
+    from live_logs import TOPICS
+    from servers import pool_yaml, start_gateway, train_toy_router
+
+    router = train_toy_router(tmp_path / "router")
+    backends = {name: start_backend(name=name) for name in MODELS}
+    try:
+        pool = tmp_path / "pool.yaml"
+        pool.write_text(pool_yaml([{"name": n, "base_url": b.url} for n, b in backends.items()], str(router)))
+        choices, fb = tmp_path / "choices.jsonl", tmp_path / "feedback.jsonl"
+        rng = np.random.default_rng(0)
+        with start_gateway(pool, "--choice-log", str(choices), "--feedback-log", str(fb), "--log-prompts",
+                           "--explore", "0.5", "--explore-seed", "3", timeout=90) as gw:
+            client = openai.OpenAI(base_url=gw.url, api_key="unused", max_retries=0)
+            for i in range(60):
+                topic = list(TOPICS)[i % 3]
+                text = f"{TOPICS[topic][i % 4]} {topic} question {i}"
+                raw = client.chat.completions.with_raw_response.create(
+                    model="herd", messages=[{"role": "user", "content": text}])
+                model = raw.parse().model
+                score = float(rng.random() < RATES[topic][MODELS.index(model)])
+                got = httpx.post(f"{gw.url}/feedback", json={"request_id": raw.headers["x-herd-request-id"],
+                                                            "score": score}, timeout=30)
+                assert got.status_code == 200, got.text
+    finally:
+        for b in backends.values():
+            b.stop()
+    r = herd("import", "choice-log", str(choices), "--feedback", str(fb), "-o", str(tmp_path / "live"))
+    assert r.returncode == 0, r.stderr
+    assert "kept 60 answered request(s)" in r.stdout and "skipped" not in r.stdout
+    logged = {json.loads(line)["request_id"]: json.loads(line) for line in choices.read_text().splitlines()}
+    data = Outcomes.load(tmp_path / "live", min_outcomes=1)
+    for row in data.outcomes.itertuples():
+        assert row.propensity == logged[row.qid]["propensity"] and row.model == logged[row.qid]["model"]
+    assert set(data.queries["text"]) == {logged[q]["query"] for q in data.queries["qid"]}
+    assert data.outcomes["explored"].any() and (data.outcomes["propensity"] < 1).all()
+    r = herd("eval", str(tmp_path / "live"), "--off-policy", "--candidate", str(router), "-o", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "rep" / "offpolicy.json").read_text())
+    assert result["requests"] == 60 and result["explored"] == int(data.outcomes["explored"].sum())
