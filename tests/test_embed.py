@@ -77,6 +77,21 @@ def test_embedding_routers_contract(dataset_dir, name):
     np.testing.assert_array_equal(s, make_router(name).fit(train).predict_scores(texts))
 
 
+def test_live_texts_are_encoded_on_one_thread(tmp_path):
+    """A live query runs on one torch thread (several wait on each other when the machine is
+    busy); a dataset's batch on all of them."""
+    import torch
+
+    batch_threads = features._torch_batch_threads()
+    e = SentenceEmbedder(cache=tmp_path / "emb", engine="torch")
+    after = []
+    for texts in (["a live query"], [f"dataset question {i}" for i in range(CACHE_MIN_TEXTS)], ["another one"]):
+        e.embed(texts)
+        after.append(torch.get_num_threads())
+    assert after == [1, batch_threads, 1]
+    torch.set_num_threads(batch_threads)
+
+
 def test_routing_from_many_threads_leaves_blas_threads_alone(dataset_dir):
     """kNN holds BLAS at one thread for a single query; overlapping requests must restore it."""
     from concurrent.futures import ThreadPoolExecutor

@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -158,12 +158,24 @@ class SentenceEmbedder:
                 "sentence-transformers is not installed: install torch's CPU build, then "
                 "pip install -e '.[embed]' (see README)"
             ) from None
+        import torch
+
         model = SentenceTransformer(str(self.model_path or local_model_path()), device="cpu")
         model.max_seq_length = EMBED_MAX_TOKENS
         model.tokenizer.truncation_side = TRUNCATE
-        return lambda texts: model.encode(
-            texts, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False,
-        )
+        batch_threads = _torch_batch_threads()
+
+        def encode(texts: list[str]) -> np.ndarray:
+            # A few live texts are encoded on one thread. Split over several, each of the model's
+            # many small steps waits for every thread, and on a busy machine one of them is often
+            # off its core: a query took ten times longer on two threads than on one under load.
+            threads = 1 if len(texts) < self.cache_min else batch_threads
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            return model.encode(texts, batch_size=EMBED_BATCH, normalize_embeddings=True, convert_to_numpy=True,
+                                show_progress_bar=False)
+
+        return encode
 
     def _onnx_encoder(self):
         path = Path(self.model_path or local_model_path())
@@ -242,6 +254,14 @@ def _model_tag(path: Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
     return h.hexdigest()[:10]
+
+
+@cache
+def _torch_batch_threads() -> int:
+    """torch's own thread count, read before any live text set it to one."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 _shared: dict[str, SentenceEmbedder] = {}
