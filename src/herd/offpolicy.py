@@ -265,11 +265,13 @@ def reward_model(log: LoggedTraffic, splits, seed: int = 0) -> np.ndarray:
     out = np.empty((log.n, len(log.models)))
     proto = make_router(REWARD_MODEL, seed=seed)
     for tr, te in splits:
-        out[te] = _fit_partial(proto, log, tr).predict_scores([log.matrix.texts[i] for i in te])
+        out[te] = fit_on_log(proto, log, tr).predict_scores([log.matrix.texts[i] for i in te])
     return out
 
 
-def _fit_partial(proto: Router, log: LoggedTraffic, rows: np.ndarray) -> Router:
+def fit_on_log(proto: Router, log: LoggedTraffic, rows: np.ndarray) -> Router:
+    """A copy of ``proto`` fitted on the logged requests ``rows``: each model on the answers it
+    gave, inverse-propensity weighted (``feedback_weights``); scores for every log model."""
     train = log.matrix.take(rows)
     w = feedback_weights(train, np.ones(train.n_queries, bool), 1.0)
     unseen = w.sum(axis=0) <= 0
@@ -316,7 +318,7 @@ def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: in
                          f"one of: {', '.join(weighted_names())}")
     choice = np.empty(log.n, int)
     for tr, te in splits:
-        router = _fit_partial(proto, log, tr)
+        router = fit_on_log(proto, log, tr)
         mask = np.zeros(log.n, bool)
         mask[tr] = True
         costs = log.filled_cost(mask)
