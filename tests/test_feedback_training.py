@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from live_logs import MODELS, RATES, simulate, write_lines
 
@@ -81,10 +82,6 @@ def test_routers_that_cannot_weigh_say_which_can(live_dir):
 
 
 def test_inverse_propensity_weights_by_hand():
-    from herd.data import Outcomes
-
-    import pandas as pd
-
     q = pd.DataFrame({"source": "s", "benchmark": "b", "qid": list("abcd"), "text": list("abcd")})
     o = pd.DataFrame({"source": "s", "benchmark": "b", "qid": list("abcd"), "model": ["x", "x", "x", "y"],
                       "correct": [1.0, 0.0, 1.0, 1.0], "propensity": [0.9, 0.9, 0.1, 0.5]})

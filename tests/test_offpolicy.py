@@ -185,6 +185,10 @@ def test_eval_off_policy_cli(tmp_path, dataset_dir):
     assert r.returncode == 2 and "complete outcome tables" in r.stderr and "Traceback" not in r.stderr
     r = herd("eval", str(dataset_dir), "--off-policy", "-o", str(tmp_path / "r3"))
     assert r.returncode == 2 and "herd import choice-log" in r.stderr
+    r = herd("eval", str(live), "--off-policy", "--benchmark", "x", "-o", str(tmp_path / "r4"))
+    assert r.returncode == 2 and "--benchmark: not for --off-policy" in r.stderr
+    r = herd("eval", str(live), "--candidate", str(tmp_path / "router"), "-o", str(tmp_path / "r5"))
+    assert r.returncode == 2 and "--candidate goes with --off-policy" in r.stderr
 
 
 def test_eval_off_policy_says_when_the_log_is_too_thin(tmp_path, dataset_dir):

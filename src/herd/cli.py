@@ -345,6 +345,11 @@ def eval_cmd(
     herd eval runs/live --off-policy --policy argmax,cost-aware:0.5 --candidate router/
     """
     if off_policy:
+        other = [flag for flag, given in (("--source", source), ("--benchmark", benchmark), ("--models", models),
+                                          ("--mix", mix), ("--conversations", conversations), ("--pool", pool_file),
+                                          ("--tags", tags)) if given]
+        if other:
+            _fail(f"{', '.join(other)}: not for --off-policy, which reads one log as it is")
         return _run_off_policy(data or data_opt, _split_list(router), _split_policies(policy), candidate or [],
                                folds, seed, out, json_path)
     if candidate:
