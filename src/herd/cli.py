@@ -891,7 +891,8 @@ def import_cmd(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="routerbench: read a .pkl file. Reading a pickle "
                                       "runs any code it holds: only for a file from a source you trust."),
 ) -> None:
-    """Import outcomes recorded by other tools into herd's unified format, ready for `herd eval`.
+    """Import outcomes recorded by other tools, or herd serve's own traffic with its feedback, into
+    herd's unified format, ready for `herd eval`.
 
     \b
     herd import lm-eval results/my-model/samples_gsm8k_*.jsonl -o runs/imported
