@@ -199,8 +199,6 @@ def test_logged_propensities_match_what_the_gateway_drew(served):
         assert all(r["propensity"] == pytest.approx(p) for r in chosen)
         # Fixed seed, so this is deterministic; 4 standard errors apart, a wrong rate (or no exploration) fails.
         assert abs(len(chosen) / n - p) < 4 * np.sqrt(p * (1 - p) / n), (model, len(chosen))
-        # Inverse propensity weights of each model's choices add up to about n (the IPS identity).
-        assert abs(sum(1 / r["propensity"] for r in chosen) / n - 1) < 0.25
     assert {r["explored"] for r in routed} == {True, False}
     assert all(not r["explored"] or r["reason"].startswith("explored") for r in routed)
     # Exploration never relaxes a constraint: private requests stay on on_prem models, excluded ones are never asked.

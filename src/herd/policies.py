@@ -1062,8 +1062,13 @@ def explore_draw(eps: float, own: np.ndarray, allowed: np.ndarray,
     explored = (rng.random(n) < eps) & (count > 0)
     uniform = np.argmax(np.where(allowed, rng.random(allowed.shape), -1.0), axis=1)
     choice = np.where(explored, uniform, own)
-    spread = eps * allowed[np.arange(n), choice] / np.maximum(count, 1)
-    return choice, np.where(count > 0, (1 - eps) * (choice == own) + spread, 1.0), explored
+    return choice, explore_propensity(eps, choice == own, allowed[np.arange(n), choice], count), explored
+
+
+def explore_propensity(eps: float, own, allowed, count):
+    """The probability epsilon-greedy gives a choice: whether it is the policy's own pick and
+    whether it is among the ``count`` allowed models (scalars or arrays alike)."""
+    return np.where(count > 0, (1 - eps) * own + eps * allowed / np.maximum(count, 1), 1.0)
 
 
 class Explore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from herd.blend import Blend
 from herd.collect.grading import GRADERS, get_grader
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
-from herd.policies import Agree, explore_draw, policy_from_config, policy_inputs, split_explore
+from herd.policies import Agree, explore_propensity, policy_from_config, policy_inputs, split_explore
 from herd.pool import PoolConfig, PoolError
 
 DEFAULT = "herd"
@@ -83,7 +84,7 @@ class Selector:
         self.trained = trained
         self.policies = policies or {}
         self.explore = {route: eps for route, eps in (explore or {}).items() if eps > 0}  # route -> exploration rate
-        self.rng = np.random.default_rng(seed)
+        self.rng = random.Random(seed)  # one draw per request: Python's generator costs less than numpy's here
         self.circuits: dict = {}  # model -> its backend's circuit, set by the gateway: a resting model is not allowed
         self.names = pool.names
         self.by_name = {m.name: m for m in pool.models}
@@ -159,11 +160,9 @@ class Selector:
         """With probability ``eps``, a uniform draw among the allowed models in place of the
         policy's own pick, which becomes the first fallback."""
         own, allowed = plan.candidates[0], plan.allowed
-        names = allowed if own in allowed else [own, *allowed]
-        mask = np.array([[m in allowed for m in names]])
-        choice, propensity, explored = explore_draw(eps, np.array([names.index(own)]), mask, self.rng)
-        pick = names[int(choice[0])]
-        plan.propensity, plan.explored = float(propensity[0]), bool(explored[0])
+        plan.explored = bool(allowed) and self.rng.random() < eps
+        pick = self.rng.choice(allowed) if plan.explored else own
+        plan.propensity = float(explore_propensity(eps, pick == own, pick in allowed, len(allowed)))
         plan.policy = f"{plan.policy}+explore:{eps:g}" if plan.policy else f"explore:{eps:g}"
         if plan.explored:
             plan.candidates = [pick, *(m for m in plan.candidates if m != pick)]
