@@ -219,3 +219,51 @@ def test_ids_are_shared_through_redis_by_workers_and_replicas_until_the_window_e
             expired = feedback(b, {"request_id": late, "score": 1}, {})
             assert expired.status_code == 404 and "in the last 8 s" in expired.json()["error"]["message"]
     assert [r["request_id"] for r in lines(log)] == sent
+
+
+def test_in_process_ids_expire_and_the_oldest_go_first_beyond_the_cap(monkeypatch):
+    import asyncio
+    import time
+
+    from herd.gateway import state as st
+
+    async def run():
+        local = st.LocalState()
+        await local.remember_answered("old", 0.05)
+        await local.remember_answered("new", 60)
+        assert await local.claim_feedback("new") == "ok" and await local.claim_feedback("new") == "repeat"
+        await local.release_feedback("new")
+        assert await local.claim_feedback("new") == "ok"
+        time.sleep(0.06)
+        assert await local.claim_feedback("old") == "unknown"
+        monkeypatch.setattr(st, "LOCAL_ANSWERED", 3)
+        for i in range(5):
+            await local.remember_answered(f"id{i}", 60)
+        assert len(local.answered) == 3 and await local.claim_feedback("id1") == "unknown"
+        assert await local.claim_feedback("id4") == "ok"
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
+def test_while_redis_is_down_an_id_is_never_called_unknown(tmp_path):
+    import asyncio
+
+    from herd.gateway.state import RedisState, StateDown
+
+    with RedisProcess(tmp_path) as redis_server:
+        async def run():
+            state = RedisState(redis_server.url)
+            await state.remember_answered("seen", 60)
+            assert await state.claim_feedback("seen") == "ok" and await state.claim_feedback("seen") == "repeat"
+            await state.release_feedback("seen")
+            assert await state.redis.ttl("herd:answered:seen") > 0  # the release keeps the expiry
+            assert await state.claim_feedback("never") == "unknown"
+            redis_server.kill()
+            await state.remember_answered("during", 60)  # kept in this process meanwhile
+            assert await state.claim_feedback("during") == "ok"
+            with pytest.raises(StateDown):
+                await state.claim_feedback("seen")
+            await state.close()
+
+        asyncio.run(run())

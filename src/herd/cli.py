@@ -665,7 +665,8 @@ def serve(
 
     Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
     the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
-    To learn from your own traffic: --choice-log, --log-prompts and --explore 0.05.
+    To learn from your own traffic: --choice-log, --log-prompts, --feedback-log and --explore 0.05
+    (README "Learn from your own traffic").
     """
     import copy
     import logging
