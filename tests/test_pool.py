@@ -74,11 +74,11 @@ def test_missing_key_variable_and_empty_files(tmp_path, monkeypatch):
         load_pool(tmp_path / "absent.yaml")
 
 
-def test_the_readme_pool_example_is_valid(tmp_path, monkeypatch):
+def test_the_serving_docs_pool_example_is_valid(tmp_path, monkeypatch):
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    serving = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
+    example = serving.split("```yaml\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     config, router = load_pool(write(tmp_path, example))
     assert len(config.models) == 3 and router.name == "router" and set(config.policies) == {"cheap", "budget"}
