@@ -664,9 +664,9 @@ def serve(
       -d '{"model": "herd", "messages": [{"role": "user", "content": "What is 17 * 23?"}]}'
 
     Clients use model "herd" (routed with the default policy), "herd:NAME" (a policy named in
-    the pool file) or a pool model's name (no routing). See README "Serving" for the pool file.
+    the pool file) or a pool model's name (no routing). See docs/serving.md for the pool file.
     To learn from your own traffic: --choice-log, --log-prompts, --feedback-log and --explore 0.05
-    (README "Learn from your own traffic").
+    (docs/feedback.md).
     """
     import copy
     import logging
@@ -749,7 +749,7 @@ def serve(
 
 @app.command()
 def collect(
-    pool: str = typer.Argument(..., metavar="POOL", help="Pool file (YAML): the models to ask; see README 'Serve'."),
+    pool: str = typer.Argument(..., metavar="POOL", help="Pool file (YAML): the models to ask; see docs/serving.md."),
     task: str = typer.Option(..., "--task", help="gsm8k, SOURCE/BENCHMARK of an outcome dataset with gold answers "
                              "(e.g. zeroeval/math-l5), or a JSONL file of {\"id\", \"question\", \"answer\"}."),
     out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Run directory: the call log and the outcome tables go here."),

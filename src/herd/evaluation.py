@@ -135,7 +135,7 @@ class Evaluation:
         return f"Evaluation({self.dataset}: {names}{more}; policies {self.policy})"
 
     def to_json(self) -> dict:
-        """The metrics.json contract (see README)."""
+        """The metrics.json contract (see docs/data.md)."""
         return {
             "schema_version": METRICS_SCHEMA,
             "herd_version": __version__,
