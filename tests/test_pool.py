@@ -74,14 +74,17 @@ def test_missing_key_variable_and_empty_files(tmp_path, monkeypatch):
         load_pool(tmp_path / "absent.yaml")
 
 
-def test_the_serving_docs_pool_example_is_valid(tmp_path, monkeypatch):
+def test_the_pool_examples_of_the_readme_and_the_serving_docs_are_valid(tmp_path, monkeypatch):
     from pathlib import Path
 
-    serving = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
-    example = serving.split("```yaml\n", 1)[1].split("```", 1)[0]
+    def first_pool(page: str) -> str:
+        return (Path(__file__).parents[1] / page).read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+
     monkeypatch.setenv("OPENAI_API_KEY", "x")
-    config, router = load_pool(write(tmp_path, example))
+    config, router = load_pool(write(tmp_path, first_pool("docs/serving.md")))
     assert len(config.models) == 3 and router.name == "router" and set(config.policies) == {"cheap", "budget"}
+    readme, router = load_pool(write(tmp_path, first_pool("README.md")))
+    assert {m.name for m in readme.models} == {m.name for m in config.models} and router.name == "router"
 
 
 LITELLM = """\

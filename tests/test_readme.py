@@ -65,8 +65,10 @@ def test_the_serve_examples_policy_saves_what_the_docs_say():
     except HerdDataError:
         pytest.skip("no shipped outcome data beside the repository")
     text = SERVING.read_text()
-    train = re.search(r"herd train \.\./shared/data --source zeroeval --benchmark gsm8k \\\n"
-                      r"  --models (\S+) \\\n  --router logistic --policy (\S+) -o router/", text)
+    command = (r"herd train \.\./shared/data --source zeroeval --benchmark gsm8k \\\n"
+               r"  --models (\S+) \\\n  --router logistic --policy (\S+) -o router/")
+    train = re.search(command, text)
+    assert re.search(command, README.read_text()).groups() == train.groups()  # the README's serve example is this one
     models, policy = train.group(1).split(","), train.group(2)
     claim = re.search(r"it answers\s+([\d.]+)% of GSM8K right against gpt-4o's ([\d.]+)%, at (\d+)% of gpt-4o's cost",
                       text)
