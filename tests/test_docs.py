@@ -3,6 +3,7 @@ name real subcommands and options, the scripts they run exist, their code blocks
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,18 @@ def test_the_checks_catch_a_wrong_command_and_link(tmp_path):
         test_every_relative_link_leads_to_a_file_and_heading(page)
     with pytest.raises(AssertionError, match=r"page.md:7: herd eval: no option --no-such-flag\n.*no subcommand.*\n.*:3: herd select: no option --nope"):
         test_every_herd_command_names_a_real_subcommand_and_options(page)
+
+
+def test_ci_reads_the_setup_and_test_commands_from_the_readme():
+    """`.ci/run` installs and tests with the first line under the README's markers; run its own
+    reader on the README as it is."""
+    script = (ROOT / ".ci" / "run").read_text()
+    reader = re.search(r"^readme_command\(\) \{.*?^\}$", script, flags=re.DOTALL | re.MULTILINE)[0]
+
+    def command(mark: str) -> str:
+        return subprocess.run(["bash", "-c", f"{reader}\nreadme_command {mark}"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+
+    setup, tests = command("setup"), command("test")
+    assert "pip install -e '.[" in setup and setup.endswith("herd demo")
+    assert tests == "python -m pytest"
