@@ -129,7 +129,7 @@ def run(data: Outcomes, group: str, explore: float, seed: int) -> dict:
         # The fake backends' token counts say nothing of these models' costs: each answer costs what
         # the outcome table recorded for that query and model.
         o["cost_usd"] = [traffic_cost[ids[r], col[m]] for r, m in zip(o["qid"], o["model"])]
-        live = Outcomes.load(choicelog.write_atomic(tmp / "live", (q, o, pool)), min_outcomes=1)
+        live = Outcomes.load(Outcomes(q, o, pool).save(tmp / "live"), min_outcomes=1)
         log = offpolicy.LoggedTraffic.from_outcomes(live)
         trained = artifact.load(seed_router)
         assert log.models == models, (log.models, models)

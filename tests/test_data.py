@@ -204,3 +204,48 @@ def test_no_data_found_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(herd.data, "_default_data_dirs", lambda: [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(HerdDataError, match=r"no outcome data found \(looked in .*a, .*b\); pass --data DIR or set HERD_DATA"):
         find_data_dir(None)
+
+
+def test_save_writes_what_load_reads(tmp_path):
+    """Recorded costs, observations and models survive a round trip; estimated costs are not
+    written as if recorded, so loading estimates them again."""
+    queries = pd.DataFrame({"source": "s", "benchmark": "b", "qid": ["1", "2"], "text": ["one", "two"]})
+    outcomes = pd.DataFrame({"source": "s", "benchmark": "b", "qid": ["1", "1", "2", "2"],
+                             "model": ["a", "b", "a", "b"], "correct": [1.0, 0.0, 0.5, 1.0],
+                             "cost_usd": [0.01, None, 0.02, None], "output_chars": [10, 20, 30, 40]})
+    models = pd.DataFrame({"model": ["a", "b"], "source": "s", "price_in_per_mtok": [None, 1.0],
+                           "price_out_per_mtok": [None, 2.0]})
+    data = Outcomes.from_frames(queries, outcomes, models, min_outcomes=1)
+    assert data.outcomes["cost_estimated"].sum() == 2
+    out = data.save(tmp_path / "new" / "dir")
+    assert sorted(p.name for p in out.iterdir()) == ["models.csv", "outcomes.parquet", "queries.parquet"]
+    written = pd.read_parquet(out / "outcomes.parquet")
+    assert "cost_estimated" not in written and written["cost_usd"].isna().sum() == 2
+    again = Outcomes.load(out, min_outcomes=1)
+    pd.testing.assert_frame_equal(again.outcomes, data.outcomes)
+    pd.testing.assert_frame_equal(again.queries, data.queries)
+    assert list(again.models["model"]) == ["a", "b"]
+
+
+def test_save_replaces_each_table_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write that fails midway leaves the tables already there as they were, and no temporary file."""
+    queries = pd.DataFrame({"source": "s", "benchmark": "b", "qid": ["1"], "text": ["one"]})
+    first = Outcomes.from_frames(queries, pd.DataFrame({"source": "s", "benchmark": "b", "qid": ["1"],
+                                                        "model": ["a"], "correct": [1.0]}), min_outcomes=1)
+    first.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    second = Outcomes.from_frames(queries, pd.DataFrame({"source": "s", "benchmark": "b", "qid": ["1"],
+                                                         "model": ["b"], "correct": [0.0]}), min_outcomes=1)
+
+    def broken(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a table")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken)
+    with pytest.raises(OSError, match="No space left"):
+        second.save(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    second.save(tmp_path)
+    assert list(Outcomes.load(tmp_path, min_outcomes=1).outcomes["model"]) == ["b"]

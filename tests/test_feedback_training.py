@@ -30,7 +30,7 @@ def live_dir(tmp_path):
     """900 requests of a policy that sends everything to big-70b and explores 30% uniformly."""
     choices, fb, _ = simulate(900, 0.3, lambda topic: 2, seed=1)
     frames, _ = choicelog.join(write_lines(tmp_path / "c.jsonl", choices), write_lines(tmp_path / "f.jsonl", fb))
-    return choicelog.write_atomic(tmp_path / "live", frames)
+    return Outcomes(*frames).save(tmp_path / "live")
 
 
 def live_matrix(live_dir):

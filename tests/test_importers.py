@@ -284,7 +284,7 @@ def test_choice_log_round_trip(tmp_path):
     assert report.feedback_duplicates == 1 and report.feedback_unmatched == 1
     assert [m.split(":")[0] for m in report.malformed] == [f"{fb}, line 9", f"{fb}, line 10",
                                                            f"{log}, line 8", f"{log}, line 9"]
-    choicelog.write_atomic(tmp_path / "live", frames)
+    Outcomes(*frames).save(tmp_path / "live")
     data = Outcomes.load(tmp_path / "live", min_outcomes=1)
     o = data.outcomes.set_index("qid")
     assert list(data.queries["text"]) == ["add the numbers 2 and 3", "who signed the treaty"]

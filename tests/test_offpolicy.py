@@ -25,7 +25,7 @@ def herd(*args):
 def logged(tmp_path, choices, fb, name="live"):
     frames, _ = choicelog.join(write_lines(tmp_path / f"{name}-c.jsonl", choices),
                                write_lines(tmp_path / f"{name}-f.jsonl", fb))
-    out = choicelog.write_atomic(tmp_path / name, frames)
+    out = Outcomes(*frames).save(tmp_path / name)
     return out, offpolicy.LoggedTraffic.from_outcomes(Outcomes.load(out, min_outcomes=1))
 
 

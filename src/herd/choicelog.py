@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -188,26 +187,6 @@ def join(choice_log: str | os.PathLike, feedback: str | os.PathLike, *, source: 
                                        "propensity": "float64", "explored": bool})
     models = o[["model", "source"]].drop_duplicates().reset_index(drop=True)
     return (q, o, models), report
-
-
-def write_atomic(out: str | os.PathLike, frames) -> Path:
-    """Each table written to a temporary file beside it, then renamed over the old one: a reader
-    sees the old table or the new one, never half of one."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    queries, outcomes, models = frames
-    for name, write in (("outcomes.parquet", lambda p: outcomes.to_parquet(p, index=False)),
-                        ("queries.parquet", lambda p: queries.to_parquet(p, index=False)),
-                        ("models.csv", lambda p: models.to_csv(p, index=False))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, out / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return out
 
 
 def is_live(data: Outcomes) -> bool:

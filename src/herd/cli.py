@@ -903,6 +903,7 @@ def import_cmd(
     herd import choice-log choices.jsonl --feedback feedback.jsonl -o runs/live
     """
     from herd import importers
+    from herd.data import Outcomes
 
     files = [Path(p) for p in paths]
     missing = [str(p) for p in files + ([Path(feedback)] if feedback else []) if not p.is_file()]
@@ -926,7 +927,7 @@ def import_cmd(
     except OSError as e:
         _fail(f"{e.filename or paths[0]}: cannot be read ({e.strerror or e})")
     try:
-        importers.write(Path(out), frames)
+        Outcomes(*frames).save(out)
     except OSError as e:
         _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
     queries, outcomes, pool = frames
@@ -944,7 +945,7 @@ def import_cmd(
 def _import_choice_log(files: list[Path], feedback: str | None, out: str, source: str | None,
                        benchmark: str | None) -> None:
     from herd import choicelog
-    from herd.data import HerdDataError
+    from herd.data import HerdDataError, Outcomes
 
     if len(files) != 1 or feedback is None:
         _fail("choice-log takes one choice log and --feedback FILE: herd import choice-log choices.jsonl "
@@ -957,7 +958,7 @@ def _import_choice_log(files: list[Path], feedback: str | None, out: str, source
     for line in report.lines():
         console.print(line, markup=False, highlight=False)
     try:
-        choicelog.write_atomic(out, frames)
+        Outcomes(*frames).save(out)
     except OSError as e:
         _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
     queries, outcomes, _ = frames

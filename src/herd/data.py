@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -244,6 +245,31 @@ class Outcomes:
             named = models["model"].map(lambda m: prices[m][k] if m in prices else None)
             models[col] = named.where(named.notna(), models[col] if col in models else None)
         return replace(self, outcomes=priced, models=models)
+
+    # ---- writing -------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the unified format (``outcomes.parquet``, ``queries.parquet``, ``models.csv``)
+        to ``directory``, made if missing. Each table goes to a temporary file beside it and is
+        renamed over the old one, so a reader sees the old table or the new one, never half of
+        one. Estimated costs are not written: loading estimates them again from the prices."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        outcomes = self.outcomes
+        if "cost_estimated" in outcomes:
+            estimated = outcomes["cost_estimated"].astype(bool)
+            outcomes = outcomes.assign(cost_usd=outcomes["cost_usd"].mask(estimated)).drop(columns="cost_estimated")
+        for name, write in (("outcomes.parquet", lambda p: outcomes.to_parquet(p, index=False)),
+                            ("queries.parquet", lambda p: self.queries.to_parquet(p, index=False)),
+                            ("models.csv", lambda p: self.models.to_csv(p, index=False))):
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                write(tmp)
+                os.replace(tmp, out / name)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return out
 
     # ---- selecting -----------------------------------------------------------------------
     def groups(self) -> list[tuple[str, str]]:

@@ -196,11 +196,3 @@ def routellm(paths: list[Path]):
                 rows.append({"source": SOURCE, "benchmark": bench, "qid": qid, "model": m, "text": str(r["prompt"]),
                              "correct": 1.0 if r[m] in (True, "True") else 0.0, "output_chars": _chars(resp)})
     return _frames(rows, ", ".join(map(str, paths)))
-
-
-def write(out: Path, frames) -> None:
-    queries, outcomes, models = frames
-    out.mkdir(parents=True, exist_ok=True)
-    queries.to_parquet(out / "queries.parquet", index=False)
-    outcomes.to_parquet(out / "outcomes.parquet", index=False)
-    models.to_csv(out / "models.csv", index=False)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import pandas as pd
 from herd import __version__
 from herd.collect.grading import agreement, get_grader, majority
 from herd.collect.tasks import Task
+from herd.data import Outcomes
 from herd.pool import ModelConfig
 
 LOG = "calls.jsonl"
@@ -166,19 +166,10 @@ def compact(rec: Recorder, task: Task, models: list[ModelConfig], expected: dict
                           "price_in_per_mtok": m.price_in_per_mtok, "price_out_per_mtok": m.price_out_per_mtok,
                           "price_note": "pool file" if m.price_in_per_mtok is not None else None,
                           "context_window": m.context_window} for m in models])
-    _atomic(rec.out / "outcomes.parquet", lambda p: outcomes.to_parquet(p, index=False))
-    _atomic(rec.out / "queries.parquet", lambda p: queries.to_parquet(p, index=False))
-    _atomic(rec.out / "models.csv", lambda p: pool.to_csv(p, index=False))
+    Outcomes(queries, outcomes, pool).save(rec.out)
     return {"outcomes": len(outcomes), "queries": len(queries)}
 
 
 def _mean(values) -> float | None:
     known = [v for v in values if isinstance(v, (int, float))]
     return float(np.mean(known)) if known else None
-
-
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
