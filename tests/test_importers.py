@@ -334,3 +334,38 @@ def test_propensity_outside_its_range_is_refused(tmp_path):
                       "propensity": [0.0]})
     with pytest.raises(HerdDataError, match="propensity.*outside \\(0, 1\\]"):
         Outcomes.from_frames(q, o, min_outcomes=1)
+
+
+def test_the_registry_is_what_herd_import_reads(tmp_path, monkeypatch):
+    """A format added to the registry is listed and imported by `herd import`, with no other change;
+    a format's file count and options are checked from its entry."""
+    from typer.testing import CliRunner
+
+    from herd import import_formats
+    from herd.cli import app
+
+    f = tmp_path / "x.csv"
+    pd.DataFrame([{"qid": i, "model": m, "correct": (i + k) % 2, "text": f"q{i}"} for i in range(3)
+                  for k, m in enumerate("ab")]).to_csv(f, index=False)
+
+    def toy(files, tag=None):
+        queries, outcomes, models = importers.long_table(files[0], benchmark=tag)
+        return (queries, outcomes, models), [f"toy read {len(files)} file(s)"]
+
+    monkeypatch.setitem(import_formats.FORMATS, "toy", import_formats.Format("a toy format", toy, options=("tag",)))
+    frames, lines = import_formats.read("toy", [f], tag="mine", model=None, trust_pickle=False)
+    assert lines == ["toy read 1 file(s)"] and set(frames[1]["benchmark"]) == {"mine"}
+    r = CliRunner().invoke(app, ["import", "toy", str(f), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0 and "toy read 1 file(s)" in r.output and "imported 6 outcomes" in r.output, r.output
+    assert len(Outcomes.load(tmp_path / "out", min_outcomes=1).outcomes) == 6
+    with pytest.raises(importers.ImportFileError, match="long takes one file"):
+        import_formats.read("long", [f, f])
+    with pytest.raises(importers.ImportFileError, match=r"--model is for lm-eval, not long; --trust-pickle is for "
+                                                        r"routerbench, not long"):
+        import_formats.read("long", [f], model="m", trust_pickle=True)
+    with pytest.raises(importers.ImportFileError, match="--feedback FILE"):
+        import_formats.read("choice-log", [f])
+    with pytest.raises(importers.ImportFileError, match=r"unknown format 'csv'; choose from \['choice-log', "):
+        import_formats.read("csv", [f])
+    r = herd("import", "--help")
+    assert all(name in r.stdout for name in ("lm-eval", "long", "routerbench", "routellm", "choice-log"))

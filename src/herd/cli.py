@@ -14,6 +14,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from herd import __version__
+from herd.import_formats import FORMATS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Route each LLM query to the model that will answer it, cheaply.")
@@ -874,7 +875,8 @@ def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
 
 @app.command("import")
 def import_cmd(
-    kind: str = typer.Argument(..., metavar="FORMAT", help="lm-eval, long, routerbench, routellm or choice-log."),
+    kind: str = typer.Argument(..., metavar="FORMAT", help="; ".join(f"{name}: {f.help}" for name, f in FORMATS.items())
+                               + "."),
     paths: list[str] = typer.Argument(..., metavar="FILE", help="Files to import (lm-eval: samples_*.jsonl; routellm: "
                                       "*.csv; choice-log: the log of `herd serve --choice-log`)."),
     out: str = typer.Option(..., "--out", "-o", metavar="DIR", help="Directory to write the unified format to."),
@@ -902,35 +904,31 @@ def import_cmd(
     herd import routellm mmlu/responses/*.csv -o runs/routellm-mmlu
     herd import choice-log choices.jsonl --feedback feedback.jsonl -o runs/live
     """
-    from herd import importers
+    from herd import import_formats
     from herd.data import Outcomes
 
     files = [Path(p) for p in paths]
     missing = [str(p) for p in files + ([Path(feedback)] if feedback else []) if not p.is_file()]
     if missing:
         _fail(f"no such file(s): {missing}")
-    if kind == "choice-log":
-        return _import_choice_log(files, feedback, out, source, benchmark)
-    if feedback or source:
-        _fail("--feedback and --source are for choice-log")
-    readers = {"lm-eval": lambda: importers.lm_eval(files, model, filter_name),
-               "long": lambda: importers.long_table(files[0], benchmark) if len(files) == 1 else _fail("long takes one file"),
-               "routerbench": lambda: importers.routerbench(files[0], trust_pickle) if len(files) == 1
-               else _fail("routerbench takes one file"),
-               "routellm": lambda: importers.routellm(files)}
-    if kind not in readers:
-        _fail(f"unknown format {kind!r}; choose from {sorted(readers)}")
     try:
-        frames = readers[kind]()
-    except (importers.ImportFileError, ValueError) as e:
+        frames, report = import_formats.read(kind, files, model=model, filter=filter_name, benchmark=benchmark,
+                                             feedback=feedback, source=source, trust_pickle=trust_pickle)
+    except _usage_errors() as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e.filename or paths[0]}: cannot be read ({e.strerror or e})")
+    for line in report:
+        console.print(line, markup=False, highlight=False)
     try:
         Outcomes(*frames).save(out)
     except OSError as e:
         _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
     queries, outcomes, pool = frames
+    if import_formats.FORMATS[kind].live:
+        console.print(f"wrote {len(outcomes)} outcomes of {outcomes['model'].nunique()} model(s) to "
+                      f"{Path(out).resolve()}; next: herd eval {out} --off-policy", markup=False, highlight=False)
+        return
     console.print(f"imported {len(outcomes)} outcomes: {len(queries)} questions x {len(pool)} models "
                   f"({', '.join(sorted(set(outcomes['benchmark'])))}) into {Path(out).resolve()}; next: herd eval {out}")
     costed = set(outcomes.loc[outcomes["cost_usd"].notna(), "model"]) if "cost_usd" in outcomes else set()
@@ -940,30 +938,6 @@ def import_cmd(
                   f"with `herd eval {out} --pool pool.yaml` (each model's price_in_per_mtok, price_out_per_mtok), or "
                   f"in {Path(out) / 'models.csv'} (the same columns, or params_b for open models)", markup=False,
                   highlight=False)
-
-
-def _import_choice_log(files: list[Path], feedback: str | None, out: str, source: str | None,
-                       benchmark: str | None) -> None:
-    from herd import choicelog
-    from herd.data import HerdDataError, Outcomes
-
-    if len(files) != 1 or feedback is None:
-        _fail("choice-log takes one choice log and --feedback FILE: herd import choice-log choices.jsonl "
-              "--feedback feedback.jsonl -o DIR")
-    try:
-        frames, report = choicelog.join(files[0], feedback, source=source or choicelog.SOURCE,
-                                        benchmark=benchmark or choicelog.BENCHMARK)
-    except HerdDataError as e:
-        _fail(str(e))
-    for line in report.lines():
-        console.print(line, markup=False, highlight=False)
-    try:
-        Outcomes(*frames).save(out)
-    except OSError as e:
-        _fail(f"{e.filename or out}: cannot write the imported tables there ({e.strerror or e})")
-    queries, outcomes, _ = frames
-    console.print(f"wrote {len(outcomes)} outcomes of {outcomes['model'].nunique()} model(s) to "
-                  f"{Path(out).resolve()}; next: herd eval {out} --off-policy", markup=False, highlight=False)
 
 
 @app.command("select")

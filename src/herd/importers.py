@@ -1,7 +1,7 @@
 """Outcomes recorded elsewhere, turned into herd's unified format: lm-evaluation-harness
 ``--log_samples`` files, a generic long CSV/JSONL, RouterBench's wide table and RouteLLM's
 per-benchmark response CSVs. Each returns (queries, outcomes, models) frames; bad files stop
-with the file, the line or column, and what is wrong."""
+with the file, the line or column, and what is wrong. ``import_formats`` names them for `herd import`."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from herd.data import HerdDataError, split_long, validate
+from herd.import_formats import ImportFileError
 from herd.jsonl import read_jsonl
 
 SOURCE = "imported"
 # lm-eval's per-sample metrics that say right (1) or wrong (0), in the order they are preferred.
 LM_EVAL_METRICS = ("exact_match", "acc", "acc_norm", "pass@1", "pass_at_1", "em", "correct")
 LM_EVAL_TEXT = ("question", "problem", "query", "input", "prompt", "text", "sentence", "goal", "ctx")
-
-
-class ImportFileError(ValueError):
-    """A file that cannot be imported; the message says where and why."""
 
 
 def _qid(text: str) -> str:
