@@ -138,6 +138,32 @@ def test_a_resting_backend_is_not_allowed(trained):
         assert "big-70b" not in plan.allowed and plan.candidates[0] != "big-70b"
 
 
+def test_with_the_policys_pick_resting_the_propensities_are_those_of_the_models_that_answer(trained):
+    """The own pick resting: the first candidate a call reaches is the own pick, so each model's
+    share of requests matches its logged propensity; a blend draws among its members not resting."""
+    from herd.backends import Circuit
+
+    sel = Selector.from_config(pool(router="router"), trained, explore=0.2, seed=0)
+    sel.circuits = {m: Circuit(1, 60) for m in ["math-7b", "hist-7b", "big-70b", "extra"]}
+    own = sel.plan(parse_chat(chat())).candidates[0]
+    sel.circuits[own].failed()
+    firsts, propensities = [], {}
+    for _ in range(4000):
+        plan = sel.plan(parse_chat(chat()))
+        firsts.append(plan.candidates[0])
+        propensities.setdefault(plan.candidates[0], set()).add(round(plan.propensity, 9))
+    assert own not in firsts
+    for model, logged in propensities.items():
+        (p,) = logged
+        share = firsts.count(model) / len(firsts)
+        assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / len(firsts)), (model, share, p)
+    blend = Selector.from_config(pool(policies={"mix": "blend"}), None)
+    blend.circuits = {m: Circuit(1, 60) for m in ["math-7b", "hist-7b", "big-70b", "extra"]}
+    blend.circuits["hist-7b"].failed()
+    plan = blend.plan(parse_chat(chat(model="herd:mix")))
+    assert plan.candidates[0] != "hist-7b" and plan.propensity == pytest.approx(1 / 3)
+
+
 def test_serve_explore_fills_routes_without_a_rate_and_refuses_what_cannot_explore(trained):
     sel = Selector.from_config(pool(router="router", policies={"mix": "blend", "own": "argmax+explore:0.2"}), trained,
                                explore=0.05)

@@ -112,6 +112,9 @@ def test_disagreeing_answers_go_to_the_strong_model(served):
     assert body["herd"]["cost_usd"] > agree["first_stage_cost_usd"] > 0  # the strong call is paid for too
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["model"] == "strong" and record["calls"] == 4 and record["agree"]["agreed"] is False
+    # Which first-stage models answered, never their answers: the log holds no text of the exchange.
+    assert record["agree"]["answered"] == record["agree"]["asked"] and len(record["agree"]["asked"]) == 3
+    assert "dispute" not in log.read_text() and "answers" not in record["agree"]
     assert record["cost_usd"] == pytest.approx(body["herd"]["cost_usd"])
 
 

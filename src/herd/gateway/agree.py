@@ -36,7 +36,10 @@ class Agreement(Checked):
                           "first_stage_cost_usd": self.cost}}
 
     def logged(self) -> dict:
-        return {"agree": {"answers": {s["model"]: s.get("answer") for s in self.steps}, "agreed": self.agreed}}
+        # Which models answered, not what: an answer (a whole reply under the exact grader) is
+        # text about the user's question, and the log holds none.
+        return {"agree": {"asked": [s["model"] for s in self.steps],
+                          "answered": [s["model"] for s in self.steps if "answer" in s], "agreed": self.agreed}}
 
     def headers(self) -> dict:
         answers = "; ".join(f"{s['model']}={s['answer']}" if "answer" in s else f"{s['model']} failed: {s['error']}"

@@ -151,15 +151,21 @@ class Selector:
     def plan(self, req: ChatRequest) -> Plan:
         plan = self._plan(req)
         given = set(plan.allowed or plan.candidates)  # in the pool's order, so logs compare
-        plan.allowed = [m for m in self.names
-                        if m in given and (m not in self.circuits or self.circuits[m].state != "open")]
+        plan.allowed = [m for m in self.names if m in given and not self._resting(m)]
         eps = self.explore.get(req.model)
         return plan if eps is None else self._explore(plan, eps)
 
     def _explore(self, plan: Plan, eps: float) -> Plan:
         """With probability ``eps``, a uniform draw among the allowed models in place of the
         policy's own pick, which becomes the first fallback."""
-        own, allowed = plan.candidates[0], plan.allowed
+        allowed = plan.allowed
+        # The policy's own pick is the first candidate a call can reach: were a resting model
+        # first, every request not explored would go on to the next one, at a probability
+        # logged for no model.
+        own = next((m for m in plan.candidates if m in allowed), plan.candidates[0])
+        if own != plan.candidates[0]:
+            plan.reason += f" ({', '.join(plan.candidates[:plan.candidates.index(own)])} resting: {own} first)"
+            plan.candidates = [own, *(m for m in plan.candidates if m != own)]
         plan.explored = bool(allowed) and self.rng.random() < eps
         pick = self.rng.choice(allowed) if plan.explored else own
         plan.propensity = float(explore_propensity(eps, pick == own, pick in allowed, len(allowed)))
@@ -200,10 +206,18 @@ class Selector:
         if not members:
             detail = "; ".join(f"{m}: {ineligible[m]}" for m in blend.models)
             raise GatewayError(400, f"no model in the blend can take this request ({detail})", code="no_eligible_model")
+        # Drawn among the members whose backends are not resting, so the draw's probability is
+        # that of the model that answers.
+        members = [m for m in members if not self._resting(m)] or members
         pick, reason = blend.pick(members, req.session, req.turn)
         rest = [m for m in members if m != pick] + [m for m in eligible if m not in members]
         return Plan([pick, *rest], reason, blend.label, ineligible=ineligible, allowed=members,
                     propensity=blend.probability(members, pick))
+
+    def _resting(self, model: str) -> bool:
+        """Whether the model's backend rests after failures (its circuit is open)."""
+        circuit = self.circuits.get(model)
+        return circuit is not None and circuit.state == "open"
 
     def _agree(self, req: ChatRequest, policy: Agree, eligible: list[str], ineligible: dict[str, str]) -> Plan:
         """An agreement cascade: its eligible first-stage models together, then the strong model
