@@ -20,12 +20,17 @@ COSTS = (0.001, 0.001, 0.01)
 
 
 def record(rid: str, query: str | None, chosen: str, model: str | None = None, *, propensity: float = 1.0,
-           allowed=None, explored: bool = False, status: str = "200", cascade=None, cost: float | None = 0.001,
-           policy: str = "argmax") -> dict:
+           allowed=None, explored: bool = False, status: str = "200", cascade=None, agree=None,
+           cost: float | None = 0.001, policy: str = "argmax") -> dict:
+    """A choice record as the gateway writes it: ``cascade`` a checked cascade's steps
+    ([{"model", "accepted"}]), ``agree`` an agreement cascade's {"asked", "answered",
+    "agreed"} (a key only agreement cascades write)."""
     r = {"time": 1.0, "request_id": rid, "turn": 1, "key": "-", "route": "herd", "policy": policy,
          "chosen": chosen, "model": model or chosen, "reason": "r", "fallback": [], "calls": 1, "status": status,
          "cost_usd": cost, "ms": 12.5, "cascade": cascade, "session": "abc", "propensity": propensity,
          "allowed": allowed or list(MODELS), "explored": explored}
+    if agree is not None:
+        r["agree"] = agree
     if query is not None:
         r["query"] = query
     return r

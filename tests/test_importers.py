@@ -259,7 +259,13 @@ def live_log(tmp_path):
         record("r1", "add the numbers 2 and 3", "math-7b", propensity=0.9, cost=0.002),
         record("r2", "who signed the treaty", "hist-7b", propensity=0.05, explored=True, allowed=["math-7b", "hist-7b"]),
         record("r3", "fix the bug", "big-70b", status="502", cost=None),
-        record("r4", "fix the loop", "big-70b", cascade={"stages": ["math-7b", "big-70b"]}),
+        # A checked cascade whose first model's answer stood: the model chosen answered, yet after a check.
+        record("r4", "fix the loop", "hist-7b", cascade=[{"model": "hist-7b", "accepted": True}]),
+        record("r4b", "fix the test", "hist-7b", model="big-70b", cascade=[{"model": "hist-7b", "accepted": False}]),
+        # Agreement cascades: math-7b's answer kept because hist-7b agreed; straight to the strong model.
+        record("r4c", "add 2 and 2", "math-7b", policy="agree:math-7b,hist-7b>big-70b",
+               agree={"asked": ["math-7b", "hist-7b"], "answered": ["math-7b", "hist-7b"], "agreed": True}),
+        record("r4d", "add 3 and 3", "big-70b", agree={"asked": [], "answered": [], "agreed": False}),
         record("r5", "compute the integral", "math-7b", model="big-70b"),  # a fallback answered
         record("r6", None, "math-7b"),  # prompt logging was off
         record("r7", "when did the war end", "hist-7b"),  # no feedback
@@ -268,7 +274,7 @@ def live_log(tmp_path):
         record("r1", "add the numbers 2 and 3", "math-7b"),  # the same request logged again
     ]
     fb = [feedback("r1", 1.0), feedback("r2", 0.25, "meh"), feedback("r3", 1.0), feedback("r4", 0.0),
-          feedback("r5", 1.0), feedback("r6", 1.0), feedback("r1", 0.0), feedback("zz", 1.0),
+          feedback("r4b", 1.0), feedback("r4c", 1.0), feedback("r4d", 1.0), feedback("r5", 1.0), feedback("r6", 1.0), feedback("r1", 0.0), feedback("zz", 1.0),
           {"request_id": "r2", "score": 3}, "not json"]
     return write_lines(tmp_path / "choices.jsonl", choices), write_lines(tmp_path / "feedback.jsonl", fb)
 
@@ -279,11 +285,11 @@ def test_choice_log_round_trip(tmp_path):
     log, fb = live_log(tmp_path)
     frames, report = choicelog.join(log, fb)
     assert report.kept == 2 and report.explored == 1
-    assert dict(report.skipped) == {"status": 1, "cascade": 1, "fallback": 1, "no_query": 1, "no_feedback": 1,
-                                    "duplicate": 1}
+    assert dict(report.skipped) == {"status": 1, "cascade": 2, "agree": 2, "fallback": 1, "no_query": 1,
+                                    "no_feedback": 1, "duplicate": 1}
     assert report.feedback_duplicates == 1 and report.feedback_unmatched == 1
-    assert [m.split(":")[0] for m in report.malformed] == [f"{fb}, line 9", f"{fb}, line 10",
-                                                           f"{log}, line 8", f"{log}, line 9"]
+    assert [m.split(":")[0] for m in report.malformed] == [f"{fb}, line 12", f"{fb}, line 13",
+                                                           f"{log}, line 11", f"{log}, line 12"]
     Outcomes(*frames).save(tmp_path / "live")
     data = Outcomes.load(tmp_path / "live", min_outcomes=1)
     o = data.outcomes.set_index("qid")
@@ -304,8 +310,9 @@ def test_choice_log_cli_says_what_it_skipped(tmp_path):
              "--source", "prod", "--benchmark", "support")
     assert r.returncode == 0, r.stderr
     assert "kept 2 answered request(s)" in r.stdout and "--log-prompts" in r.stdout
-    assert f"{log}, line 8: not valid JSON" in r.stdout and "1 repeated feedback line" in r.stdout
+    assert f"{log}, line 11: not valid JSON" in r.stdout and "1 repeated feedback line" in r.stdout
     assert "fallback model" in r.stdout and "status other than 200" in r.stdout
+    assert "skipped 2: answered by a checked cascade" in r.stdout and "skipped 2: answered by an agreement" in r.stdout
     assert set(pd.read_parquet(tmp_path / "out" / "queries.parquet")["benchmark"]) == {"support"}
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary file left
 

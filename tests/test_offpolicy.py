@@ -219,7 +219,9 @@ def test_the_loop_through_the_gateway(tmp_path):
     backends = {name: start_backend(name=name) for name in MODELS}
     try:
         pool = tmp_path / "pool.yaml"
-        pool.write_text(pool_yaml([{"name": n, "base_url": b.url} for n, b in backends.items()], str(router)))
+        agree = {"name": "agree", "models": ["math-7b", "hist-7b"], "then": "big-70b", "grader": "number"}
+        pool.write_text(pool_yaml([{"name": n, "base_url": b.url} for n, b in backends.items()], str(router),
+                                  policies={"agree": agree}))
         choices, fb = tmp_path / "choices.jsonl", tmp_path / "feedback.jsonl"
         rng = np.random.default_rng(0)
         with start_gateway(pool, "--choice-log", str(choices), "--feedback-log", str(fb), "--log-prompts",
@@ -235,13 +237,23 @@ def test_the_loop_through_the_gateway(tmp_path):
                 got = httpx.post(f"{gw.url}/feedback", json={"request_id": raw.headers["x-herd-request-id"],
                                                             "score": score}, timeout=30)
                 assert got.status_code == 200, got.text
+            for i in range(3):  # the first stage agrees: math-7b's answer stands because hist-7b gave it too
+                raw = client.chat.completions.with_raw_response.create(
+                    model="herd:agree", messages=[{"role": "user", "content": f"add {i} and {i}"}])
+                assert raw.parse().model == "math-7b"
+                got = httpx.post(f"{gw.url}/feedback", json={"request_id": raw.headers["x-herd-request-id"],
+                                                            "score": 1.0}, timeout=30)
+                assert got.status_code == 200, got.text
     finally:
         for b in backends.values():
             b.stop()
     r = herd("import", "choice-log", str(choices), "--feedback", str(fb), "-o", str(tmp_path / "live"))
     assert r.returncode == 0, r.stderr
-    assert "kept 60 answered request(s)" in r.stdout and "skipped" not in r.stdout
+    # The agreement cascade's answers were kept for the agreement, not picked with a propensity: skipped.
+    assert "kept 60 answered request(s)" in r.stdout and "skipped 3: answered by an agreement cascade" in r.stdout
     logged = {json.loads(line)["request_id"]: json.loads(line) for line in choices.read_text().splitlines()}
+    agreed = [c for c in logged.values() if c["route"] == "herd:agree"]
+    assert len(agreed) == 3 and all(c["agree"]["agreed"] and c["model"] == c["chosen"] for c in agreed)
     data = Outcomes.load(tmp_path / "live", min_outcomes=1)
     for row in data.outcomes.itertuples():
         assert row.propensity == logged[row.qid]["propensity"] and row.model == logged[row.qid]["model"]

@@ -2,7 +2,7 @@
 with its feedback log (``--feedback-log``) on the request id.
 
 A choice record is a clean single-action sample only when the model the policy picked
-(``chosen``) answered (``model``), on its own (no cascade, agreement or fan-out) and with
+(``chosen``) answered (``model``), on its own (no checked or agreement cascade) and with
 status 200: only then is the feedback score the reward of the action whose ``propensity``
 was logged. Everything else is skipped and counted, with the reason.
 
@@ -34,7 +34,8 @@ SHOWN = 5
 # Skip reasons in the order they are checked, with what the console says of them.
 REASONS = {
     "status": "not answered (status other than 200)",
-    "cascade": "answered by a cascade, agreement or fan-out (several models, not one action)",
+    "cascade": "answered by a checked cascade (answers read before one stood: several calls, not one action)",
+    "agree": "answered by an agreement cascade (several models asked together, not one action)",
     "fallback": "answered by a fallback model, not the one the policy picked",
     "duplicate": "repeated request id in the choice log (the first is kept)",
     "no_feedback": "no feedback for the request",
@@ -95,13 +96,20 @@ def _number(value) -> float | None:
     return float(value) if ok else None
 
 
+def _several(r: dict) -> str | None:
+    """The REASONS key of a record answered by more than one model's call: the gateway logs a
+    checked cascade's steps in ``cascade`` and an agreement cascade's first stage in ``agree``
+    (even when it went straight to the strong model: the policy, not a propensity, chose)."""
+    return "cascade" if r.get("cascade") is not None else "agree" if r.get("agree") is not None else None
+
+
 def _choice_problem(r: dict) -> str | None:
     """What makes a choice record unusable, or None."""
     if not isinstance(r.get("request_id"), str) or not r["request_id"]:
         return "no request_id"
     if not isinstance(r.get("status"), (str, int)):
         return "no status"
-    if str(r["status"]) != "200" or r.get("cascade") is not None:
+    if str(r["status"]) != "200" or _several(r):
         return None  # skipped for what it is, whatever else it holds
     for name in ("chosen", "model"):
         if not isinstance(r.get(name), str):
@@ -163,7 +171,7 @@ def join(choice_log: str | os.PathLike, feedback: str | os.PathLike, *, source: 
             report.malformed.append(f"{choice_log}, line {n}: {problem}")
             continue
         rid = r["request_id"]
-        reason = ("status" if str(r["status"]) != "200" else "cascade" if r.get("cascade") is not None
+        reason = ("status" if str(r["status"]) != "200" else _several(r) if _several(r)
                   else "fallback" if r["model"] != r["chosen"] else "duplicate" if rid in seen
                   else "no_feedback" if rid not in scores else "no_query" if not r.get("query") else None)
         seen.add(rid)
