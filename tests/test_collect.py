@@ -244,3 +244,28 @@ def test_templates_with_stray_braces_and_outcome_golds(tmp_path, dataset_dir):
 
 def data_observed(run) -> set:
     return set(Outcomes.load(run, min_outcomes=5).matrix().observed)
+
+
+def test_a_collection_runs_from_python_as_from_the_cli(tmp_path, pool):
+    """plan_task says what a run will ask before asking; run() asks only the missing calls, writes
+    the tables and summarizes each model; a second plan of the same run has nothing left to do."""
+    from herd.collect.run import plan_task, run_task
+    from herd.pool import PoolError
+
+    path, _ = pool
+    data = write_gsm8k(tmp_path / "data")
+    run = tmp_path / "run"
+    plan = plan_task(path, "gsm8k", run, data_dir=data, limit=6, shots=1, max_retries=20, models=["chatty"])
+    assert (plan.mine, plan.recorded, plan.todo_per_model()) == (6, 0, {"chatty": 6})
+    seen = []
+    collected = plan.run(on_call=lambda name, tally: seen.append(name))
+    assert seen == ["chatty"] * 6 and not collected.interrupted
+    assert (collected.outcomes, collected.queries) == (6, 6)
+    (row,) = collected.summary()
+    assert row["model"] == "chatty" and row["questions"] == 6 and row["correct"] == pytest.approx(1 / 6)
+    assert row["share_correct"] is None and row["failed"] == 0 and row["cost_usd"] > 0
+    again = run_task(path, "gsm8k", run, data_dir=data, limit=6, shots=1, max_retries=20)
+    assert again.tallies["chatty"].answered == 0 and again.tallies["base"].answered == 6
+    assert {r["model"]: r["questions"] for r in again.summary()} == {"chatty": 6, "base": 6}
+    with pytest.raises(PoolError, match=r"--models \['nope'\] not in the pool"):
+        plan_task(path, "gsm8k", tmp_path / "other", data_dir=data, models=["nope"])

@@ -783,50 +783,26 @@ def collect(
     Ctrl-C or a crash asks only what is missing. OUT then holds outcomes.parquet, queries.parquet
     and models.csv in the unified format.
     """
-    import asyncio
-
-    from herd.collect import recorder
-    from herd.collect.prompts import Prompts
-    from herd.collect.runner import Sampling, plan_calls, run
-    from herd.collect.tasks import TaskError, load_task
-    from herd.pool import load_pool
+    from herd.collect.recorder import RunLocked
+    from herd.collect.run import plan_task
+    from herd.collect.tasks import TaskError
 
     try:
-        config, _ = load_pool(pool)
-        chosen = _split_list(models)
-        unknown = sorted(set(chosen or []) - set(config.names))
-        if unknown:
-            _fail(f"--models {unknown} not in the pool {config.names}")
-        asked_models = [m for m in config.models if chosen is None or m.name in chosen]
-        the_task = load_task(task, data_dir=Path(data_dir) if data_dir else None, split=split, limit=limit,
-                             offset=offset, grader=grader)
-        prompts = Prompts.load(templates, shots=shots, seed=seed)
-        sampling = Sampling(samples, temperature, max_tokens, max_retries)
-        # The whole pool's calls, so the tables cover every model asked so far, not only --models.
-        calls = plan_calls(the_task, list(config.models), prompts, sampling)
-        expected = {call: key for call, (_, _, key) in calls.items()}
-        rec = recorder.Recorder(Path(out))
-    except (TaskError, recorder.RunLocked, *_usage_errors()) as e:
+        plan = plan_task(pool, task, out, models=_split_list(models), split=split, limit=limit, offset=offset,
+                         samples=samples, grader=grader, shots=shots, templates=templates, temperature=temperature,
+                         max_tokens=max_tokens, max_retries=max_retries, seed=seed, data_dir=data_dir)
+    except (TaskError, RunLocked, *_usage_errors()) as e:
         _fail(str(e))
-    recorder.write_run_info(Path(out), {"task": the_task.name, "split": split, "grader": the_task.grader,
-                                        "questions": len(the_task.items), "samples": samples, "prompts": prompts.fingerprint(),
-                                        **sampling.describe(), "models": [m.name for m in config.models]})
-    aside = rec.set_aside(expected)
-    if aside:
-        err.print(Text("note: ", style="yellow") + f"{sum(aside.values())} recorded answers from other settings are set aside, not mixed "
-                  f"in ({', '.join(f'{k}: {v}' for k, v in aside.items())})")
-    answered = rec.answered(expected)
-    mine = {c: v for c, v in calls.items() if c[0] in {m.name for m in asked_models}}
-    todo = {c: v for c, v in mine.items() if c not in answered}
-    console.print(f"{the_task.name}: {len(the_task.items)} questions x {len(asked_models)} models x {samples} sample(s) "
-                  f"= {len(mine)} calls; {len(mine) - len(todo)} already recorded in {out}")
+    if plan.set_aside:
+        err.print(Text("note: ", style="yellow") + f"{sum(plan.set_aside.values())} recorded answers from other "
+                  f"settings are set aside, not mixed in ({', '.join(f'{k}: {v}' for k, v in plan.set_aside.items())})")
+    console.print(f"{plan.task.name}: {len(plan.task.items)} questions x {len(plan.asked)} models x {samples} "
+                  f"sample(s) = {plan.mine} calls; {plan.recorded} already recorded in {out}")
     started = time.perf_counter()
-    interrupted = False
-    tallies = {}
     with Progress(TextColumn("{task.description:<28}", markup=False), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
-        ids = {m.name: bar.add_task(m.name, total=sum(c[0] == m.name for c in todo), info="") for m in asked_models}
+        ids = {name: bar.add_task(name, total=n, info="") for name, n in plan.todo_per_model().items()}
 
         def on_call(name, tally):
             spent = time.perf_counter() - started
@@ -834,42 +810,32 @@ def collect(
             bar.update(ids[name], completed=tally.answered + tally.failed,
                        info=f"{rate:5.1f}/s {tally.tokens:>8,} tok ${tally.cost:.4f}" + (f" {tally.failed} failed" if tally.failed else ""))
 
-        try:
-            tallies = asyncio.run(run(todo, asked_models, config.gateway, sampling, rec, on_call))
-        except KeyboardInterrupt:
-            interrupted = True
-    counts = recorder.compact(rec, the_task, list(config.models), expected, samples)
-    rec.close()
-    if interrupted:
+        collected = plan.run(on_call)
+    if collected.interrupted:
         err.print("interrupted: what finished is recorded; run the same command to ask the rest")
         raise typer.Exit(130)
-    _collect_summary(rec, asked_models, tallies, samples)
-    console.print(f"wrote {counts['outcomes']} outcomes on {counts['queries']} questions to {Path(out).resolve()} "
-                  f"in {time.perf_counter() - started:.1f} s; next: herd eval {out}")
+    _collect_summary(collected)
+    console.print(f"wrote {collected.outcomes} outcomes on {collected.queries} questions to {Path(out).resolve()} "
+                  f"in {collected.seconds:.1f} s; next: herd eval {out}")
 
 
-def _collect_summary(rec, pool_models, tallies, samples: int) -> None:
-    import pandas as pd
+def _collect_summary(collected) -> None:
     from rich.table import Table
 
-    outcomes = pd.read_parquet(rec.out / "outcomes.parquet")
     t = Table(title="collected", show_header=True)
-    scores = ["accuracy"] if samples == 1 else [f"maj@{samples}", "samples right"]
+    k = collected.samples
+    scores = ["accuracy"] if k == 1 else [f"maj@{k}", "samples right"]
     for col in ("model", "questions", *scores, "latency s", "tokens out", "cost/query $", "failed calls"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    for m in pool_models:
-        o = outcomes[outcomes["model"] == m.name]
-        tally = tallies[m.name]
 
-        def pct(col):
-            return f"{100 * o[col].mean():.1f}%" if len(o) else "-"
+    def shown(value, fmt):
+        return "-" if value is None else format(value, fmt)
 
-        def mean(col, fmt):
-            return format(o[col].mean(), fmt) if o[col].notna().any() else "-"
-
-        t.add_row(m.name, str(len(o)), *([pct("correct")] if samples == 1 else [pct("correct"), pct("share_correct")]),
-                  mean("latency_s", ".2f"), mean("output_tokens", ".0f"), mean("cost_usd", ".2g"),
-                  str(tally.failed) + (f" ({', '.join(tally.errors)})" if tally.errors else ""))
+    for r in collected.summary():
+        pct = ["-" if r[c] is None else f"{100 * r[c]:.1f}%" for c in ("correct", "share_correct")[:len(scores)]]
+        t.add_row(r["model"], str(r["questions"]), *pct, shown(r["latency_s"], ".2f"),
+                  shown(r["output_tokens"], ".0f"), shown(r["cost_usd"], ".2g"),
+                  str(r["failed"]) + (f" ({', '.join(r['errors'])})" if r["errors"] else ""))
     console.print(t)
 
 
