@@ -99,3 +99,25 @@ def test_select_writes_a_pool_file_the_gateway_serves(tmp_path, dataset_dir):
     bad = CliRunner().invoke(app, ["select", str(dataset_dir), "--k", "2", "--folds", "3", "--router", "logistic",
                                    "--out", str(tmp_path / "s2"), "--pool", str(missing), "--write-pool", str(tmp_path / "x.yaml")])
     assert bad.exit_code == 2 and "no entry for model(s)" in bad.output
+
+
+def test_select_pool_from_python_is_what_the_command_writes(tmp_path, dataset_dir):
+    """select.json is Selection.to_dict(), and the console's table and report's table are the same rows."""
+    from herd.data import Outcomes
+    from herd.select import SelectError, select_pool
+
+    r = CliRunner().invoke(app, ["select", str(dataset_dir), "--k", "2", "--folds", "3", "--router", "logistic",
+                                 "--policy", "argmax", "--out", str(tmp_path / "sel")])
+    assert r.exit_code == 0, r.output
+    selection = select_pool(Outcomes.load(dataset_dir), 2, router="logistic", policy="argmax", folds=3)
+    written = json.loads((tmp_path / "sel" / "select.json").read_text())
+    assert json.loads(json.dumps(selection.to_dict())) == written
+    assert written["constraints"] == {"budget": None, "max_params": None, "must_include": [], "tags": []}
+    assert selection.chosen == [s["added"] for s in written["greedy"]] and len(selection.rows()) == 2
+    page = (tmp_path / "sel" / "report.html").read_text()
+    for row in selection.rows():
+        assert "".join(f"<td>{cell}</td>" for cell in row) in page
+        assert all(cell in r.output for cell in row)
+    assert selection.columns()[5] == "logistic+argmax % (CV)" and all(line in r.output for line in selection.checks())
+    with pytest.raises(SelectError, match="no model satisfies the constraints"):
+        select_pool(Outcomes.load(dataset_dir), 2, Constraints(budget=0.0), router="logistic", folds=3)

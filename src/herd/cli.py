@@ -942,67 +942,42 @@ def select_cmd(
 
     from herd import select
     from herd.policies import make_policy
+    from herd.report import plot_pool_size, write_select_report
     from herd.routers import make_router
 
     tag_list = _split_list(tags) or []
     if set(tag_list) - {"open"}:
         _fail(f"--tags {sorted(set(tag_list) - {'open'})}: outcome data only knows 'open' (models.csv open_weights)")
     try:
-        proto, chosen_policy = make_router(router, seed=seed), make_policy(_tagged_policies([policy], tags)[0])
+        make_router(router, seed=seed)  # a wrong name or spec fails before the data loads
+        chosen_policy = make_policy(_tagged_policies([policy], tags)[0])
         path, outcomes = _load_data(data or data_opt, _split_list(source), _split_list(benchmark), None,
                                     min_outcomes, size_prices)
-        m = outcomes.matrix()
-        params = {}
-        if "params_b" in outcomes.models:
-            params = {r.model: float(r.params_b) for r in outcomes.models.itertuples() if r.params_b == r.params_b}
-        chooser = select.PoolSelector(m, select.Constraints(budget, max_params, _split_list(must_include) or [],
-                                                        "open" in tag_list), params)
-        steps = chooser.greedy(k)
-        if not steps:
-            _fail("no model satisfies the constraints")
-        proto.prepare(m.texts)
-        with console.status("re-scoring each pool with the router under cross-validation"):
-            for st in steps:
-                pool = [x.added for x in steps[:st.k]]
-                st.routed_accuracy, st.best_single = select.routed_accuracy(m, pool, proto, chosen_policy, folds, seed)
-        exhaustive = {j: chooser.exhaustive(j) for j in range(1, min(k, select.EXHAUSTIVE_MAX_K) + 1)}
+        constraints = select.Constraints(budget, max_params, _split_list(must_include) or [], "open" in tag_list)
+        with console.status("choosing pools and re-scoring each with the router under cross-validation"):
+            selection = select.select_pool(outcomes, k, constraints, router=router, policy=chosen_policy,
+                                           folds=folds, seed=seed)
     except _usage_errors() as e:
         _fail(str(e))
-    t = Table(title=f"greedy pool selection on {m.n_queries} queries x {len(m.models)} models", title_justify="left",
-              caption="Pools are chosen on all the data (in-sample); the routed and best-single columns are "
-                      "cross-validated for the chosen pool.", caption_justify="left")
-    for col in ("k", "adds", "oracle %", "gain", "pool cost/query", f"{router}+{chosen_policy.label} % (CV)",
-                "best single % (CV)"):
+    t = Table(title=f"greedy pool selection on {selection.n_queries} queries x {selection.n_models} models",
+              title_justify="left", caption=select.CAPTION, caption_justify="left")
+    for col in selection.columns():
         t.add_column(col, justify="left" if col == "adds" else "right")
-    for st in steps:
-        t.add_row(str(st.k), st.added, f"{100 * st.oracle:.2f}", f"+{100 * st.gain:.2f}",
-                  "n/a" if st.pool_cost is None else f"${st.pool_cost:.3g}",
-                  "n/a" if st.routed_accuracy is None else f"{100 * st.routed_accuracy:.2f}",
-                  f"{100 * st.best_single:.2f}")
+    for row in selection.rows():
+        t.add_row(*row)
     console.print(t)
-    for j, best in exhaustive.items():
-        if best is None:
-            console.print(f"k={j}: exhaustive search skipped (over {select.EXHAUSTIVE_MAX_POOLS:,} pools)")
-        elif j <= len(steps):
-            console.print(f"k={j}: greedy oracle {100 * steps[j - 1].oracle:.2f}% vs best possible "
-                          f"{100 * best[1]:.2f}% ({', '.join(best[0])})")
-    result = {"data": str(path), "k": k, "constraints": {"budget": budget, "max_params": max_params,
-              "must_include": _split_list(must_include) or [], "tags": tag_list}, "router": router,
-              "policy": chosen_policy.label, "folds": folds, "selection": "in-sample (all data); routed scores under CV",
-              "seed": seed, "greedy": select.as_dict(steps),
-              "exhaustive": {str(j): None if b is None else {"models": b[0], "oracle": b[1]} for j, b in exhaustive.items()}}
+    for line in selection.checks():
+        console.print(line)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "select.json").write_text(json.dumps(result, indent=2))
-    from herd.report import plot_pool_size, write_select_report
-
-    plot = plot_pool_size(steps, f"{router}+{chosen_policy.label}", out_dir / "pool-size.png")
-    page = write_select_report(result, plot, out_dir / "report.html")
+    (out_dir / "select.json").write_text(json.dumps(selection.to_dict(), indent=2))
+    plot = plot_pool_size(selection.steps, f"{router}+{selection.policy}", out_dir / "pool-size.png")
+    page = write_select_report(selection, plot, out_dir / "report.html")
     console.print(f"wrote {out_dir / 'select.json'}, {page} and {plot}")
     if write_pool:
         from herd.pool import write_subset
 
-        chosen = [st.added for st in steps]
+        chosen = selection.chosen
         try:
             written = write_subset(pool_file, chosen, write_pool,
                                    f"herd select --k {k} on {path}: {', '.join(chosen)}")

@@ -16,6 +16,7 @@ from rich.table import Table
 from herd import metrics
 from herd.evaluation import BenchmarkResult, Evaluation, MethodResult
 from herd.offpolicy import MIN_ESS, Estimate, OffPolicyResult
+from herd.select import CAPTION, Selection
 
 MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
 SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
@@ -567,27 +568,18 @@ def plot_pool_size(steps, router: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_select_report(result: dict, plot: Path, path: Path) -> Path:
+def write_select_report(selection: Selection, plot: Path, path: Path) -> Path:
     """``herd select``'s greedy path, the exhaustive check and the pool-size plot as one page."""
-    head = "".join(f"<th>{h}</th>" for h in ("k", "adds", "oracle %", "gain", "pool cost/query",
-                                            f"{result['router']}+{result['policy']} % (CV)", "best single % (CV)"))
-    body = "".join(
-        f"<tr><td>{st['k']}</td><td>{html.escape(st['added'])}</td><td>{fmt_pct(st['oracle'])}</td>"
-        f"<td>+{100 * st['gain']:.2f}</td><td>{fmt_usd(st['pool_cost'])}</td>"
-        f"<td>{fmt_pct(st['routed_accuracy'])}</td><td>{fmt_pct(st['best_single'])}</td></tr>"
-        for st in result["greedy"])
-    checks = [f"k={j}: exhaustive search skipped (too many pools)" if best is None else
-              f"k={j}: greedy oracle {fmt_pct(result['greedy'][int(j) - 1]['oracle'])}% vs best possible "
-              f"{fmt_pct(best['oracle'])}% ({', '.join(best['models'])})"
-              for j, best in result["exhaustive"].items() if int(j) <= len(result["greedy"])]
-    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [
-        "Pools are chosen on all the data (in-sample); the routed and best-single columns are cross-validated "
-        "for the chosen pool.", *checks])
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in selection.columns())
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                   for row in selection.rows())
+    notes = "".join(f"<li>{html.escape(x)}</li>" for x in [CAPTION, *selection.checks()])
     img = f"<img alt='pool size' src='data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}'>"
-    section = (f"<section><h2>Greedy pool selection, k = {result['k']}</h2><table><thead><tr>{head}</tr></thead>"
+    section = (f"<section><h2>Greedy pool selection, k = {selection.k}</h2><table><thead><tr>{head}</tr></thead>"
                f"<tbody>{body}</tbody></table><ul class='notes'>{notes}</ul><div class='plots'>{img}</div></section>")
-    path.write_text(_HTML.format(title=html.escape(f"herd select: {result['data']}"),
-                                 intro=html.escape(f"constraints: {json.dumps(result['constraints'])}"), body=section))
+    constraints = selection.to_dict()["constraints"]
+    path.write_text(_HTML.format(title=html.escape(f"herd select: {selection.data}"),
+                                 intro=html.escape(f"constraints: {json.dumps(constraints)}"), body=section))
     return path
 
 

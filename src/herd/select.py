@@ -18,9 +18,10 @@ import numpy as np
 from sklearn.base import clone
 
 from herd import metrics
-from herd.data import Matrix
-from herd.policies import policy_inputs
-from herd.routers import Router
+from herd.data import Matrix, Outcomes
+from herd.errors import HerdError
+from herd.policies import make_policy, policy_inputs
+from herd.routers import Router, make_router
 from herd.routers.auto import validation_scores
 
 EXHAUSTIVE_MAX_K, EXHAUSTIVE_MAX_POOLS = 3, 200_000  # pool sizes and pools (n choose k) searched exhaustively
@@ -43,6 +44,96 @@ class Step:
     pool_cost: float | None
     routed_accuracy: float | None = None
     best_single: float | None = None
+
+
+# What the figures of a selection are: the pools are chosen in-sample, only their routing is cross-validated.
+CAPTION = ("Pools are chosen on all the data (in-sample); the routed and best-single columns are "
+           "cross-validated for the chosen pool.")
+
+
+class SelectError(HerdError, ValueError):
+    """Constraints or models that no pool can satisfy; the message says which."""
+
+
+@dataclass
+class Selection:
+    """``select_pool``'s result: the greedy path (one Step per pool size, with its routed and
+    best-single accuracy under CV), the exhaustive check per small k (the best pool and its
+    coverage, or None where too many pools), and what produced them."""
+
+    data: str
+    k: int
+    constraints: Constraints
+    router: str
+    policy: str
+    folds: int
+    seed: int
+    n_queries: int
+    n_models: int
+    steps: list[Step]
+    exhaustive: dict[int, tuple[list[str], float] | None]
+
+    @property
+    def chosen(self) -> list[str]:
+        return [st.added for st in self.steps]
+
+    def columns(self) -> list[str]:
+        return ["k", "adds", "oracle %", "gain", "pool cost/query", f"{self.router}+{self.policy} % (CV)",
+                "best single % (CV)"]
+
+    def rows(self) -> list[list[str]]:
+        """The table of the greedy path, formatted once for the console and the report alike."""
+        return [[str(st.k), st.added, f"{100 * st.oracle:.2f}", f"+{100 * st.gain:.2f}",
+                 "n/a" if st.pool_cost is None else f"${st.pool_cost:.3g}",
+                 "n/a" if st.routed_accuracy is None else f"{100 * st.routed_accuracy:.2f}",
+                 f"{100 * st.best_single:.2f}"] for st in self.steps]
+
+    def checks(self) -> list[str]:
+        """Per small k, how the greedy pool's coverage compares with the best possible."""
+        out = []
+        for j, best in self.exhaustive.items():
+            if best is None:
+                out.append(f"k={j}: exhaustive search skipped (over {EXHAUSTIVE_MAX_POOLS:,} pools)")
+            elif j <= len(self.steps):
+                out.append(f"k={j}: greedy oracle {100 * self.steps[j - 1].oracle:.2f}% vs best possible "
+                           f"{100 * best[1]:.2f}% ({', '.join(best[0])})")
+        return out
+
+    def to_dict(self) -> dict:
+        """The contents of select.json."""
+        c = self.constraints
+        return {"data": self.data, "k": self.k,
+                "constraints": {"budget": c.budget, "max_params": c.max_params, "must_include": list(c.must_include),
+                                "tags": ["open"] if c.only_open else []},
+                "router": self.router, "policy": self.policy, "folds": self.folds,
+                "selection": "in-sample (all data); routed scores under CV", "seed": self.seed,
+                "greedy": as_dict(self.steps),
+                "exhaustive": {str(j): None if b is None else {"models": b[0], "oracle": b[1]}
+                               for j, b in self.exhaustive.items()}}
+
+
+def select_pool(data: Outcomes, k: int, constraints: Constraints | None = None, *, router: str = "logistic",
+                policy: str | object = "safe", folds: int = 5, seed: int = 0) -> Selection:
+    """Choose up to ``k`` models of ``data`` that together answer the most (greedy on oracle
+    coverage under ``constraints``, checked against exhaustive search where small), then re-score
+    each greedy pool with ``router`` + ``policy`` (a spec or a policy) under ``folds``-fold CV."""
+    proto = make_router(router, seed=seed)
+    chosen_policy = make_policy(policy) if isinstance(policy, str) else policy
+    m = data.matrix()
+    params = {}
+    if "params_b" in data.models:
+        params = {r.model: float(r.params_b) for r in data.models.itertuples() if r.params_b == r.params_b}
+    chooser = PoolSelector(m, constraints or Constraints(), params)
+    steps = chooser.greedy(k)
+    if not steps:
+        raise SelectError("no model satisfies the constraints")
+    proto.prepare(m.texts)
+    for st in steps:
+        st.routed_accuracy, st.best_single = routed_accuracy(m, [x.added for x in steps[:st.k]], proto,
+                                                             chosen_policy, folds, seed)
+    exhaustive = {j: chooser.exhaustive(j) for j in range(1, min(k, EXHAUSTIVE_MAX_K) + 1)}
+    return Selection(data.origin, k, chooser.c, router, chosen_policy.label, folds, seed, m.n_queries, len(m.models),
+                     steps, exhaustive)
 
 
 def _mean_cost(column: np.ndarray) -> float:
@@ -72,15 +163,15 @@ class PoolSelector:
         self.params = params or {}
         unknown = [x for x in constraints.must_include if x not in m.models]
         if unknown:
-            raise ValueError(f"--must-include {unknown}: not in the data's models {m.models}")
+            raise SelectError(f"--must-include {unknown}: not in the data's models {m.models}")
         allowed = [j for j, name in enumerate(m.models)
                    if not constraints.only_open or (m.owned is not None and m.owned[j])]
         if constraints.only_open and m.owned is None:
-            raise ValueError("--tags open needs open_weights in models.csv")
+            raise SelectError("--tags open needs open_weights in models.csv")
         self.allowed = allowed
         self.must = [m.models.index(x) for x in constraints.must_include]
         if constraints.only_open and any(j not in allowed for j in self.must):
-            raise ValueError("a --must-include model is not open-weights, so --tags open rules it out")
+            raise SelectError("a --must-include model is not open-weights, so --tags open rules it out")
 
     def feasible(self, pool: list[int]) -> bool:
         if self.c.budget is not None:
