@@ -191,6 +191,26 @@ def test_eval_off_policy_cli(tmp_path, dataset_dir):
     assert r.returncode == 2 and "--candidate goes with --off-policy" in r.stderr
 
 
+def test_a_candidate_asking_several_models_is_refused(tmp_path):
+    """A checked cascade's answer stands after its first model's answer is read: the log's one
+    answer per request cannot say what it would have scored."""
+    from conftest import make_frames
+
+    from herd import artifact
+
+    q, o, models = make_frames()
+    o["agreement"] = np.where(o["correct"] > 0, 1.0, 1 / 3)  # what the scorer reads of an answer
+    m = Outcomes.from_frames(q, o, models).matrix()
+    artifact.save(artifact.train("logistic", make_router("logistic"), make_policy("cascade-check:hist-7b,big-70b"), m),
+                  tmp_path / "router")
+    choices, fb, _ = simulate(200, 0.3, lambda t: 2, seed=11)
+    live, _ = logged(tmp_path, choices, fb)
+    r = herd("eval", str(live), "--off-policy", "--candidate", str(tmp_path / "router"), "-o", str(tmp_path / "report"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cascade-check:hist-7b,big-70b asks several models per request" in r.stderr
+    assert not (tmp_path / "report").exists()
+
+
 def test_eval_off_policy_says_when_the_log_is_too_thin(tmp_path, dataset_dir):
     # Everything went to big-70b with 2% exploration; the candidate would send each topic to its specialist.
     choices, fb, _ = simulate(200, 0.02, lambda t: 2, seed=10)

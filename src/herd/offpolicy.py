@@ -304,10 +304,26 @@ class _Padded:
         return out
 
 
+def asks_several(policy) -> bool:
+    """Whether a policy calls more than one model per request or reads answers before one stands
+    (checked and agreement cascades): a log of one answer per request cannot score it."""
+    return (getattr(policy, "post_call", False) or getattr(policy, "reads_answers", False)
+            or not getattr(policy, "uses_scores", True))
+
+
+def refuse_several(trained) -> None:
+    """A trained router whose policy asks several models per request is refused, saying why."""
+    if asks_several(trained.policy):
+        raise ValueError(f"--candidate: {trained.manifest['router']['name']} + {trained.policy.label} asks several "
+                         "models per request and reads their answers, which a log of one answer per request cannot "
+                         "score; give a router whose policy picks one model from its scores (e.g. argmax, "
+                         "cost-aware:W, cascade)")
+
+
 def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: int = 0) -> np.ndarray:
     """(n,) a router + policy's picks, each fold decided by a copy fitted on the other folds'
     logged rows. Policies tuned on full outcome tables (safe, budget, cascades) cannot be."""
-    if hasattr(policy, "fit") or getattr(policy, "post_call", False) or not getattr(policy, "uses_scores", True):
+    if hasattr(policy, "fit") or asks_several(policy):
         raise ValueError(f"policy {policy.label!r} is tuned on complete outcome tables, which a log of one model per "
                          "request is not; off the log itself give argmax, cost-aware:W, random-likely or sorted, or "
                          "train it on benchmark data and pass the router directory as --candidate")
@@ -330,6 +346,7 @@ def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: in
 def trained_choices(log: LoggedTraffic, trained) -> tuple[np.ndarray, list[str]]:
     """(n,) a trained router's picks as indices into ``log.models`` (-1: a model the log never
     saw), and notes."""
+    refuse_several(trained)
     _, decision = trained.route(log.matrix.texts)
     col = {name: j for j, name in enumerate(log.models)}
     names = decision.names
@@ -347,6 +364,9 @@ def evaluate_log(data: Outcomes, candidates: dict[str, object], *, folds: int = 
     log = LoggedTraffic.from_outcomes(data)
     if log.n < folds:
         raise HerdDataError(f"{data.origin}: {log.n} logged request(s), fewer than --folds {folds}")
+    for cand in candidates.values():  # before the reward model is fitted: a refusal should not wait for it
+        if not isinstance(cand, tuple):
+            refuse_several(cand)
     splits = log.matrix.kfold(folds, seed)
     notes = []
     q_score = reward_model(log, splits, seed)
