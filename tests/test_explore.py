@@ -26,7 +26,7 @@ MODELS = ["math-7b", "hist-7b", "big-70b"]
 def test_explore_specs_compose_with_policies_and_bad_ones_say_how():
     p = make_policy("cost-aware:0.2+explore:0.05")
     assert isinstance(p, Explore) and p.eps == 0.05 and p.label == "cost-aware:0.2+explore:0.05"
-    assert not hasattr(p, "fit") and hasattr(make_policy("safe+explore:0.1"), "fit")
+    assert not p.needs_fit and make_policy("safe+explore:0.1").needs_fit
     assert policy_from_config({"name": "argmax", "explore": 0.3}).label == "argmax+explore:0.3"
     for spec, said in [("explore:0.1", "write it after one"), ("safe+explore:x", "between 0 and 1"),
                        ("safe+explore:1.5", "between 0 and 1"), ("cascade-check:a,b+explore:0.1", "several models"),

@@ -20,7 +20,7 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.data import Matrix
-from herd.policies import BUDGET_WEIGHTS, Budget, CostAware, Decision, policy_inputs
+from herd.policies import BUDGET_WEIGHTS, Budget, CostAware, Decision, Policy, policy_inputs
 from herd.routers import ROUTERS, Router
 from herd.routers.auto import validation_scores
 
@@ -41,7 +41,7 @@ class TrainedRouter:
     ``route(texts)`` gives (n_queries, n_models) scores and the policy's ``Decision``."""
 
     router: Router
-    policy: object
+    policy: Policy
     models: list[str]
     model_costs: np.ndarray
     manifest: dict
@@ -68,12 +68,12 @@ class TrainedRouter:
     def fit_policy(self, policy):
         """A copy of ``policy`` tuned on this router's validation scores (policies without
         ``fit`` are returned as they are)."""
-        if not hasattr(policy, "fit"):
+        if not policy.needs_fit:
             return policy
         if self.validation_scores is None:
             raise ArtifactError(f"policy {policy.label!r} is tuned on validation scores, which this router directory "
                                 "does not keep; retrain it with this herd's `herd train`")
-        if getattr(policy, "reads_answers", False) and self.validation_answers is None:
+        if policy.reads_answers and self.validation_answers is None:
             raise ArtifactError(f"policy {policy.label!r} is chosen on recorded answers, which this router's training "
                                 "data did not have")
         return copy.deepcopy(policy).fit(self.validation_scores, self.validation_labels, self.model_costs, self.models,
@@ -101,7 +101,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         m, oof = m.take(np.flatnonzero(full)), oof[full]
     costs = metrics.mean_cost_per_model(m.cost)
     policy = copy.deepcopy(policy)
-    if getattr(policy, "reads_answers", False):
+    if policy.reads_answers:
         if m.answer_codes is None:
             raise ArtifactError(f"policy {policy.label!r} compares recorded answers; this data has none "
                                 "(an 'answer' column in the outcomes)")
@@ -109,7 +109,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
             raise ArtifactError(f"policy {policy.label!r}: the benchmarks trained on grade answers differently; "
                                 "train an agreement cascade on one benchmark (or benchmarks of one grader)")
         policy.grader = policy.grader or m.grader  # the gateway extracts answers as this data was graded
-    if hasattr(policy, "fit"):
+    if policy.needs_fit:
         policy.fit(oof, m.labels, costs, m.models,
                    **policy_inputs(policy, m.observed, m.answer_codes, m.owned, m.tasks, fit=True))
     y = m.labels
@@ -119,7 +119,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
     oracle = metrics.oracle_accuracy(y)
     validation = {
         "method": ("the training queries' recorded answers (the cascade was chosen on them: optimistic)"
-                   if getattr(policy, "reads_answers", False) else
+                   if policy.reads_answers else
                    "out-of-fold scores on the training queries (3-fold inner CV)"
                    + (", those with every model's outcome" if weighted else "")),
         "accuracy": acc,
@@ -128,13 +128,13 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "best_single_cost_usd": metrics.mean_known(m.cost[:, best])[0],
         "oracle": oracle,
         "gap_closed": metrics.gap_closed(acc, float(y[:, best].mean()), oracle),
-        "cost_usd": metrics.mean_known(metrics.summed(m.cost, policy.called(chosen, len(m.models)))
-                                       if hasattr(policy, "called") else metrics.picked(m.cost, chosen))[0],
+        "cost_usd": metrics.mean_known(metrics.picked(m.cost, chosen) if (called := policy.called(chosen, len(m.models)))
+                                       is None else metrics.summed(m.cost, called))[0],
         # What the policy does: each model's share of the validation queries, most used first.
         "shares": {m.models[j]: float(np.mean(chosen == j)) for j in np.argsort(-np.bincount(chosen, minlength=len(m.models)))
                    if np.any(chosen == j)},
     }
-    if getattr(policy, "uses_scores", True) and not getattr(policy, "post_call", False):
+    if policy.picks_from_scores:
         # a cheaper policy on the same scores (none is looked for where answers decide)
         validation["cheaper"] = cheaper_option(oof, y, costs, m.models, chosen, best)
     manifest = {
@@ -144,7 +144,7 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
         "router": {"name": router_name, "class": type(router).__name__, "params": _jsonable(router.get_params()),
                    "fitted": router.summary() if hasattr(router, "summary") else None},
         "policy": {"name": policy.name, "spec": policy.label, "repr": repr(policy),
-                   "fitted": policy.summary() if hasattr(policy, "summary") else None},
+                   "fitted": policy.summary()},
         "features": getattr(router, "features", None),
         "embedding_engine": router.embedding_engine(),  # the router embeds with it wherever it is served
         "models": list(m.models),

@@ -23,7 +23,7 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix
-from herd.policies import ArgMax
+from herd.policies import ArgMax, Policy
 from herd.routers.auto import validation_scores
 from herd.routers.base import Router
 
@@ -54,10 +54,11 @@ def blend_pick(models: list[str], weights: np.ndarray | None, session: str | int
     return int(stable_seed(session, turn).choice(n, p=p / p.sum()))
 
 
-class Blend:
+class Blend(Policy):
     """A uniform or weighted blend over ``models`` (None: the whole pool), for the gateway."""
 
     name = "blend"
+    uses_scores = False  # draws per turn: needs no router
 
     def __init__(self, models: list[str] | None = None, weights: dict[str, float] | None = None):
         self.models = list(models or (weights or {}))
@@ -180,7 +181,7 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
         record("weighted blend", np.array([[blend_pick(m.models, w, s, t + 1) for t in range(turns)] for s in sessions]))
         fitted = clone(router).fit(train)
         tuned = policy
-        if hasattr(policy, "fit"):  # tuned on held-out scores inside the training fold, as in evaluate
+        if policy.needs_fit:  # tuned on held-out scores inside the training fold, as in evaluate
             tuned = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs,
                                               m.models)
         running = conversation_texts(m.texts, conv).ravel().tolist()

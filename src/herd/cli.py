@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import time
 from pathlib import Path
 from typing import Optional
@@ -15,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from herd import __version__
 from herd.import_formats import FORMATS
+from herd.policies import POLICY_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Route each LLM query to the model that will answer it, cheaply.")
@@ -65,18 +64,10 @@ def _split_list(values: Optional[list[str]]) -> Optional[list[str]]:
 
 
 def _split_policies(values: Optional[list[str]]) -> Optional[list[str]]:
-    """Like _split_list, except that a cascade's model list ('cascade:a,b') stays whole: a
-    cascade runs to the end of its option value."""
-    if not values:
-        return None
-    specs = []
-    for item in values:
-        found = re.search(r"cascade(-check)?:|agree:(?=[^:>]*>)", item)
-        head, cascade = (item[:found.start()], item[found.start():]) if found else (item, "")
-        specs += [v.strip() for v in head.split(",") if v.strip()]
-        if cascade:
-            specs.append(cascade.strip())
-    return specs
+    """Like _split_list, except that a cascade's model list ('cascade:a,b') stays whole."""
+    from herd.policies import split_specs
+
+    return split_specs(values) if values else None
 
 
 def _one_router(values: Optional[list[str]], default: str) -> str:
@@ -292,13 +283,6 @@ JsonOpt = typer.Option(None, "--json", metavar="FILE", help="Also write metrics.
 MinOpt = typer.Option(20, "--min-outcomes", min=1, help="Reject a model with fewer outcomes on a benchmark.")
 SizeOpt = typer.Option(None, "--size-prices", metavar="SCHEDULE", help="Price-by-size schedule for unpriced open models, "
                        "'MAX_B=USD_PER_MTOK,...', e.g. '8=0.2,70=0.9,inf=3.5'.")
-POLICY_HELP = ("argmax, safe (margin tuned by inner CV), safe:MARGIN, cost-aware:WEIGHT, budget:USD_PER_QUERY, "
-               "budget:MODEL:SHARE, random-likely[:T], sorted[:T], cascade:CHEAP,...,STRONG[@T] (threshold tuned "
-               "by inner CV unless given; give a cascade as its own --policy), cascade-check:CHEAP,...,STRONG[@T] "
-               "(reads each answer: length, sample agreement), agree (an agreement cascade chosen on training "
-               "answers), agree:open (open-weights first stage), agree:M1,M2[,M3]>STRONG[@NEED]; after a policy that "
-               "picks one model, +explore:EPS sends that share of queries to a model drawn uniformly (seeded), "
-               "e.g. safe+explore:0.05")
 PolicyOpt = typer.Option(None, "--policy", metavar="SPEC[,SPEC...]", help=f"Policy or policies: {POLICY_HELP}. Default: argmax,safe.")
 TagsOpt = typer.Option(None, "--tags", metavar="TAG", help="'open': an 'agree' policy asks only open-weights models first.")
 MixOpt = typer.Option(False, "--mix", help="Pool every benchmark of a source (or those given by --benchmark) into "

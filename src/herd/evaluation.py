@@ -16,7 +16,8 @@ from sklearn.base import clone
 from herd import __version__, metrics
 from herd.blend import evaluate_blends
 from herd.data import Matrix, Outcomes
-from herd.policies import ArgMax, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds, policy_inputs
+from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds,
+                           policy_inputs)
 from herd.routers import Router, make_router
 from herd.routers.auto import validation_scores
 
@@ -253,8 +254,8 @@ def evaluate_matrix(
     splits = m.kfold(folds, seed)
 
     # Policies that read answers, not scores (agreement cascades), run once, not once per router.
-    answer_policies = [p for p in policies if not getattr(p, "uses_scores", True)]
-    policies = [p for p in policies if getattr(p, "uses_scores", True)]
+    answer_policies = [p for p in policies if not p.uses_scores]
+    policies = [p for p in policies if p.uses_scores]
     if policies:
         for name, router in routers.items():
             router.prepare(m.texts, progress=_tagged(progress, f"{label}: features for {name}"))
@@ -303,8 +304,8 @@ def evaluate_matrix(
             router_scores[name][te] = scores
             validation = None
             for p in policies:
-                post_call = getattr(p, "post_call", False)
-                if hasattr(p, "fit"):
+                post_call = p.post_call
+                if p.needs_fit:
                     if validation is None:
                         validation = validation_scores(router, proto, train, seed)
                     p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models,
@@ -335,7 +336,7 @@ def evaluate_matrix(
         key = (name, p.label)
         if tuned[key]:
             notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {_per_fold(tuned[key])}")
-        if getattr(p, "max_share", None) is not None and p.model in m.models:
+        if isinstance(p, Budget) and p.max_share is not None and p.model in m.models:
             share = float(np.mean(router_choice[key] == m.models.index(p.model)))
             notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
         routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n,
@@ -431,13 +432,13 @@ class AnswerTally:
         choice = p.choose(None, model_costs, codes)
         self.choice[te] = choice
         self.called[te] = p.called(choice, k)
-        self.first[np.ix_(te, p.stage_)] = True
-        self.accepted[te] = choice != p.last_
+        self.first[np.ix_(te, p.stage_columns)] = True
+        self.accepted[te] = choice != p.last_column
         self.summaries.append(p.summary())
         for t, ch in p.sweep_choices(codes).items():
             n = len(m.labels)
             c, cl, kept = self.sweep.setdefault(t, (np.empty(n, int), np.zeros(m.labels.shape, bool), np.zeros(n, bool)))
-            c[te], cl[te], kept[te] = ch, p.sweep_called(t, ch, k), ch != p.last_
+            c[te], cl[te], kept[te] = ch, p.sweep_called(t, ch, k), ch != p.last_column
 
     def routed(self) -> Routed:
         self.notes.append(f"{self.label}, chosen per fold on training answers: {_per_fold(self.summaries)}")
@@ -464,7 +465,7 @@ def cascade_curve(m: Matrix, cascade: Cascade, signal: np.ndarray) -> list[dict]
     points = []
     for t in cascade_thresholds(signal, stages):
         choice = cascade_choice(signal, stages, t)
-        cost = (metrics.summed(m.cost, cascade_called(choice, stages, len(m.models))) if getattr(cascade, "post_call", False)
+        cost = (metrics.summed(m.cost, cascade_called(choice, stages, len(m.models))) if cascade.post_call
                 else metrics.picked(m.cost, choice))
         points.append({"threshold": float(t), "accuracy": metrics.accuracy(metrics.picked(y, choice)),
                        "cost_usd": metrics.mean_known(cost)[0],
@@ -501,12 +502,12 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
         m = sub.matrix(trained.models)
         t0 = time.perf_counter()
         scores = trained.router.predict_scores(m.texts, m.tasks)
-        if getattr(trained.policy, "reads_answers", False) and m.answer_codes is None:
+        if trained.policy.reads_answers and m.answer_codes is None:
             raise ValueError(f"{source}/{benchmark}: the router's policy {label!r} compares recorded answers, "
                              "which this data does not have")
         extra = policy_inputs(trained.policy, m.observed, m.answer_codes, tasks=m.tasks)
         choice = trained.policy.choose(scores, trained.model_costs, **extra)
-        called = trained.policy.called(choice, len(m.models)) if hasattr(trained.policy, "called") else None
+        called = trained.policy.called(choice, len(m.models))
         ms = 1000.0 * (time.perf_counter() - t0) / m.n_queries
         sweeps = {name: np.stack([CostAware(w).choose(scores, trained.model_costs) for w in COST_WEIGHTS])} if sweep else {}
         seen = len(query_keys(m) & trained.train_keys)

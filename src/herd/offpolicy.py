@@ -307,8 +307,7 @@ class _Padded:
 def asks_several(policy) -> bool:
     """Whether a policy calls more than one model per request or reads answers before one stands
     (checked and agreement cascades): a log of one answer per request cannot score it."""
-    return (getattr(policy, "post_call", False) or getattr(policy, "reads_answers", False)
-            or not getattr(policy, "uses_scores", True))
+    return not policy.picks_from_scores
 
 
 def refuse_several(trained) -> None:
@@ -323,7 +322,7 @@ def refuse_several(trained) -> None:
 def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: int = 0) -> np.ndarray:
     """(n,) a router + policy's picks, each fold decided by a copy fitted on the other folds'
     logged rows. Policies tuned on full outcome tables (safe, budget, cascades) cannot be."""
-    if hasattr(policy, "fit") or asks_several(policy):
+    if policy.needs_fit or asks_several(policy):
         raise ValueError(f"policy {policy.label!r} is tuned on complete outcome tables, which a log of one model per "
                          "request is not; off the log itself give argmax, cost-aware:W, random-likely or sorted, or "
                          "train it on benchmark data and pass the router directory as --candidate")

@@ -248,9 +248,9 @@ def _routed_choice(sub: Matrix, tr, te, router: Router, policy, seed: int) -> np
     train, held = sub.take(tr), sub.take(te)
     costs = metrics.mean_cost_per_model(sub.cost[tr])
     # a policy that reads answers needs no router
-    fitted = clone(router).fit(train) if getattr(policy, "uses_scores", True) else None
+    fitted = clone(router).fit(train) if policy.uses_scores else None
     p = policy
-    if hasattr(p, "fit"):
+    if p.needs_fit:
         validation = None if fitted is None else validation_scores(fitted, router, train, seed)
         p = copy.deepcopy(policy).fit(validation, train.labels, costs, train.models,
                                       **policy_inputs(p, train.observed, train.answer_codes, train.owned,

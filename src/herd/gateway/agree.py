@@ -8,13 +8,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from herd.collect.grading import Grader, get_grader
 from herd.gateway.cascade import Checked, plus, reply_text, sample_body
 from herd.gateway.chat import ChatRequest
 from herd.gateway.selection import Plan
-from herd.policies import Agree, agreement_choice
+from herd.policies import Agree
 
 if TYPE_CHECKING:
     from herd.gateway.app import Gateway
@@ -53,7 +52,7 @@ async def ask_first_stage(gateway: Gateway, req: ChatRequest, plan: Plan) -> Agr
     is an answer missing, which counts against agreement, never a lost request."""
     policy: Agree = plan.agree_policy
     grader = get_grader(policy.grader)
-    done = Agreement(need=policy.need_)
+    done = Agreement(need=policy.quorum)
     if not plan.fan_out:  # the plan goes straight to the strong model and says why
         return done
     body = sample_body(req.body, 0, 1)
@@ -75,13 +74,11 @@ async def ask_first_stage(gateway: Gateway, req: ChatRequest, plan: Plan) -> Agr
 
 
 def agreed_model(policy: Agree, grader: Grader, answers: dict[str, str | None]) -> str | None:
-    """The first-stage model whose reply stands, or None to ask the strong model: one row of
-    answer codes in the policy's model order (equal grader keys, equal codes; -1 for a model
-    that gave no answer or was not asked) through ``agreement_choice``."""
-    codes, seen = np.full((1, len(policy.pool_)), -1), {}
+    """The first-stage model whose reply stands, or None to ask the strong model: equal grader
+    keys, equal answer codes; a model that gave no answer or was not asked has none."""
+    codes, seen = {}, {}
     for model, answer in answers.items():
         key = grader.keyed(answer)
         if key is not None:
-            codes[0, policy.pool_.index(model)] = seen.setdefault(key, len(seen))
-    choice = int(agreement_choice(codes, policy.stage_, policy.need_, policy.last_)[0])
-    return None if choice == policy.last_ else policy.pool_[choice]
+            codes[model] = seen.setdefault(key, len(seen))
+    return policy.stands(codes)

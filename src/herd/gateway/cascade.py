@@ -96,9 +96,9 @@ def judge(policy, grader: Grader, score_row: np.ndarray, models: list[str], name
     stage = models.index(name)
     grid = {k: np.where(np.arange(len(models)) == stage, v, np.nan)[None, :] for k, v in observed.items()}
     p_right = float(policy.deferral(score_row[None, :], grid)[0, stage])
-    accepted = p_right >= policy.threshold_
+    accepted = p_right >= policy.cutoff
     step = {"model": name, "samples": len(replies), "answers": answers, **{k: round(v, 4) for k, v in observed.items()},
-            "p_right": round(p_right, 4), "threshold": round(policy.threshold_, 4), "accepted": accepted}
+            "p_right": round(p_right, 4), "threshold": round(policy.cutoff, 4), "accepted": accepted}
     if not accepted:
         return step, None
     top = majority(answers, grader.correct)

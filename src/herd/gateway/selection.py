@@ -222,22 +222,22 @@ class Selector:
     def _agree(self, req: ChatRequest, policy: Agree, eligible: list[str], ineligible: dict[str, str]) -> Plan:
         """An agreement cascade: its eligible first-stage models together, then the strong model
         (or, if it cannot take the request, the best eligible model), then the other eligible ones."""
-        stage = [] if policy.direct_ else [m for m in policy.first_stage if m not in ineligible]
+        stage = [] if policy.direct else [m for m in policy.first_stage if m not in ineligible]
         others = [m for m in eligible if m not in stage]
         strong = policy.last if policy.last not in ineligible else self._best_of(req, others or stage)
         plan = Plan([strong, *(m for m in others + stage if m != strong)], "", policy.label, ineligible=ineligible,
                     agree_policy=policy)
-        skipped = [m for m in ([] if policy.direct_ else policy.first_stage) if m in ineligible]
-        if policy.direct_:
-            plan.reason = f"agree: straight to {strong}: {policy.reason_}"
-        elif len(stage) < policy.need_:
+        skipped = [m for m in ([] if policy.direct else policy.first_stage) if m in ineligible]
+        if policy.direct:
+            plan.reason = f"agree: straight to {strong}: {policy.reason}"
+        elif len(stage) < policy.quorum:
             plan.reason = (f"agree: only {len(stage)} of the first stage ({', '.join(policy.first_stage)}) can take "
-                           f"this request, fewer than the {policy.need_} that must agree: straight to {strong}")
+                           f"this request, fewer than the {policy.quorum} that must agree: straight to {strong}")
         elif (over := self._over_ceiling(req, [*stage, strong])) is not None:
             plan.reason = f"agree: straight to {strong}: {over}"
         else:
             plan.fan_out = stage
-            plan.reason = (f"agree: ask {', '.join(stage)} together; keep an answer {policy.need_} of them give, "
+            plan.reason = (f"agree: ask {', '.join(stage)} together; keep an answer {policy.quorum} of them give, "
                            f"else {strong}")
         if skipped:
             plan.reason += " (" + "; ".join(f"{m} ruled out: {ineligible[m]}" for m in skipped) + ")"
@@ -273,14 +273,14 @@ class Selector:
         ok = np.array([m in self.scored and m not in ineligible for m in models])
         unscored = [m for m in self.unscored if m not in ineligible]
         shown = {m: round(float(s), 4) for m, s in zip(models, scores) if m in self.scored}
-        plan = Plan([], "", getattr(policy, "label", None), shown, ineligible, router_ms)
+        plan = Plan([], "", policy.label, shown, ineligible, router_ms)
         if not ok.any():
             plan.candidates, plan.reason = unscored, "no model the router scores is eligible: first eligible model in the pool's order"
             return plan
         costs = self._costs(req, models, ok)
-        if getattr(policy, "post_call", False):
+        if policy.post_call:
             return self._checked(plan, policy, scores, costs, ok)
-        anchor = None if not hasattr(policy, "anchors") else int(policy.anchors(1, [task])[0])
+        anchor = policy.anchor(task)
         if anchor is not None and not ok[anchor]:
             first = _best(scores, costs, ok)
             plan.reason = (f"best single model {models[anchor]} cannot take this request "
@@ -303,17 +303,17 @@ class Selector:
         """A cascade that reads answers: its eligible models before the last are checked in turn;
         the last eligible one, then the others by P(correct), take what they pass on."""
         models = self.router_models
-        stages = [i for i in policy.stages_ if ok[i]]
+        stages = [i for i in policy.columns if ok[i]]
         last = stages[-1] if stages else _best(scores, costs, ok)
         rest = sorted((i for i in np.flatnonzero(ok) if i not in stages), key=lambda i: (-scores[i], costs[i]))
-        plan.checks = [] if policy.direct_ else [models[i] for i in stages[:-1]]
+        plan.checks = [] if policy.direct else [models[i] for i in stages[:-1]]
         plan.check_policy, plan.score_row = policy, scores
         plan.candidates = [models[last]] + [models[i] for i in rest] + [m for m in self.unscored if m not in plan.ineligible]
-        skipped = [models[i] for i in policy.stages_ if not ok[i]]
+        skipped = [models[i] for i in policy.columns if not ok[i]]
         plan.reason = (f"cascade-check: {', '.join(plan.checks)} answer(s) first, each kept if its P(right) >= "
-                       f"{policy.threshold_:.3g}; else {models[last]}" if plan.checks
+                       f"{policy.cutoff:.3g}; else {models[last]}" if plan.checks
                        else f"cascade-check: straight to {models[last]} (no earlier answer was worth keeping on "
-                            "validation)" if policy.direct_
+                            "validation)" if policy.direct
                        else f"cascade-check: only {models[last]} of the cascade can take this request")
         if skipped:
             plan.reason += f" ({', '.join(skipped)} ruled out)"
@@ -372,9 +372,8 @@ def _load_router(router_dir: Path, pool: PoolConfig) -> artifact.TrainedRouter:
     if not any(m in to_pool for m in trained.models):
         raise PoolError(f"router {router_dir} scores {trained.models}, none of which is in the pool {pool.names}")
     renamed = dataclasses.replace(trained, models=[to_pool.get(m, m) for m in trained.models])
-    if isinstance(trained.policy, Agree) and hasattr(trained.policy, "pool_"):  # it names its stages
-        renamed.policy = copy.copy(trained.policy)
-        renamed.policy.pool_ = renamed.models
+    if isinstance(trained.policy, Agree):  # it names its stages
+        renamed.policy = trained.policy.renamed(renamed.models)
     return renamed
 
 
@@ -386,14 +385,14 @@ def _routed(name: str, spec, trained: artifact.TrainedRouter, pool: PoolConfig):
         raise PoolError(f"policy {name!r}: {e}") from None
     if isinstance(policy, Agree):  # `herd train --policy agree` chose this cascade
         return _servable_agree(name, policy, pool)
-    if getattr(policy, "post_call", False):
+    if policy.post_call:
         _check_answer_reading(name, policy)
     return policy
 
 
 def _picks_one(policy) -> bool:
     """Whether a route's policy picks one model (None: the pool's order), so it can explore."""
-    return not isinstance(policy, (Blend, Agree)) and not getattr(policy, "post_call", False)
+    return policy is None or policy.picks_from_scores
 
 
 def _is_agree(spec) -> bool:
@@ -425,7 +424,7 @@ def _agree(name: str, spec, pool: PoolConfig, trained: artifact.TrainedRouter | 
 
 def _servable_agree(name: str, policy: Agree, pool: PoolConfig) -> Agree:
     """An agreement cascade the gateway can run: its models in the pool, a grader to compare answers."""
-    missing = [m for m in [*([] if policy.direct_ else policy.first_stage), policy.last] if m not in pool.names]
+    missing = [m for m in [*([] if policy.direct else policy.first_stage), policy.last] if m not in pool.names]
     if missing:
         raise PoolError(f"policy {name!r}: model(s) {missing} of the agreement cascade are not in the pool {pool.names}")
     if policy.grader is None:
@@ -456,8 +455,7 @@ def _check_answer_reading(name: str, policy) -> None:
         get_grader(policy.grader)
     except ValueError as e:
         raise PoolError(f"policy {name!r}: {e}") from None
-    uses_agreement = any("agreement" in used for used in policy.features_.values())
-    if uses_agreement and policy.samples < 2:
+    if policy.reads_agreement and policy.samples < 2:
         raise PoolError(f"policy {name!r}: its answer scorer was trained on the agreement of several samples; "
                         "set 'samples' (2 or more, as many as the data was collected with)")
 
