@@ -167,14 +167,14 @@ def test_vote_of_normalized_answers_differs_from_a_plain_string_vote():
 
 
 def test_pool_selection_scores_an_agreement_cascade_on_the_pool_it_tries():
-    from herd.select import columns, routed_accuracy
+    from herd.select import routed_accuracy
 
     data, y, _ = _frames()
     m = data.matrix()
     pool = ["a", "b", "noise", "strong"]
     routed, single = routed_accuracy(m, pool, make_router("logistic"), make_policy("agree"), folds=3, seed=0)
     assert routed >= single - 0.03
-    sub = columns(m, pool)
+    sub = m.columns(pool)
     assert sub.answer_codes.shape == (len(y), 4) and sub.models == pool
 
 

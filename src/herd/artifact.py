@@ -22,7 +22,7 @@ from herd import __version__, metrics
 from herd.data import Matrix
 from herd.policies import BUDGET_WEIGHTS, Budget, CostAware, Decision, Policy, policy_inputs
 from herd.routers import ROUTERS, Router
-from herd.routers.auto import validation_scores
+from herd.tuning import fit_in_fold
 
 MANIFEST = "manifest.json"
 STATE = "state.joblib"
@@ -83,23 +83,12 @@ class TrainedRouter:
 
 def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0, data_origin: str = "",
           sample_weight: np.ndarray | None = None) -> TrainedRouter:
-    """Fit ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both.
+    """Fit a copy of ``router`` on all of ``m``, tune ``policy`` on out-of-fold scores, and validate both.
 
     ``sample_weight`` (n_queries, n_models): the router's weights per outcome (see
     ``Router.fit``), for benchmark data with live feedback added. The policy is then tuned and
     validated on the queries with every model's outcome (the benchmark's): a policy compares
     models on one query, which feedback that observed one model cannot show."""
-    router.fit(m, sample_weight=sample_weight)
-    oof = validation_scores(router, router, m, seed, sample_weight)
-    trained_on, weighted = m, 0
-    if sample_weight is not None:
-        full = (np.asarray(sample_weight) > 0).all(axis=1)
-        if not full.any():
-            raise ArtifactError("no training query has every model's outcome to tune and validate the policy on; "
-                                "add benchmark data beside the feedback")
-        weighted = int((~full).sum())
-        m, oof = m.take(np.flatnonzero(full)), oof[full]
-    costs = metrics.mean_cost_per_model(m.cost)
     policy = copy.deepcopy(policy)
     if policy.reads_answers:
         if m.answer_codes is None:
@@ -109,9 +98,11 @@ def train(router_name: str, router: Router, policy, m: Matrix, *, seed: int = 0,
             raise ArtifactError(f"policy {policy.label!r}: the benchmarks trained on grade answers differently; "
                                 "train an agreement cascade on one benchmark (or benchmarks of one grader)")
         policy.grader = policy.grader or m.grader  # the gateway extracts answers as this data was graded
-    if policy.needs_fit:
-        policy.fit(oof, m.labels, costs, m.models,
-                   **policy_inputs(policy, m.observed, m.answer_codes, m.owned, m.tasks, fit=True))
+    fold = fit_in_fold(router, policy, m, seed, sample_weight=sample_weight, validate=True)
+    router, policy, trained_on = fold.router, fold.policy, m
+    m, oof = fold.tuned_on, fold.validation  # the queries with every model's outcome, where weights leave some out
+    weighted = trained_on.n_queries - m.n_queries
+    costs = metrics.mean_cost_per_model(m.cost)
     y = m.labels
     chosen = policy.choose(oof, costs, **policy_inputs(policy, m.observed, m.answer_codes, tasks=m.tasks))
     best = metrics.best_model(y, m.cost)

@@ -14,18 +14,16 @@ accuracy and cost per turn, not the engagement the paper reports, which needs li
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix
 from herd.policies import ArgMax, Policy
-from herd.routers.auto import validation_scores
 from herd.routers.base import Router
+from herd.tuning import fit_in_fold
 
 # User turns the router reads, the current one last (the gateway reads the same).
 HISTORY_TURNS = 3
@@ -154,6 +152,9 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
     router and the weights learn from the training fold. The weighted blend draws in
     proportion to ``weights`` (default: each model's training accuracy)."""
     policy = policy or ArgMax()
+    if not policy.picks_from_scores:
+        raise ValueError(f"a learned blend picks one model per turn from the router's scores; {policy.label!r} "
+                         "does not")
     unknown = sorted(set(weights or {}) - set(m.models))
     if unknown:
         raise ValueError(f"blend weights name model(s) {unknown} that are not in the pool {m.models}")
@@ -179,11 +180,8 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
         sessions = [f"{f}-{c}" for c in range(len(conv))]
         record("uniform blend", np.array([[blend_pick(m.models, None, s, t + 1) for t in range(turns)] for s in sessions]))
         record("weighted blend", np.array([[blend_pick(m.models, w, s, t + 1) for t in range(turns)] for s in sessions]))
-        fitted = clone(router).fit(train)
-        tuned = policy
-        if policy.needs_fit:  # tuned on held-out scores inside the training fold, as in evaluate
-            tuned = copy.deepcopy(policy).fit(validation_scores(fitted, router, train, seed), train.labels, costs,
-                                              m.models)
+        fold = fit_in_fold(router, policy, train, seed)
+        fitted, tuned = fold.router, fold.policy
         running = conversation_texts(m.texts, conv).ravel().tolist()
         record("learned blend (history)", tuned.choose(fitted.predict_scores(running), costs).reshape(conv.shape))
         alone = [m.texts[r] for r in conv.ravel()]

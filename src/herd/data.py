@@ -136,6 +136,28 @@ class Matrix:
             observed=None if self.observed is None else {k: v[rows] for k, v in self.observed.items()},
         )
 
+    def columns(self, models: list[str]) -> Matrix:
+        """The same queries with only ``models``' columns, in that order: outcomes, answers,
+        answer observations, ownership and propensities alike."""
+        unknown = [x for x in models if x not in self.models]
+        if unknown:
+            raise ValueError(f"model(s) {unknown} are not in the data's models {self.models}")
+        idx = [self.models.index(x) for x in models]
+        pick = (lambda a: None if a is None else a[:, idx])
+        return replace(
+            self,
+            models=list(models),
+            correct=self.correct[:, idx],
+            cost=self.cost[:, idx],
+            latency=self.latency[:, idx],
+            cost_estimated=self.cost_estimated[idx],
+            answers=pick(self.answers),
+            answer_codes=pick(self.answer_codes),
+            propensity=pick(self.propensity),
+            owned=None if self.owned is None else self.owned[idx],
+            observed=None if self.observed is None else {k: v[:, idx] for k, v in self.observed.items()},
+        )
+
     def kfold(self, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Seeded k-fold by query, stratified by (source, benchmark) when every group allows it."""
         return _kfold(self.keys, n_splits, seed)

@@ -3,7 +3,6 @@ the train-chosen best single model, majority vote and each other. Computes; neve
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections import Counter
@@ -11,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
-from sklearn.base import clone
 
 from herd import __version__, metrics
 from herd.blend import evaluate_blends
@@ -19,7 +17,7 @@ from herd.data import Matrix, Outcomes
 from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds,
                            policy_inputs)
 from herd.routers import Router, make_router
-from herd.routers.auto import validation_scores
+from herd.tuning import fit_in_fold
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -290,11 +288,12 @@ def evaluate_matrix(
         if votes is not None:
             votes.add(tr, te)
         for tally in answered.values():
-            tally.add(tr, te, model_costs)
+            tally.add(train, te, model_costs)
         for name, proto in routers.items():
             if progress:
                 progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
-            router = clone(proto).fit(train)
+            fold = fit_in_fold(proto, policies, train, seed)
+            router = fold.router
             engines.add(router.embedding_engine())
             if hasattr(router, "summary"):
                 fitted_notes.setdefault(name, []).append(router.summary())
@@ -302,18 +301,12 @@ def evaluate_matrix(
             scores = router.predict_scores(test.texts, test.tasks)
             score_secs = time.perf_counter() - t0
             router_scores[name][te] = scores
-            validation = None
-            for p in policies:
-                post_call = p.post_call
-                if p.needs_fit:
-                    if validation is None:
-                        validation = validation_scores(router, proto, train, seed)
-                    p = copy.deepcopy(p).fit(validation, train.labels, model_costs, m.models,
-                                             **policy_inputs(p, train.observed, tasks=train.tasks, fit=True))
-                    tuned[(name, p.label)].append(p.summary())
+            for p in fold.policies:
                 key = (name, p.label)
+                if p.needs_fit:
+                    tuned[key].append(p.summary())
                 t0 = time.perf_counter()
-                if post_call:
+                if p.post_call:
                     test_observed = test.observed
                     router_choice[key][te] = p.choose(scores, model_costs, test_observed)
                     called.setdefault(key, np.zeros((n, k), bool))[te] = p.called(router_choice[key][te], k)
@@ -418,13 +411,12 @@ class AnswerTally:
         self.notes: list[str] = [] if m.answer_codes is not None else [
             f"{self.label}: not computed, the data has no per-model answers"]
 
-    def add(self, tr: np.ndarray, te: np.ndarray, model_costs: np.ndarray) -> None:
+    def add(self, train: Matrix, te: np.ndarray, model_costs: np.ndarray) -> None:
         if self.choice is None:
             return
         m, k = self.m, self.m.labels.shape[1]
         try:
-            p = copy.deepcopy(self.policy).fit(None, m.labels[tr], model_costs, m.models, answers=m.answer_codes[tr],
-                                               owned=m.owned)
+            p = fit_in_fold(None, self.policy, train).policy  # no router: the answers decide
         except ValueError as e:
             self.choice, self.notes = None, [f"{self.label}: not computed: {e}"]
             return

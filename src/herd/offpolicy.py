@@ -277,18 +277,9 @@ def fit_on_log(proto: Router, log: LoggedTraffic, rows: np.ndarray) -> Router:
     unseen = w.sum(axis=0) <= 0
     if unseen.any():  # a model never logged in these folds: the router is fitted on the others
         keep = np.flatnonzero(~unseen)
-        router = clone(proto).fit(_columns(train, keep), sample_weight=w[:, keep])
+        router = clone(proto).fit(train.columns([train.models[j] for j in keep]), sample_weight=w[:, keep])
         return _Padded(router, keep, len(log.models))
     return clone(proto).fit(train, sample_weight=w)
-
-
-def _columns(m: Matrix, cols: np.ndarray) -> Matrix:
-    from dataclasses import replace
-
-    return replace(m, models=[m.models[j] for j in cols], correct=m.correct[:, cols], cost=m.cost[:, cols],
-                   latency=m.latency[:, cols], cost_estimated=m.cost_estimated[cols], answers=None, answer_codes=None,
-                   observed=None, owned=None if m.owned is None else m.owned[cols],
-                   propensity=None if m.propensity is None else m.propensity[:, cols])
 
 
 class _Padded:

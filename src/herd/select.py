@@ -9,20 +9,18 @@ which is what a user would get.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix, Outcomes
 from herd.errors import HerdError
 from herd.policies import make_policy, policy_inputs
 from herd.routers import Router, make_router
-from herd.routers.auto import validation_scores
+from herd.tuning import fit_in_fold
 
 EXHAUSTIVE_MAX_K, EXHAUSTIVE_MAX_POOLS = 3, 200_000  # pool sizes and pools (n choose k) searched exhaustively
 
@@ -228,7 +226,7 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
     tuned inside each training split; None where the policy cannot serve this pool, say an
     agreement cascade naming a model outside it), and of the pool's best single model chosen
     on each training split."""
-    sub = columns(m, pool)
+    sub = m.columns(pool)
     y = sub.labels
     if len(pool) == 1:
         acc = float(y[:, 0].mean())
@@ -245,30 +243,11 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
 
 
 def _routed_choice(sub: Matrix, tr, te, router: Router, policy, seed: int) -> np.ndarray:
-    train, held = sub.take(tr), sub.take(te)
+    fold = fit_in_fold(router, policy, sub.take(tr), seed)
+    held, p = sub.take(te), fold.policy
+    scores = None if fold.router is None else fold.router.predict_scores(held.texts, held.tasks)
     costs = metrics.mean_cost_per_model(sub.cost[tr])
-    # a policy that reads answers needs no router
-    fitted = clone(router).fit(train) if policy.uses_scores else None
-    p = policy
-    if p.needs_fit:
-        validation = None if fitted is None else validation_scores(fitted, router, train, seed)
-        p = copy.deepcopy(policy).fit(validation, train.labels, costs, train.models,
-                                      **policy_inputs(p, train.observed, train.answer_codes, train.owned,
-                                                      train.tasks, fit=True))
-    scores = None if fitted is None else fitted.predict_scores(held.texts, held.tasks)
     return p.choose(scores, costs, **policy_inputs(p, held.observed, held.answer_codes, tasks=held.tasks))
-
-
-def columns(m: Matrix, pool: list[str]) -> Matrix:
-    """``m`` restricted to the models in ``pool``."""
-    from dataclasses import replace
-
-    idx = [m.models.index(x) for x in pool]
-    cols = (lambda a: None if a is None else a[:, idx])
-    return replace(m, models=list(pool), correct=m.correct[:, idx], cost=m.cost[:, idx], latency=m.latency[:, idx],
-                   cost_estimated=m.cost_estimated[idx], answers=cols(m.answers), answer_codes=cols(m.answer_codes),
-                   owned=None if m.owned is None else m.owned[idx],
-                   observed=None if m.observed is None else {k: v[:, idx] for k, v in m.observed.items()})
 
 
 def as_dict(steps: list[Step]) -> list[dict]:

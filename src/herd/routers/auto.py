@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import clone
 
-from herd.data import Matrix
 from herd.features import EmbeddingsUnavailable
-from herd.routers.base import Router
+from herd.routers.base import Router, out_of_fold_scores
 
 DEFAULT_CANDIDATES = ("knn", "logistic", "mf", "regression", "cluster")
-INNER_FOLDS = 3
 ENSEMBLE = "ensemble"
-
-
-def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS,
-                       sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """Scores for every training query from a copy of ``proto`` fitted on the other inner folds
-    (with their ``sample_weight`` rows, when given)."""
-    out = np.empty(train.correct.shape)
-    for tr, va in train.kfold(min(folds, train.n_queries), seed):
-        held = train.take(va)
-        w = None if sample_weight is None else sample_weight[tr]
-        out[va] = clone(proto).fit(train.take(tr), sample_weight=w).predict_scores(held.texts, held.tasks)
-    return out
-
-
-def validation_scores(fitted: Router, proto: Router, train: Matrix, seed: int,
-                      sample_weight: np.ndarray | None = None) -> np.ndarray:
-    """Held-out scores of the training queries, for tuning a policy: the ones ``fitted`` kept
-    from its own inner CV (``auto`` does), else a fresh inner CV of ``proto``."""
-    kept = getattr(fitted, "validation_scores_", None)
-    return kept if kept is not None else out_of_fold_scores(proto, train, seed, sample_weight=sample_weight)
 
 
 class EnsembleRouter(Router):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 
 from herd.data import Matrix, Outcomes
 from herd.features import Featurizer, Queries
@@ -105,3 +105,19 @@ def check_weights(sample_weight, m: Matrix) -> np.ndarray:
     if empty:
         raise ValueError(f"no weighted outcome for model(s) {empty}; leave them out of the pool")
     return w
+
+
+INNER_FOLDS = 3
+
+
+def out_of_fold_scores(proto: Router, train: Matrix, seed: int, folds: int = INNER_FOLDS,
+                       sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Scores for every training query from a copy of ``proto`` fitted on the other inner folds
+    (with their ``sample_weight`` rows, when given): how a router does on queries it has not
+    seen, for choosing a router (``auto``) or tuning a policy (``herd.tuning``)."""
+    out = np.empty(train.correct.shape)
+    for tr, va in train.kfold(min(folds, train.n_queries), seed):
+        held = train.take(va)
+        w = None if sample_weight is None else sample_weight[tr]
+        out[va] = clone(proto).fit(train.take(tr), sample_weight=w).predict_scores(held.texts, held.tasks)
+    return out
