@@ -45,12 +45,13 @@ def write_lines(path: Path, rows) -> Path:
     return path
 
 
-def simulate(n: int, eps: float, prefer, seed: int = 0):
+def simulate(n: int, eps: float, prefer, seed: int = 0, allowed=None):
     """A logging policy that picks ``prefer(topic)`` (a model index), and with probability ``eps``
-    a model drawn uniformly from the three instead (eps=1: uniform random). Returns (choice
-    records, feedback records, topics): every request gets feedback, a 0/1 draw at RATES."""
+    a model drawn uniformly from the allowed ones instead (eps=1: uniform random); ``allowed(topic,
+    i)`` names request i's allowed models (default all three; they must hold the preferred one).
+    Returns (choice records, feedback records, topics): every request gets feedback, a 0/1 draw
+    at RATES."""
     rng = np.random.default_rng(seed)
-    k = len(MODELS)
     choices, fb, topics = [], [], []
     names = list(TOPICS)
     for i in range(n):
@@ -58,12 +59,14 @@ def simulate(n: int, eps: float, prefer, seed: int = 0):
         phrase = TOPICS[topic][rng.integers(4)]
         text = f"{phrase} {topic} question {i} {rng.integers(10_000)}"
         own = prefer(topic)
+        ok = [MODELS.index(m) for m in (allowed(topic, i) if allowed else MODELS)]
+        k = len(ok)
         explored = bool(rng.random() < eps)
-        a = int(rng.integers(k)) if explored else own
+        a = ok[int(rng.integers(k))] if explored else own
         p = (1 - eps) + eps / k if a == own else eps / k
         rid = f"req-{i:05d}"
         choices.append(record(rid, text, MODELS[a], propensity=p, explored=explored and a != own,
-                              cost=COSTS[a], policy=f"explore:{eps:g}"))
+                              allowed=[MODELS[j] for j in ok], cost=COSTS[a], policy=f"explore:{eps:g}"))
         fb.append(feedback(rid, float(rng.random() < RATES[topic][a])))
         topics.append(topic)
     return choices, fb, topics

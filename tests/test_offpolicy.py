@@ -145,6 +145,48 @@ def test_allowed_sets_bound_the_support(tmp_path):
     assert res.coverage == 0.0 and "cannot be evaluated" in res.verdict
 
 
+def no_hist_on(rows):
+    """Allowed models per request: hist-7b ruled out (a private request, say) on history ``rows``."""
+    return lambda topic, i: ["math-7b", "big-70b"] if topic == "history" and rows(i) else MODELS
+
+
+def test_candidates_pick_among_the_allowed_models(tmp_path):
+    """Where hist-7b was not allowed, argmax and a cascade of math-7b then big-70b are served
+    alike (big-70b answers history): they get the same estimates, over every request."""
+    from dataclasses import replace
+
+    from servers import train_toy_router
+
+    from herd import artifact
+
+    choices, fb, topics = simulate(900, 0.5, lambda t: 2, seed=12, allowed=no_hist_on(lambda i: True))
+    live, log = logged(tmp_path, choices, fb)
+    argmax = artifact.load(train_toy_router(tmp_path / "router"))
+    cascade = replace(argmax, policy=argmax.fit_policy(make_policy("cascade:math-7b,big-70b@0.5")))
+    # The premise: unconstrained, they differ on history, where argmax picks hist-7b.
+    tq = np.array(topics_of(log, choices, topics))
+    apart = argmax.route(log.matrix.texts)[1].choice != cascade.route(log.matrix.texts)[1].choice
+    assert apart.any() and set(tq[apart]) == {"history"}
+    result = offpolicy.evaluate_log(Outcomes.load(live, min_outcomes=1), {"a": argmax, "b": cascade})
+    a, b = (c.to_json() for c in result.candidates)
+    assert a["coverage"] == 1.0 and {**a, "name": "b"} == b
+    assert "hist-7b" not in a["shares"]
+
+
+def test_a_cross_fitted_router_picks_among_the_allowed_models(tmp_path):
+    # hist-7b was allowed on half the history requests: the router learns it is best there, and
+    # on the other half picks among what was allowed.
+    choices, fb, topics = simulate(900, 0.5, lambda t: 2, seed=13, allowed=no_hist_on(lambda i: i % 2 == 0))
+    _, log = logged(tmp_path, choices, fb)
+    choice = offpolicy.crossfit_choices(log, make_router("logistic"), make_policy("argmax"), log.matrix.kfold(5, 0))
+    assert log.allowed[np.arange(log.n), choice].all()
+    tq = np.array(topics_of(log, choices, topics))
+    hist = log.models.index("hist-7b")
+    open_history = (tq == "history") & log.allowed[:, hist]
+    assert (choice[open_history] == hist).mean() > 0.6  # it learnt hist-7b is best where it could go
+    assert estimates(log, choice).coverage == 1.0
+
+
 def test_cross_fitted_router_on_the_log(tmp_path):
     choices, fb, topics = simulate(1500, 0.3, lambda t: 2, seed=8)
     _, log = logged(tmp_path, choices, fb)

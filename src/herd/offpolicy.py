@@ -310,9 +310,31 @@ def refuse_several(trained) -> None:
                          "cost-aware:W, cascade)")
 
 
+def allowed_choice(policy, scores: np.ndarray, costs: np.ndarray | None, allowed: np.ndarray) -> np.ndarray:
+    """(n,) a policy's picks among each request's ``allowed`` models ((n, k) mask), as the gateway
+    picks: the others' scores are -inf, and where the policy still picks one not allowed (e.g. a
+    cascade's last model), the allowed one most likely right (cheaper on ties) answers. Without
+    this, two candidates the gateway would serve alike are told apart by picks it would never
+    make. -1 on a request where no model scored is allowed."""
+    choice = np.full(len(scores), -1)
+    some = allowed.any(axis=1)
+    if not some.any():
+        return choice
+    ok = allowed[some]
+    masked = np.where(ok, scores[some], -np.inf)
+    picked = np.asarray(policy.choose(masked, costs, **policy_inputs(policy)), int)
+    price = np.full(ok.shape[1], np.inf) if costs is None else np.nan_to_num(np.asarray(costs, float), nan=np.inf)
+    top = masked >= masked.max(axis=1, keepdims=True) - 1e-12
+    key = np.where(top, price[None, :], np.inf)
+    best = np.where(np.isfinite(key.min(axis=1)), key.argmin(axis=1), top.argmax(axis=1))
+    choice[some] = np.where(ok[np.arange(len(picked)), picked], picked, best)
+    return choice
+
+
 def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: int = 0) -> np.ndarray:
-    """(n,) a router + policy's picks, each fold decided by a copy fitted on the other folds'
-    logged rows. Policies tuned on full outcome tables (safe, budget, cascades) cannot be."""
+    """(n,) a router + policy's picks among each request's allowed models, each fold decided by a
+    copy fitted on the other folds' logged rows. Policies tuned on full outcome tables (safe,
+    budget, cascades) cannot be."""
     if policy.needs_fit or asks_several(policy):
         raise ValueError(f"policy {policy.label!r} is tuned on complete outcome tables, which a log of one model per "
                          "request is not; off the log itself give argmax, cost-aware:W, random-likely or sorted, or "
@@ -329,21 +351,28 @@ def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: in
         mask[tr] = True
         costs = log.filled_cost(mask)
         scores = router.predict_scores([log.matrix.texts[i] for i in te])
-        choice[te] = policy.choose(scores, costs, **policy_inputs(policy))
+        choice[te] = allowed_choice(policy, scores, costs, log.allowed[te])
     return choice
 
 
 def trained_choices(log: LoggedTraffic, trained) -> tuple[np.ndarray, list[str]]:
-    """(n,) a trained router's picks as indices into ``log.models`` (-1: a model the log never
-    saw), and notes."""
+    """(n,) a trained router's picks among each request's allowed models, as indices into
+    ``log.models`` (-1: none of the models it scores was allowed), and notes."""
     refuse_several(trained)
-    _, decision = trained.route(log.matrix.texts)
     col = {name: j for j, name in enumerate(log.models)}
-    names = decision.names
-    unknown = sorted({x for x in names if x not in col})
-    notes = [f"{trained.manifest['router']['name']} picks {', '.join(unknown)}, never in the log: no support there"] \
-        if unknown else []
-    return np.array([col.get(x, -1) for x in names]), notes
+    known = [j for j, name in enumerate(trained.models) if name in col]
+    allowed = np.zeros((log.n, len(trained.models)), bool)
+    allowed[:, known] = log.allowed[:, [col[trained.models[j]] for j in known]]
+    scores = trained.router.predict_scores(log.matrix.texts)
+    picked = allowed_choice(trained.policy, scores, trained.model_costs, allowed)
+    name, notes = trained.manifest["router"]["name"], []
+    unknown = [m for m in trained.models if m not in col]
+    if unknown:
+        notes.append(f"{name} scores {', '.join(unknown)}, never in the log: evaluated as served without them")
+    if (picked < 0).any():
+        notes.append(f"{name}: on {int((picked < 0).sum())} request(s) none of the models it scores was allowed: "
+                     "no support there")
+    return np.array([col[trained.models[j]] if j >= 0 else -1 for j in picked]), notes
 
 
 def evaluate_log(data: Outcomes, candidates: dict[str, object], *, folds: int = 5, seed: int = 0,
