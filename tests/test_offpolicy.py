@@ -203,6 +203,24 @@ def test_cross_fitted_router_on_the_log(tmp_path):
         offpolicy.crossfit_choices(log, make_router("mf"), make_policy("argmax"), splits)
 
 
+def test_costs_logged_on_a_few_requests_only(tmp_path):
+    """One request with a cost: the fold holding it has none to learn from, so cost estimates
+    are n/a and a note says why; the score estimates stand."""
+    from herd.report import offpolicy_lines
+
+    choices, fb, _ = simulate(300, 0.5, lambda t: 2, seed=14)
+    for c in choices[1:]:
+        c["cost_usd"] = None
+    live, _ = logged(tmp_path, choices, fb)
+    result = offpolicy.evaluate_log(Outcomes.load(live, min_outcomes=1),
+                                    {"argmax": (make_router("logistic"), make_policy("argmax"))})
+    (c,) = result.candidates
+    assert c.score and not c.cost and result.logged_cost.value == choices[0]["cost_usd"]
+    assert any("costs logged on 1 request(s) only" in n for n in result.notes)
+    assert any("cost estimates are n/a" in line for line in offpolicy_lines(result))
+    json.dumps(result.to_json(), allow_nan=False)
+
+
 def test_benchmark_data_is_not_a_log(dataset_dir):
     with pytest.raises(HerdDataError, match="herd import choice-log"):
         offpolicy.LoggedTraffic.from_outcomes(Outcomes.load(dataset_dir))

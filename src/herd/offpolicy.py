@@ -62,7 +62,9 @@ class Estimate:
         return cls(mean, mean - half, mean + half)
 
     def to_json(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high}
+        # An interval of one row is unbounded: null, not JSON's non-standard Infinity.
+        return {k: v if np.isfinite(v) else None for k, v in (("value", self.value), ("low", self.low),
+                                                                ("high", self.high))}
 
 
 @dataclass
@@ -230,7 +232,7 @@ def estimate(log: LoggedTraffic, choice: np.ndarray, q_score: np.ndarray, q_cost
     res.score = three(log.reward[rows], q_score)
     dr_terms = q_score[rows, c] + w * (log.reward[rows] - q_score[rows, a])
     res.difference = Estimate.of_terms(dr_terms - log.reward[rows])
-    if q_cost is not None:
+    if q_cost is not None and not np.isnan(q_cost[rows]).any():  # NaN: a fold without a logged cost
         # An unknown logged cost is read as the model's mean (the direct model), not as free.
         cost = np.where(np.isnan(log.cost), q_cost[np.arange(log.n), log.action], log.cost)
         res.cost = three(cost[rows], q_cost)
@@ -396,8 +398,14 @@ def evaluate_log(data: Outcomes, candidates: dict[str, object], *, folds: int = 
             mask = np.zeros(log.n, bool)
             mask[tr] = True
             per_model = log.filled_cost(mask)
+            if per_model is None:  # no cost logged on these folds' rows: nothing to predict the held-out fold's
+                q_cost[te] = np.nan
+                continue
             # A model with no logged cost in these folds: its cost is the dearest known (never free).
             q_cost[te] = np.where(np.isnan(per_model), np.nanmax(per_model), per_model)[None, :]
+        if np.isnan(q_cost).any():
+            notes.append(f"costs logged on {int((~np.isnan(log.cost)).sum())} request(s) only, none in some folds' "
+                         "training rows: cost estimates are n/a")
     else:
         notes.append("no logged costs: cost estimates are n/a")
     results = []
