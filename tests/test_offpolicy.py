@@ -106,16 +106,21 @@ def test_a_candidate_identical_to_the_logging_policy_gets_its_observed_mean(tmp_
 
 
 def test_no_exploration_cannot_tell_another_policy(tmp_path):
-    choices, fb, topics = simulate(400, 0.0, lambda t: BEST[t], seed=5)
+    choices, fb, _ = simulate(400, 0.0, lambda t: BEST[t], seed=5)
     _, log = logged(tmp_path, choices, fb)
     other = (log.action + 1) % len(log.models)  # never what was logged
     res = estimates(log, other)
     assert res.coverage == 0.0 and not res.score and "cannot be evaluated" in res.verdict
-    tq = topics_of(log, choices, topics)
     half = np.where(np.arange(log.n) % 2 == 0, log.action, picks(log, ["big-70b"] * log.n))
     res = estimates(log, half)  # agrees with the log on half the requests (and where big-70b was picked)
     assert 0.5 <= res.coverage < 1.0 and f"covers {res.coverage:.0%} of requests" in res.verdict
-    assert tq  # the log's topics are known; no estimate outside the support is claimed
+    # No estimate outside the support is claimed: without exploration the supported requests are
+    # the matching ones, and every estimate is their observed mean, never the other requests'.
+    same = half == log.action
+    assert res.coverage == same.mean() and res.matched == same.sum()
+    for e in res.score.values():
+        assert e.value == pytest.approx(log.reward[same].mean())
+    assert log.reward[same].mean() != pytest.approx(log.reward.mean())
 
 
 def test_thin_exploration_is_reported_as_too_thin(tmp_path):
