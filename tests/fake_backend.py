@@ -55,7 +55,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
              drop_mid_stream=False, drop_before_first_byte=False, chunks=3, seed=0, chunk_delay_s=0.0,
              keepalive_first=False, odd_json=False, context_tokens=0, vary_word="", dissent_word="",
              inf_usage=False, close_delimited=False, cut_stream=False, echo_headers=False, delay_rate=1.0,
-             watch_word=""):
+             watch_word="", fail_first=0):
     """The raw ASGI app of one fake backend serving the model ``name``. ``chunk_delay_s`` paces
     stream chunks; ``keepalive_first`` starts streams with an SSE comment; ``odd_json`` sends
     valid answers with oddly typed extras (usage as a list, a chunk whose choices are an object);
@@ -69,7 +69,8 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
     the request's headers in injected failures, as some servers' error pages do; ``delay_rate`` is
     the share of requests that wait ``delay_s`` (drawn only when below 1, so seeds keep their
     failures); ``watch_word``: ``stats()["watched"]`` counts the requests whose body holds it, the
-    backend's own record of, e.g., which private requests reached it."""
+    backend's own record of, e.g., which private requests reached it; ``fail_first``: the first
+    that many requests fail with ``status``, then it answers."""
     rng = random.Random(seed)
     # answered and the token sums: the backend's own record of what a ledger should have charged.
     stats = {"requests": 0, "last_body": None, "last_headers": {}, "watched": 0, "answered": 0, "prompt_tokens": 0,
@@ -106,7 +107,7 @@ def make_app(name: str, fail_rate=0.0, status=500, rate_limit_rate=0.0, delay_s=
         stats["last_body"] = body
         if delay_s and (delay_rate >= 1 or rng.random() < delay_rate):
             await asyncio.sleep(delay_s)
-        if rng.random() < fail_rate:
+        if stats["requests"] <= fail_first or rng.random() < fail_rate:
             echo = f"; you sent {json.dumps(headers)}" if echo_headers else ""
             return await reply(send, status, {**_error(f"{name}: injected failure{echo}"),
                                                **({"request": headers} if echo_headers else {})})
@@ -327,11 +328,12 @@ def main(argv=None) -> None:
     p.add_argument("--echo-headers", action="store_true")
     p.add_argument("--delay-rate", type=float, default=1.0)
     p.add_argument("--watch-word", default="")
+    p.add_argument("--fail-first", type=int, default=0)
     a = p.parse_args(argv)
     app = make_app(a.name, a.fail_rate, a.status, a.rate_limit_rate, a.delay, a.first_byte_delay,
                    a.drop_mid_stream, a.drop_before_first_byte, a.chunks, a.seed, a.chunk_delay, a.keepalive_first,
                    a.odd_json, a.context_tokens, a.vary_word, a.dissent_word, a.inf_usage, a.close_delimited,
-                   a.cut_stream, a.echo_headers, a.delay_rate, a.watch_word)
+                   a.cut_stream, a.echo_headers, a.delay_rate, a.watch_word, a.fail_first)
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec

@@ -219,11 +219,12 @@ def test_prompts_draw_examples_with_a_seed_and_templates_override(tmp_path):
 def test_retry_after_is_honoured_and_read_in_both_forms():
     import email.utils
 
-    from herd.backends import Backend, _retry_after
-    from herd.pool import GatewaySettings, ModelConfig
+    from herd.backends import _retry_after
+    from herd.pool import GatewaySettings
+    from herd.retry import RetryPolicy
 
-    b = Backend(ModelConfig(name="m", base_url="http://127.0.0.1:9/v1"), GatewaySettings())
-    assert b.backoff(0, 30.0) == 30.0 and b.backoff(0, 1e6) == 120.0 and 0 <= b.backoff(3, None) <= 5.0
+    retry = RetryPolicy.collection(5, GatewaySettings())
+    assert retry.delay(0, 30.0) == 30.0 and retry.delay(0, 1e6) == 120.0 and 0 <= retry.delay(3, None) <= 5.0
     assert _retry_after("7") == 7.0 and _retry_after("soon") is None and _retry_after(None) is None
     later = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 55 < _retry_after(later) <= 60 and _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0

@@ -1,13 +1,17 @@
 """One pool model's OpenAI-compatible backend: its HTTP client, a bound on calls in flight, and a
 circuit breaker. The gateway and collection both call models through it.
 
-A call ends in one of six ways (``Outcome.kind``): ``ok``; ``busy`` (no slot within the wait asked
-for: not called); ``retry`` (connection failed, 408,
-409, 429, 5xx, an unreadable answer: try again after a backoff, then fall back); ``fallback``
-(timed out, or the backend refused herd's credentials or model id: no point retrying it);
-``too_long`` (the backend says the conversation exceeds its context: try a model with a larger
-window, and if none answers, the caller gets this error); ``client`` (any other 4xx: the request
-itself is wrong, so every backend would refuse it and the error goes back to the caller).
+A call ends in one of seven ways (``Outcome.kind``): ``ok``; ``busy`` (no slot within the wait
+asked for: not called); ``transient`` (connection failed, 408, 409, 429, 5xx, an unreadable
+answer: worth calling again after a pause); ``timeout`` (no answer within ``timeout_s``);
+``refused`` (the backend refused herd's credentials or model id: 401, 403, 404); ``too_long``
+(the backend says the conversation exceeds its context: a model with a larger window may take
+it); ``client`` (any other 4xx: the request itself is wrong, so every backend would refuse it
+and the error goes back to the caller). Which of them are called again, and when, is the
+caller's ``retry.RetryPolicy``.
+
+The HTTP client comes from ``session_factory`` (default: an aiohttp session per backend), so
+the gateway can also be run against backends in the same process.
 """
 
 from __future__ import annotations
@@ -17,23 +21,22 @@ import email.utils
 import ipaddress
 import json
 import math
-import random
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Callable
 
 import aiohttp
 
 from herd.pool import GatewaySettings, ModelConfig
 
-RETRY_STATUS = {408, 409, 429}
-MAX_RETRY_AFTER_S = 120.0  # a longer wait is a closed door, not a pause
-FALLBACK_STATUS = {401, 403, 404}
+TRANSIENT_STATUS = {408, 409, 429}  # and every 5xx
+REFUSED_STATUS = {401, 403, 404}
 
 
 @dataclass
 class Outcome:
-    kind: str  # ok | retry | fallback | client
+    kind: str  # ok | busy | transient | timeout | refused | too_long | client
     detail: str  # e.g. "ok", "http 503", "connect error", "read timeout"
     status: int | None = None
     response: aiohttp.ClientResponse | None = None  # open when a stream succeeded
@@ -83,14 +86,18 @@ class Circuit:
 
 
 class Backend:
-    def __init__(self, config: ModelConfig, settings: GatewaySettings):
+    def __init__(self, config: ModelConfig, settings: GatewaySettings,
+                 session_factory: Callable[[], aiohttp.ClientSession] | None = None):
         self.config = config
-        self.settings = settings
         self.headers = {**config.extra_headers, "content-type": "application/json"}
         key = config.api_key()
         if key:
             self.headers[config.api_key_header or "authorization"] = key if config.api_key_header else f"Bearer {key}"
         self.query = f"?{urllib.parse.urlencode(config.extra_query)}" if config.extra_query else ""
+        # Anything with aiohttp.ClientSession's post and close will do. The default session sends
+        # the headers (the backend's key) itself; another is given them with each call.
+        self.session_factory = session_factory or self._new_session
+        self.call_headers = None if session_factory is None else self.headers
         self.session: aiohttp.ClientSession | None = None  # made on first use, inside the event loop
         self.slots = asyncio.Semaphore(config.max_concurrency)
         self.circuit = Circuit(settings.circuit_failures, settings.circuit_cooldown_s)
@@ -98,22 +105,19 @@ class Backend:
         self.calls = 0
         self.last_error: str | None = None
 
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
+            # sock_connect, not connect: waiting for a pooled connection is not a connect failure.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
+                                          sock_read=self.config.timeout_s),
+            headers=self.headers, auto_decompress=True, trust_env=not _loopback(self.config.base_url),
+        )
+
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None:
-            self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
-                # sock_connect, not connect: waiting for a pooled connection is not a connect failure.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s,
-                                              sock_read=self.config.timeout_s),
-                headers=self.headers, auto_decompress=True, trust_env=not _loopback(self.config.base_url),
-            )
+            self.session = self.session_factory()
         return self.session
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full-jitter exponential backoff, or what the backend's Retry-After asks (up to
-        MAX_RETRY_AFTER_S), whichever is longer."""
-        delay = random.uniform(0, min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** attempt))
-        return max(delay, min(retry_after or 0.0, MAX_RETRY_AFTER_S))
 
     async def call(self, body: dict, stream: bool = False, path: str = "/chat/completions",
                    slot_wait_s: float | None = None) -> Outcome:
@@ -140,7 +144,7 @@ class Backend:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # an answer so malformed that reading it failed: the backend's fault
-            outcome = Outcome("retry", f"unreadable answer ({type(e).__name__})", 200)
+            outcome = Outcome("transient", f"unreadable answer ({type(e).__name__})", 200)
         finally:
             if outcome is None:
                 self.circuit.trial = False  # a cancelled trial call proves nothing either way
@@ -166,7 +170,7 @@ class Backend:
     async def _send(self, url: str, payload: bytes, stream: bool) -> Outcome:
         response = None
         try:
-            response = await self._session().post(url, data=payload)
+            response = await self._session().post(url, data=payload, headers=self.call_headers)
             if response.status != 200:
                 body = await response.read()
                 response.release()
@@ -177,9 +181,9 @@ class Backend:
                 try:
                     data = read_json(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError):
-                    return Outcome("retry", "answer is not JSON", 200)
+                    return Outcome("transient", "answer is not JSON", 200)
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                    return Outcome("retry", "answer has no choices", 200)
+                    return Outcome("transient", "answer has no choices", 200)
                 return Outcome("ok", "ok", 200, data=data)
             events = sse_events(response)
             first = await anext(events, None)
@@ -187,14 +191,14 @@ class Backend:
                 first = await anext(events, None)
             if first is None:
                 response.close()
-                return Outcome("retry", "stream ended before any data", 200)
+                return Outcome("transient", "stream ended before any data", 200)
             return Outcome("ok", "ok", 200, response=response, first_event=first, events=events)
         except aiohttp.ConnectionTimeoutError:
-            return _closed(response, Outcome("retry", "connect timeout"))
+            return _closed(response, Outcome("transient", "connect timeout"))
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
-            return _closed(response, Outcome("fallback", "read timeout"))
+            return _closed(response, Outcome("timeout", "read timeout"))
         except aiohttp.ClientError as e:
-            return _closed(response, Outcome("retry", f"connection error ({type(e).__name__})"))
+            return _closed(response, Outcome("transient", f"connection error ({type(e).__name__})"))
         except BaseException:
             if response is not None:
                 response.close()
@@ -229,10 +233,10 @@ def _closed(response: aiohttp.ClientResponse | None, outcome: Outcome) -> Outcom
 def _http_failure(response: aiohttp.ClientResponse, body: bytes) -> Outcome:
     status = response.status
     detail = f"http {status}"
-    if status in RETRY_STATUS or status >= 500:
-        return Outcome("retry", detail, status, body=body, retry_after=_retry_after(response.headers.get("retry-after")))
-    if status in FALLBACK_STATUS:
-        return Outcome("fallback", detail, status, body=body)
+    if status in TRANSIENT_STATUS or status >= 500:
+        return Outcome("transient", detail, status, body=body, retry_after=_retry_after(response.headers.get("retry-after")))
+    if status in REFUSED_STATUS:
+        return Outcome("refused", detail, status, body=body)
     if status == 413 or b"context_length" in body or b"context length" in body.lower():
         # Too long for this model: a model with a larger window may still take it.
         return Outcome("too_long", f"{detail} (too long for this model)", status, body=body)

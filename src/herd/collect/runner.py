@@ -1,7 +1,8 @@
 """Asking every pool model every question (k times), concurrently and politely: each backend's
-``max_concurrency`` bounds its calls in flight, 429s wait out ``Retry-After``, transient failures
-are retried with jittered backoff, and a call that still fails is recorded as a failure, never
-graded as a wrong answer."""
+``max_concurrency`` bounds its calls in flight, failures are retried by the gateway's rule for
+one model (``RetryPolicy.collection``: transient failures and timeouts, after a jittered backoff
+or the backend's Retry-After), and a call that still fails is recorded as a failure, never graded
+as a wrong answer."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from herd.collect.prompts import COMPLETION_STOP, Prompts
 from herd.collect.recorder import Call, Recorder, call_key
 from herd.collect.tasks import Task
 from herd.pool import GatewaySettings, ModelConfig
+from herd.retry import RetryPolicy
 
 
 @dataclass
@@ -71,23 +73,23 @@ async def run(todo: dict[Call, tuple[str, dict, str]], models: list[ModelConfig]
     tallies = {m.name: ModelTally() for m in models}
     backends = {m.name: Backend(m, settings) for m in models}
     by_name = {m.name: m for m in models}
+    retry = RetryPolicy.collection(sampling.max_retries, settings)
 
     async def ask(call: Call) -> None:
         name, qid, sample = call
         path, body, key = todo[call]
         model, backend, tally = by_name[name], backends[name], tallies[name]
         errors = []
-        for attempt in range(sampling.max_retries + 1):
+        for attempt in range(retry.attempts):
             started = time.perf_counter()
             outcome = await backend.call(body, path=path)
             latency = time.perf_counter() - started  # of this attempt: backoff waits are not the model's
             if outcome.kind == "ok":
                 break
             errors.append(outcome.detail)
-            # No other model to fall back to here: a timeout is worth another try too.
-            if outcome.kind not in ("retry", "fallback") or attempt == sampling.max_retries:
+            if (pause := retry.pause(outcome, attempt)) is None:
                 break
-            await asyncio.sleep(backend.backoff(attempt, outcome.retry_after))
+            await asyncio.sleep(pause)
         record = {"model": name, "qid": qid, "sample": sample, "key": key, "attempts": len(errors) + (outcome.kind == "ok")}
         if outcome.kind != "ok":
             tally.failed += 1

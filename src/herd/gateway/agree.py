@@ -16,7 +16,7 @@ from herd.gateway.selection import Plan
 from herd.policies import Agree
 
 if TYPE_CHECKING:
-    from herd.gateway.app import Gateway
+    from herd.gateway.dispatch import Dispatcher
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Agreement(Checked):
         return {"x-herd-agreed": "yes" if self.agreed else "no", **({"x-herd-answers": answers} if answers else {})}
 
 
-async def ask_first_stage(gateway: Gateway, req: ChatRequest, plan: Plan) -> Agreement:
+async def ask_first_stage(dispatch: Dispatcher, req: ChatRequest, plan: Plan) -> Agreement:
     """Call the plan's first-stage models at once, each through the gateway's usual path
     (retries, circuit breakers, timeouts, cost), one non-streamed choice each. A failed call
     is an answer missing, which counts against agreement, never a lost request."""
@@ -56,14 +56,14 @@ async def ask_first_stage(gateway: Gateway, req: ChatRequest, plan: Plan) -> Agr
     if not plan.fan_out:  # the plan goes straight to the strong model and says why
         return done
     body = sample_body(req.body, 0, 1)
-    calls = await asyncio.gather(*(gateway.call_in_order([m], body, False) for m in plan.fan_out))
+    calls = await asyncio.gather(*(dispatch.call_in_order([m], body, False) for m in plan.fan_out))
     replies, answers = {}, {}
     for model, (_, outcome, attempts) in zip(plan.fan_out, calls):
         done.attempts += attempts
         if outcome is None or outcome.kind != "ok":
             done.steps.append({"model": model, "error": outcome.detail if outcome else attempts[-1]["outcome"]})
             continue
-        done.cost = plus(done.cost, gateway.account_reply(model, outcome.data))
+        done.cost = plus(done.cost, dispatch.account_reply(model, outcome.data))
         replies[model] = outcome.data
         answers[model] = grader.extract(reply_text(outcome.data))
         done.steps.append({"model": model, "answer": answers[model]})

@@ -1,4 +1,6 @@
-"""The OpenAI-compatible gateway: route, call, fall back, and say what was done.
+"""The OpenAI-compatible gateway's HTTP side: keys, bodies, plans and limits in; answers, errors
+and logs out. Calling the models (retries, circuits, fallbacks) is gateway/dispatch.py, relaying
+a stream gateway/relay.py, and one request travels between them as a ``Turn`` (gateway/turn.py).
 
 Nothing a later request needs is kept per request in this process (the conversation in each
 request is the whole state), so replicas behind any load balancer behave as one. What must be
@@ -17,7 +19,9 @@ import traceback
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Callable
 
+import aiohttp
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -26,17 +30,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from herd import __version__
 from herd.gateway import telemetry as tm
-from herd.backends import Backend, Outcome, read_json, token_count
-from herd.collect.grading import get_grader
 from herd.gateway.agree import ask_first_stage
-from herd.gateway.cascade import Checked, as_events, judge, plus, sample_body, usage_of
-from herd.gateway.chat import CHARS_PER_TOKEN_COST, ChatRequest, parse_chat, parse_completion
+from herd.gateway.cascade import as_events, ask_in_turn, plus
+from herd.gateway.chat import parse_chat, parse_completion
 from herd.gateway.choices import ENV_CHOICE_LOG, ChoiceLog, session_secret
-from herd.gateway.errors import GatewayError, error_body, error_response, relayed_error
+from herd.gateway.dispatch import Dispatcher, calls
+from herd.gateway.errors import GatewayError, error_response, relayed_error
 from herd.gateway.feedback import ENV_FEEDBACK_LOG, Feedback
 from herd.gateway.keys import TAB, ClientKey, Limits, as_keys, read_api_keys
-from herd.gateway.selection import Plan, Selector
+from herd.gateway.relay import Relay, relay
+from herd.gateway.selection import Selector
 from herd.gateway.state import SharedHealth, make_state
+from herd.gateway.turn import Turn
 from herd.json_logs import ENV_LOG_FORMAT, AccessLog, decision_log
 from herd.pool import PoolConfig, load_pool
 
@@ -46,15 +51,21 @@ ENV_LOG_PROMPTS, ENV_EXPLORE, ENV_EXPLORE_SEED = "HERD_LOG_PROMPTS", "HERD_EXPLO
 
 
 class Gateway:
+    """The HTTP side of herd serve: keys, bodies, plans and limits in; answers, errors and logs
+    out. Calls go through ``dispatch`` (gateway/dispatch.py), whose backends' HTTP sessions come
+    from ``session_factory`` (default: aiohttp's)."""
+
     def __init__(self, pool: PoolConfig, selector: Selector, api_keys: list[ClientKey | str] | None = None,
                  choice_log: ChoiceLog | None = None, log_decisions: bool = False,
-                 feedback_log: str | Path | None = None):
+                 feedback_log: str | Path | None = None,
+                 session_factory: Callable[[], aiohttp.ClientSession] | None = None):
         self.pool = pool
         self.selector = selector
         self.choice_log = choice_log
         self.log_decisions = log_decisions  # a JSON decision line per request (--log-format json)
         self.keys = as_keys(api_keys)
-        self.backends = {m.name: Backend(m, pool.gateway) for m in pool.models}
+        self.dispatch = Dispatcher(pool, session_factory)
+        self.backends = self.dispatch.backends
         selector.circuits = {name: b.circuit for name, b in self.backends.items()}  # resting models are not allowed
         state = make_state(pool.gateway)
         # Without limits or a shared ledger, requests take no detour through them.
@@ -148,251 +159,99 @@ class Gateway:
         slow = routed and not self.selector.quick
         plan = await run_in_threadpool(self.selector.plan, req) if slow else self.selector.plan(req)
         request.state.route = route = req.model if routed else "direct"
-        tab = None
+        turn = Turn(req, plan, route, started)
         if self.limits is not None and self.limits.needs_tab(key):
-            tab = await self.limits.admit(key, req, plan)  # a 429 (or 503) before any call
-            TAB.set(tab)
+            turn.tab = await self.limits.admit(key, req, plan)  # a 429 (or 503) before any call
+            TAB.set(turn.tab)
         if routed:
             tm.CHOICES.labels(plan.first).inc()
         tm.IN_FLIGHT.inc()
         streaming = False
         try:
-            response = await _unless_disconnected(request, self._answer(req, plan, route, started))
-            streaming = isinstance(response, _Relay)  # it counts itself out when it closes
+            response = await _unless_disconnected(request, self._answer(turn))
+            streaming = isinstance(response, Relay)  # it counts itself out when it closes
             if self.feedback is not None and response.status_code == 200:
                 await self.feedback.answered(req.request_id)  # before the client can send feedback on it
             return response
         finally:
             if not streaming:
-                tm.IN_FLIGHT.dec()
-                if tab is not None:
-                    self.limits.settle(tab)
+                self._done(turn)
 
-    async def _dispatch(self, candidates: list[str], body: dict, stream: bool,
-                        path: str) -> tuple[str, Outcome, list[dict]]:
-        """Call the candidates in order, retrying each on transient failures, until one answers."""
-        name, outcome, attempts = await self.call_in_order(candidates, body, stream, path)
-        if outcome is None:
-            chain = ", ".join(f"{a['model']}: {a['outcome']}" for a in attempts)
-            raise GatewayError(503, f"no eligible model answered ({chain})", code="backends_unavailable",
-                               headers={"x-herd-attempts": str(_calls(attempts))})
-        return name, outcome, attempts
-
-    async def call_in_order(self, candidates: list[str], body: dict, stream: bool,
-                            path: str = "/chat/completions") -> tuple[str | None, Outcome | None, list[dict]]:
-        attempts: list[dict] = []
-        too_long = None
-        for rank, name in enumerate(candidates):
-            backend = self.backends[name]
-            for retry in range(backend.config.retries + 1):
-                if not backend.circuit.allow():
-                    attempts.append({"model": name, "outcome": "skipped: circuit open"})
-                    break
-                t0 = time.perf_counter()
-                outcome = await backend.call(body, stream, path, slot_wait_s=self.pool.gateway.slot_wait_s)
-                if outcome.kind == "busy":  # not called: no attempt to count, the next model may be free
-                    attempts.append({"model": name, "outcome": f"skipped: {outcome.detail}"})
-                    break
-                seconds = time.perf_counter() - t0
-                attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
-                tm.BACKEND_SECONDS.labels(name).observe(seconds)
-                if outcome.kind in ("ok", "client"):
-                    return name, outcome, attempts
-                if outcome.kind == "too_long":
-                    too_long = too_long or (name, outcome)
-                    break
-                tm.ATTEMPT_ERRORS.labels(name, outcome.detail).inc()
-                if outcome.kind != "retry" or retry == backend.config.retries:
-                    break
-                if (outcome.retry_after or 0) > self.pool.gateway.max_backoff_s:
-                    break  # the backend asks for a longer pause than a caller should wait: next model
-                await asyncio.sleep(backend.backoff(retry, outcome.retry_after))
-            if rank < len(candidates) - 1:
-                tm.FALLBACKS.labels(name).inc()
-        if too_long is not None:  # no model took it: the caller sees why (a 400 or 413 of OpenAI's shape)
-            name, outcome = too_long
-            outcome.kind = "client"
-            return name, outcome, attempts
-        return None, None, attempts
-
-    def _meta(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict], cost: float | None = None,
-              checked: Checked | None = None) -> dict:
-        meta = {"request_id": req.request_id, "model": name, "chosen": plan.first, **plan.describe(),
-                "attempts": attempts, "cost_usd": cost}
-        if checked is not None:
-            meta.update(checked.describe(name))
-        return meta
-
-    def _headers(self, req: ChatRequest, plan: Plan, name: str, attempts: list[dict], checked: Checked | None = None,
-                 cost: float | None = None) -> dict:
-        """What herd did, in headers; ``cost`` (of every call) when it is known before the body."""
-        headers = {"x-herd-model": _header(name), "x-herd-reason": _header(plan.reason)[:400],
-                   "x-herd-attempts": str(_calls(attempts)), "x-herd-request-id": req.request_id}
-        if plan.policy:
-            headers["x-herd-policy"] = plan.policy
-        if plan.fallback:
-            headers["x-herd-fallback"] = _header(plan.fallback)[:400]
-        if cost is not None:
-            headers["x-herd-cost-usd"] = f"{cost:.6g}"
-        if checked is not None:
-            headers.update({k: _header(v)[:400] for k, v in checked.headers().items()})
-        return headers
-
-    async def _answer(self, req: ChatRequest, plan: Plan, route: str, started: float) -> Response:
-        checked = await self._first_answers(req, plan)
-        if checked is not None and checked.answer is not None:
-            return self._accepted(req, plan, route, started, checked)
-        try:
-            name, outcome, attempts = await self._dispatch(plan.candidates, req.body, req.stream, req.path)
-        except GatewayError as e:
-            if checked is not None:  # the cascade's calls were made too
-                e.headers["x-herd-attempts"] = str(_calls(checked.attempts) + int(e.headers.get("x-herd-attempts", 0)))
-            self._log_choice(req, plan, route, None, checked.attempts if checked else [], str(e.status), None,
-                             started, checked)
-            raise
-        if name != plan.candidates[0]:
-            plan = plan.fell_back(name, attempts)
-        if checked is not None:
-            attempts = checked.attempts + attempts
-        headers = self._headers(req, plan, name, attempts, checked)
-        if outcome.kind == "client":
-            tm.REQUESTS.labels(route, str(outcome.status)).inc()
-            self._log_choice(req, plan, route, name, attempts, str(outcome.status), None, started, checked)
-            return Response(relayed_error(outcome.status, outcome.body, self.secrets), status_code=outcome.status,
-                            media_type="application/json",
-                            headers=headers)
-        tm.ANSWERS.labels(name).inc()
-        if req.stream:
-            meta = self._meta(req, plan, name, attempts, None, checked)
-            return self._relay(req, plan, route, started, name, outcome, meta, headers, attempts, checked)
-        data = outcome.data
-        cost = self.account_reply(name, data)
-        if checked is not None:
-            cost = plus(cost, checked.cost)
-        headers = self._headers(req, plan, name, attempts, checked, cost)
-        data["model"] = name
-        data["herd"] = self._meta(req, plan, name, attempts, cost, checked)
-        tm.REQUESTS.labels(route, "200").inc()
-        tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
-        self._log_choice(req, plan, route, name, attempts, "200", cost, started, checked)
-        return Response(json.dumps(data), media_type="application/json", headers=headers)
-
-    def _log_choice(self, req: ChatRequest, plan: Plan, route: str, name: str | None, attempts: list[dict],
-                    status: str, cost: float | None, started: float, checked: Checked | None) -> None:
-        if self.choice_log is None and not self.log_decisions:
-            return
-        record = {
-            "time": round(time.time(), 3), "request_id": req.request_id, "turn": req.turn,
-            "key": req.key, "route": route, "policy": plan.policy, "chosen": plan.first,
-            "propensity": plan.propensity, "allowed": plan.allowed, "explored": plan.explored, "model": name,
-            "reason": plan.reason, "fallback": plan.fallback, "calls": _calls(attempts), "status": status, "cost_usd": cost,
-            "ms": round((time.perf_counter() - started) * 1000, 1), "cascade": None,
-            **(checked.logged() if checked is not None else {})}
-        if self.choice_log is not None:
-            self.choice_log.write(record, req.session, req.options.private, req.router_text)
-        if self.log_decisions:  # no session here: the choice log's keyed hash is its own to give
-            decision_log.info("decision", extra={"fields": record})
-
-    def _relay(self, req: ChatRequest, plan: Plan, route: str, started: float, name: str, outcome: Outcome,
-               meta: dict, headers: dict, attempts: list[dict], checked: Checked | None) -> Response:
-        state = {"chars": 0, "prompt": None, "completion": None, "status": "200", "finished": False, "ended": False,
-                 "hide_usage": not req.wants_usage}
-
-        async def relay():
-            try:
-                yield _rewrite(outcome.first_event, name, state, meta)
-                async for event in outcome.events:
-                    if chunk := _rewrite(event, name, state):
-                        yield chunk
-                if not state["ended"]:  # closed without [DONE] or a finish_reason: a cut, not an end
-                    raise StreamCut()
-                state["finished"] = True
-            except Exception as e:  # aiohttp's errors, a timeout, or a chunk too malformed to relay
-                # Bytes already reached the client, so no fallback: end the stream with an error event.
-                state["status"] = "502"
-                tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
-                message = f"backend {name} broke the stream after it began ({type(e).__name__})"
-                yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
-
-        async def close() -> None:
-            await self.backends[name].finish(outcome, state["finished"])
-            completion = state["completion"] or state["chars"] / CHARS_PER_TOKEN_COST
-            cost = self._account(name, state["prompt"] or req.prompt_tokens_estimate(), completion)
-            status = state["status"] if state["finished"] or state["status"] != "200" else "499"
-            tm.REQUESTS.labels(route, status).inc()
-            self._log_choice(req, plan, route, name, attempts, status,
-                             plus(cost, checked.cost) if checked is not None else cost, started, checked)
-            tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
-            tm.IN_FLIGHT.dec()
-            if (tab := TAB.get()) is not None:
-                self.limits.settle(tab)
-
-        return _Relay(relay(), close, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
-
-    async def _first_answers(self, req: ChatRequest, plan: Plan) -> Checked | None:
-        """A cascade's answers read before the candidates are called: a checked cascade's in
-        turn, an agreement cascade's together; None for any other plan."""
+    async def _answer(self, turn: Turn) -> Response:
+        """A cascade's first answers, if its plan has them; else, or if none stood, the
+        candidates' in order: as JSON, as a relayed stream, or the backend's error for a
+        request every model would refuse."""
+        req, plan = turn.req, turn.plan
         if plan.checks:
-            return await self._check(req, plan)
-        if plan.agree_policy is not None:
-            return await ask_first_stage(self, req, plan)
-        return None
-
-    async def _check(self, req: ChatRequest, plan: Plan) -> Checked:
-        """Ask each checked model of a cascade in turn (``samples`` answers at once) and keep the
-        first answer the policy's scorer trusts: its P(right) from the router's score, the
-        answers' length and their agreement (maj@k) must reach the tuned threshold."""
-        policy, checked = plan.check_policy, Checked()
-        grader = get_grader(policy.grader)
-        for name in plan.checks:
-            bodies = [sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
-            replies = await asyncio.gather(*(self.call_in_order([name], b, False) for b in bodies))
-            answered = []
-            for _, outcome, attempts in replies:
-                checked.attempts += attempts
-                if outcome is not None and outcome.kind == "ok":
-                    checked.cost = plus(checked.cost, self.account_reply(name, outcome.data))
-                    answered.append(outcome.data)
-            if not answered:
-                checked.steps.append({"model": name, "samples": 0, "outcome": "no answer"})
-                continue
-            step, checked.answer = judge(policy, grader, plan.score_row, self.selector.router_models, name, answered)
-            checked.steps.append(step)
-            if checked.answer is not None:
-                checked.model = name
-                break
-        return checked
-
-    def _accepted(self, req: ChatRequest, plan: Plan, route: str, started: float, checked: Checked) -> Response:
-        """Answer with the checked model's reply that stood, as JSON or as a stream."""
-        data, name = checked.answer, checked.model
+            turn.first = await ask_in_turn(self.dispatch, req, plan, self.selector.router_models)
+        elif plan.agree_policy is not None:
+            turn.first = await ask_first_stage(self.dispatch, req, plan)
+        if turn.first is not None:
+            if turn.first.answer is not None:
+                return self._accepted(turn)
+            turn.attempts = turn.first.attempts
+        try:
+            name, outcome, attempts = await self.dispatch.answer(plan.candidates, req.body, req.stream, req.path)
+        except GatewayError as e:
+            if turn.first is not None:  # the cascade's calls were made too
+                e.headers["x-herd-attempts"] = str(calls(turn.attempts) + int(e.headers.get("x-herd-attempts", 0)))
+            self._log_choice(turn, str(e.status))
+            raise
+        turn.answered_by(name, attempts)
+        if outcome.kind == "client":
+            tm.REQUESTS.labels(turn.route, str(outcome.status)).inc()
+            self._log_choice(turn, str(outcome.status))
+            return Response(relayed_error(outcome.status, outcome.body, self.secrets), status_code=outcome.status,
+                            media_type="application/json", headers=turn.headers())
         tm.ANSWERS.labels(name).inc()
-        headers = self._headers(req, plan, name, checked.attempts, checked, checked.cost)
-        data["model"] = name
-        data["herd"] = self._meta(req, plan, name, checked.attempts, checked.cost, checked)
-        tm.REQUESTS.labels(route, "200").inc()
-        tm.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
-        self._log_choice(req, plan, route, name, checked.attempts, "200", checked.cost, started, checked)
         if req.stream:
+            return relay(turn, outcome, self.dispatch, self._ended)
+        data = outcome.data
+        cost = self.dispatch.account_reply(name, data)
+        turn.cost = plus(cost, turn.first.cost) if turn.first is not None else cost
+        return self._reply(turn, data)
+
+    def _accepted(self, turn: Turn) -> Response:
+        """Answer with the reply of the cascade's first answers that stood."""
+        first = turn.first
+        turn.model, turn.attempts, turn.cost = first.model, first.attempts, first.cost
+        tm.ANSWERS.labels(first.model).inc()
+        return self._reply(turn, first.answer)
+
+    def _reply(self, turn: Turn, data: dict) -> Response:
+        """A whole answer, as JSON or, when a stream was asked for, as one."""
+        data["model"] = turn.model
+        data["herd"] = turn.meta()
+        headers = turn.headers()
+        tm.REQUESTS.labels(turn.route, "200").inc()
+        tm.REQUEST_SECONDS.labels(turn.route).observe(time.perf_counter() - turn.started)
+        self._log_choice(turn, "200")
+        if turn.req.stream:
             return StreamingResponse(as_events(data), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         return Response(json.dumps(data), media_type="application/json", headers=headers)
 
-    def account_reply(self, name: str, data: dict) -> float | None:
-        usage = usage_of(data)
-        return self._account(name, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    def _log_choice(self, turn: Turn, status: str) -> None:
+        if self.choice_log is None and not self.log_decisions:
+            return
+        record = turn.record(status)
+        if self.choice_log is not None:
+            req = turn.req
+            self.choice_log.write(record, req.session, req.options.private, req.router_text)
+        if self.log_decisions:  # no session here: the choice log's keyed hash is its own to give
+            decision_log.info("decision", extra={"fields": record})
 
-    def _account(self, name: str, prompt, completion) -> float | None:
-        model = self.backends[name].config
-        prompt, completion = token_count(prompt) or 0.0, token_count(completion) or 0.0
-        tm.TOKENS.labels(name, "prompt").inc(prompt)
-        tm.TOKENS.labels(name, "completion").inc(completion)
-        cost = model.cost(prompt, completion)
-        if cost is not None:
-            tm.COST.labels(name).inc(cost)
-        if (tab := TAB.get()) is not None:  # the request's key is charged for every call
-            tab.add(name, prompt, completion, cost)
-        return cost
+    def _ended(self, turn: Turn, status: str) -> None:
+        """A relayed stream has closed: count it, log it, and end the request."""
+        tm.REQUESTS.labels(turn.route, status).inc()
+        self._log_choice(turn, status)
+        tm.REQUEST_SECONDS.labels(turn.route).observe(time.perf_counter() - turn.started)
+        self._done(turn)
+
+    def _done(self, turn: Turn) -> None:
+        tm.IN_FLIGHT.dec()
+        if turn.tab is not None:
+            self.limits.settle(turn.tab)
 
     def models(self) -> dict:
         data = [{"id": r, "object": "model", "created": 0, "owned_by": "herd"} for r in self.selector.route_names]
@@ -419,7 +278,7 @@ class Gateway:
         await self.shared_health.stop()
         if self.limits is not None:
             await self.limits.close()
-        await asyncio.gather(*(b.close() for b in self.backends.values()))
+        await self.dispatch.close()
         if self.choice_log is not None:
             self.choice_log.close()
         if self.feedback is not None:
@@ -436,77 +295,6 @@ class Gateway:
         except ClientDisconnect:
             return Response(status_code=499)
         return await self.feedback.submit(raw, key.name if key is not None else "-")
-
-
-class StreamCut(Exception):
-    """A backend stream that stopped without [DONE] or a finish_reason."""
-
-
-class _Relay(StreamingResponse):
-    """A relayed stream whose ``close`` runs once however it ends: finished, broken, or
-    abandoned by the client, even before its first chunk."""
-
-    def __init__(self, events, close, **kwargs):
-        super().__init__(events, **kwargs)
-        self._close = close
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
-            await self._close()
-
-
-def _header(text: str) -> str:
-    """A header value: one line of latin-1."""
-    return " ".join(text.splitlines()).encode("latin-1", "replace").decode("latin-1")
-
-
-def _calls(attempts: list[dict]) -> int:
-    return sum("ms" in a for a in attempts)
-
-
-def _rewrite(event: bytes, name: str, counts: dict, meta: dict | None = None) -> bytes:
-    """Relay one SSE event: the answering model's pool name in ``model``, herd's metadata in the
-    first chunk, and the token counts noted on the way."""
-    text = event.decode("utf-8", "replace")
-    if not text.startswith("data:"):
-        return event
-    payload = text[5:].strip()
-    if payload == "[DONE]":
-        counts["ended"] = True
-    if not payload.startswith("{"):
-        return event
-    try:
-        chunk = read_json(payload)
-    except json.JSONDecodeError:
-        return event
-    if not isinstance(chunk, dict):
-        return event
-    if "model" in chunk:
-        chunk["model"] = name
-    if meta is not None:
-        chunk["herd"] = meta
-    choices = chunk.get("choices")
-    for choice in choices if isinstance(choices, list) else []:
-        if not isinstance(choice, dict):
-            continue
-        if choice.get("finish_reason"):
-            counts["ended"] = True
-        delta = choice.get("delta")
-        # A chat chunk's text is in its delta; a completion chunk's in "text".
-        content = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(content, str):
-            counts["chars"] += len(content)
-    usage = chunk.get("usage")
-    if isinstance(usage, dict):
-        counts["prompt"], counts["completion"] = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if counts["hide_usage"] and "usage" in chunk:  # herd asked for it, the client did not: it never sees it
-        del chunk["usage"]
-        if not choices and meta is None:
-            return b""
-    return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
 async def _unless_disconnected(request: Request, work) -> Response:
@@ -568,12 +356,16 @@ class HerdApp(FastAPI):
 
 def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None = None,
                choice_log: str | Path | None = None, log_json: bool = False, *, log_prompts: bool = False,
-               feedback_log: str | Path | None = None) -> FastAPI:
+               feedback_log: str | Path | None = None,
+               session_factory: Callable[[], aiohttp.ClientSession] | None = None) -> FastAPI:
     """``log_prompts`` (or the pool's ``gateway.log_prompts``): the choice log keeps the text the
-    router scored, except for private requests. ``feedback_log``: POST /v1/feedback appends there."""
+    router scored, except for private requests. ``feedback_log``: POST /v1/feedback appends there.
+    ``session_factory``: each backend's HTTP session (default: aiohttp's; anything with its
+    ``post`` and ``close`` will do, e.g. one that calls apps in this process)."""
     log_ = ChoiceLog(choice_log, session_secret(pool.gateway.session_secret), pool.gateway.log_session_text,
                      log_prompts or pool.gateway.log_prompts) if choice_log else None
-    gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json, feedback_log=feedback_log)
+    gateway = Gateway(pool, selector, api_keys, log_, log_decisions=log_json, feedback_log=feedback_log,
+                      session_factory=session_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,16 +1,23 @@
 """A checked cascade's steps in the gateway: the samples to draw from a model, how its replies
-are judged (extracted answers, their agreement and length, the policy's P(right)), and an
-accepted reply sent as a stream."""
+are judged (extracted answers, their agreement and length, the policy's P(right)), the checked
+models asked in turn, and an accepted reply sent as a stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from herd.backends import token_count
-from herd.collect.grading import Grader, agreement, majority
+from herd.collect.grading import Grader, agreement, get_grader, majority
+
+if TYPE_CHECKING:
+    from herd.gateway.chat import ChatRequest
+    from herd.gateway.dispatch import Dispatcher
+    from herd.gateway.selection import Plan
 
 
 @dataclass
@@ -104,3 +111,30 @@ def judge(policy, grader: Grader, score_row: np.ndarray, models: list[str], name
     top = majority(answers, grader.correct)
     kept = next((d for d, a in zip(replies, answers) if top is not None and grader.correct(a, top)), replies[0])
     return step, kept
+
+
+async def ask_in_turn(dispatch: Dispatcher, req: ChatRequest, plan: Plan, models: list[str]) -> Checked:
+    """Ask each checked model of a cascade in turn (``samples`` answers at once) and keep the
+    first answer the policy's scorer trusts: its P(right) from the router's score (over
+    ``models``, the router's), the answers' length and their agreement (maj@k) must reach the
+    tuned threshold."""
+    policy, checked = plan.check_policy, Checked()
+    grader = get_grader(policy.grader)
+    for name in plan.checks:
+        bodies = [sample_body(req.body, i, policy.samples) for i in range(policy.samples)]
+        replies = await asyncio.gather(*(dispatch.call_in_order([name], b, False) for b in bodies))
+        answered = []
+        for _, outcome, attempts in replies:
+            checked.attempts += attempts
+            if outcome is not None and outcome.kind == "ok":
+                checked.cost = plus(checked.cost, dispatch.account_reply(name, outcome.data))
+                answered.append(outcome.data)
+        if not answered:
+            checked.steps.append({"model": name, "samples": 0, "outcome": "no answer"})
+            continue
+        step, checked.answer = judge(policy, grader, plan.score_row, models, name, answered)
+        checked.steps.append(step)
+        if checked.answer is not None:
+            checked.model = name
+            break
+    return checked
