@@ -192,3 +192,16 @@ def test_the_module_map_names_every_module():
         if not named:
             unnamed.append(str(path))
     assert not unnamed, f"docs/ARCHITECTURE.md's module map does not name {unnamed}: add a line for each"
+
+
+def test_the_readme_shows_every_command():
+    """A newcomer meets every `herd` command in the README, with its page in docs/ a link away."""
+    def names(command, prefix=""):
+        for name, sub in command.commands.items():
+            yield from names(sub, f"{prefix}{name} ") if is_group(sub) else [f"{prefix}{name}"]
+
+    readme = ROOT / "README.md"
+    shown = [args for _, args in [*herd_commands(readme), *inline_herd_commands(readme)]]
+    missing = [name for name in names(typer.main.get_command(app))
+               if not any(args[:len(name.split())] == name.split() for args in shown)]
+    assert not missing, f"README.md shows no example of: {', '.join(f'herd {name}' for name in missing)}"
