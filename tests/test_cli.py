@@ -146,3 +146,70 @@ def test_cli_starts_without_heavy_imports():
     code = "import sys, herd.cli; print(sorted(m for m in ('pandas', 'sklearn', 'torch') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, dataset_dir, monkeypatch):
+    """The CLI reports a HerdError as one line with exit code 2; any other exception, a ValueError
+    included, is a bug and reaches the user with its traceback."""
+    from typer.testing import CliRunner
+
+    from herd import select
+    from herd.cli import app
+
+    def user_error(*args, **kwargs):
+        raise select.SelectError("no pool of 2 fits a budget of $0")
+
+    def bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    args = ["select", str(dataset_dir), "--k", "2", "-o", str(tmp_path / "sel")]
+    monkeypatch.setattr(select, "select_pool", user_error)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and r.output.strip() == "error: no pool of 2 fits a budget of $0"
+    monkeypatch.setattr(select, "select_pool", bug)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and type(r.exception) is ValueError and "error:" not in r.output
+
+
+def test_every_user_error_class_is_a_herd_error():
+    from herd.collect.recorder import RunLocked
+    from herd.collect.tasks import TaskError
+    from herd.artifact import ArtifactError
+    from herd.data import HerdDataError
+    from herd.errors import HerdError, UsageError
+    from herd.features import EmbeddingEngineError, EmbeddingsUnavailable
+    from herd.gateway.keys import KeysError
+    from herd.gateway.spend import LedgerError
+    from herd.import_formats import ImportFileError
+    from herd.pool import PoolError
+    from herd.select import SelectError
+
+    for cls in (HerdDataError, ImportFileError, ArtifactError, PoolError, TaskError, SelectError, UsageError,
+                EmbeddingEngineError, KeysError, LedgerError):
+        assert issubclass(cls, HerdError) and issubclass(cls, ValueError), cls  # code catching ValueError still does
+    assert issubclass(RunLocked, HerdError) and issubclass(EmbeddingsUnavailable, HerdError)
+
+
+def test_user_errors_of_every_command_print_one_line(tmp_path, dataset_dir):
+    unpriced = tmp_path / "pool.yaml"
+    unpriced.write_text("models:\n  - {name: math-7b, base_url: 'http://127.0.0.1:9/v1'}\n")
+    binary = tmp_path / "queries.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00")
+    log = tmp_path / "choices.jsonl"
+    log.write_text('{"not": "a record"}\n')
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - {name: a, key: same-secret}\n  - {name: b, key: same-secret}\n")
+    cases = [
+        (["eval", str(dataset_dir), "--folds", "1000", "-o", str(tmp_path / "o")], "need 2 <= folds <= number of"),
+        (["eval", str(dataset_dir), "--pool", str(unpriced), "-o", str(tmp_path / "o")],
+         "no model has both price_in_per_mtok and price_out_per_mtok"),
+        (["route", str(tmp_path), "--file", str(binary)], "not a text file"),
+        (["spend", "--choice-log", str(log)], "not a choice log record"),
+        (["spend", "--state", "memcached://x"], "expected redis://"),
+        (["serve", str(unpriced), "--api-keys-file", str(keys)], "repeats another key's secret"),
+        (["import", "long", str(log), "--model", "m", "-o", str(tmp_path / "i")], "--model is for lm-eval, not long"),
+    ]
+    for args, message in cases:
+        r = herd(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), (args, r.stderr)

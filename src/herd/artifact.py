@@ -20,6 +20,7 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.data import Matrix
+from herd.errors import HerdError
 from herd.policies import BUDGET_WEIGHTS, Budget, CostAware, Decision, Policy, policy_inputs
 from herd.routers import ROUTERS, Router
 from herd.tuning import fit_in_fold
@@ -31,7 +32,7 @@ FORMAT = 3
 READABLE_FORMATS = (2, 3)
 
 
-class ArtifactError(ValueError):
+class ArtifactError(HerdError, ValueError):
     """A router directory that cannot be used; the message says what does not match."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from herd.data import QUERY_KEY, HerdDataError, Matrix, Outcomes
+from herd.errors import UsageError
 
 SOURCE = "live"
 BENCHMARK = "feedback"
@@ -215,7 +216,7 @@ def feedback_weights(m: Matrix, live_rows: np.ndarray, weight: float) -> np.ndar
     counts against one benchmark outcome. (Not clipped: propensities come from the policy
     itself, the smallest being EPS / K, so the largest ratio is bounded by the exploration.)"""
     if not weight > 0:
-        raise ValueError(f"the weight of the feedback rows must be more than 0; got {weight}")
+        raise UsageError(f"the weight of the feedback rows must be more than 0; got {weight}")
     live_rows = np.asarray(live_rows, bool)
     w = np.where(live_rows[:, None], 0.0, 1.0) * np.ones(m.correct.shape)
     seen = live_rows[:, None] & ~np.isnan(m.correct)

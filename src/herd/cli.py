@@ -12,6 +12,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from herd import __version__
+from herd.errors import HerdError
 from herd.import_formats import FORMATS
 from herd.policies import POLICY_HELP
 
@@ -87,15 +88,6 @@ def _tagged_policies(policies: list[str], tags: Optional[list[str]]) -> list[str
     return ["agree:open" if tags and p == "agree" else p for p in policies]
 
 
-def _usage_errors():
-    """The errors a user can fix: reported in one line, never as a traceback."""
-    from herd.artifact import ArtifactError
-    from herd.data import HerdDataError
-    from herd.features import EmbeddingsUnavailable
-
-    return (HerdDataError, ArtifactError, EmbeddingsUnavailable, ValueError)
-
-
 def _read_outcomes(data_dir, min_outcomes, size_prices, prices=None):
     from herd.data import Outcomes, find_data_dir
     from herd.pricing import DEFAULT_SIZE_PRICES, parse_size_prices
@@ -112,13 +104,13 @@ def _pool_prices(pool_file: str | None) -> dict | None:
     data uses (its router_name, else its name)."""
     if pool_file is None:
         return None
-    from herd.pool import load_pool
+    from herd.pool import PoolError, load_pool
 
     config, _ = load_pool(pool_file)
     prices = {m.router_name or m.name: (m.price_in_per_mtok, m.price_out_per_mtok) for m in config.models
               if m.price_in_per_mtok is not None and m.price_out_per_mtok is not None}
     if not prices:
-        raise ValueError(f"{pool_file}: no model has both price_in_per_mtok and price_out_per_mtok")
+        raise PoolError(f"{pool_file}: no model has both price_in_per_mtok and price_out_per_mtok")
     console.print(f"prices from {pool_file} for {len(prices)} model(s): {', '.join(prices)}", markup=False)
     return prices
 
@@ -201,7 +193,7 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
                                  policy=[make_policy(p) for p in DEMO_MIX_POLICIES], folds=folds, seed=seed,
                                  sweep=sweep, progress=progress, mix=True)
                 ev.benchmarks += extra.benchmarks
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     _show(ev, out, json_path, started)
 
@@ -242,7 +234,7 @@ def _run_eval_trained(router_dir, data_dir, sources, benchmarks, models, out, js
                       f"{len(data.groups())} benchmark(s) from {path} as held-out data")
         with console.status("routing"):
             ev = evaluate_trained(trained, data, sweep=sweep)
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     _show(ev, out, json_path, started)
 
@@ -373,7 +365,7 @@ def _run_off_policy(data_dir, routers, policies, candidates, folds, seed, out, j
         with console.status("cross-fitting the reward model and the candidates") as status:
             result = evaluate_log(data, chosen, folds=folds, seed=seed,
                                   progress=lambda name: status.update(f"estimating {name}"))
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     for line in offpolicy_lines(result):
         console.print(line, markup=False, highlight=False)
@@ -491,7 +483,7 @@ def train(
         if add is not None:
             trained.manifest["training_data"]["feedback"] = {"origin": str(add), "weight": add_weight}
         artifact.save(trained, out)
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     for note in notes or []:
         err.print(f"note: {note}", markup=False, highlight=False)
@@ -565,7 +557,7 @@ def route(
         started = time.perf_counter()
         scores, decision = trained.route(texts, tasks if any(t is not None for t in tasks) else None)
         ms = 1000 * (time.perf_counter() - started) / len(texts)
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     for i, (qid, row) in enumerate(zip(ids, scores)):
         chosen = trained.models[decision.choice[i]]
@@ -587,21 +579,22 @@ def route(
 
 
 def _read_queries(path: str) -> tuple[list, list[str], list]:
+    from herd.data import HerdDataError
     from herd.jsonl import read_jsonl
 
     ids, texts, tasks = [], [], []
-    for n, rec in read_jsonl(path):
+    for n, rec in read_jsonl(path, HerdDataError):
         text = rec.get("text", rec.get("question")) if isinstance(rec, dict) else None
         if not isinstance(text, str):
-            raise ValueError(f'{path}, line {n}: needs a string field "text" (or "question")')
+            raise HerdDataError(f'{path}, line {n}: needs a string field "text" (or "question")')
         task = rec.get("task")
         if task is not None and not isinstance(task, str):
-            raise ValueError(f'{path}, line {n}: "task" must be a string')
+            raise HerdDataError(f'{path}, line {n}: "task" must be a string')
         ids.append(rec.get("id", n))
         texts.append(text)
         tasks.append(task)
     if not texts:
-        raise ValueError(f"{path}: no queries")
+        raise HerdDataError(f"{path}: no queries")
     return ids, texts, tasks
 
 
@@ -682,7 +675,7 @@ def serve(
         app_.state.gateway.selector.warm_up()
     except OSError as e:
         _fail(f"{e.filename}: {e.strerror}")
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     if feedback_log and workers > 1 and not (os.environ.get(ENV_STATE_URL) or app_.state.gateway.pool.gateway.state):
         _fail(f"--feedback-log with --workers {workers}: each worker would know only the requests it answered, and "
@@ -767,15 +760,13 @@ def collect(
     Ctrl-C or a crash asks only what is missing. OUT then holds outcomes.parquet, queries.parquet
     and models.csv in the unified format.
     """
-    from herd.collect.recorder import RunLocked
     from herd.collect.run import plan_task
-    from herd.collect.tasks import TaskError
 
     try:
         plan = plan_task(pool, task, out, models=_split_list(models), split=split, limit=limit, offset=offset,
                          samples=samples, grader=grader, shots=shots, templates=templates, temperature=temperature,
                          max_tokens=max_tokens, max_retries=max_retries, seed=seed, data_dir=data_dir)
-    except (TaskError, RunLocked, *_usage_errors()) as e:
+    except HerdError as e:
         _fail(str(e))
     if plan.set_aside:
         err.print(Text("note: ", style="yellow") + f"{sum(plan.set_aside.values())} recorded answers from other "
@@ -864,7 +855,7 @@ def import_cmd(
     try:
         frames, report = import_formats.read(kind, files, model=model, filter=filter_name, benchmark=benchmark,
                                              feedback=feedback, source=source, trust_pickle=trust_pickle)
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e.filename or paths[0]}: cannot be read ({e.strerror or e})")
@@ -941,7 +932,7 @@ def select_cmd(
         with console.status("choosing pools and re-scoring each with the router under cross-validation"):
             selection = select.select_pool(outcomes, k, constraints, router=router, policy=chosen_policy,
                                            folds=folds, seed=seed)
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     t = Table(title=f"greedy pool selection on {selection.n_queries} queries x {selection.n_models} models",
               title_justify="left", caption=select.CAPTION, caption_justify="left")
@@ -965,7 +956,7 @@ def select_cmd(
         try:
             written = write_subset(pool_file, chosen, write_pool,
                                    f"herd select --k {k} on {path}: {', '.join(chosen)}")
-        except _usage_errors() as e:
+        except HerdError as e:
             _fail(str(e))
         console.print(f"pool of {len(chosen)}: {written} (serve it with `herd serve {written}`)")
 
@@ -1001,7 +992,7 @@ def spend(
             rows = ledger_from_choice_log(choice_log)
         else:
             _fail(f"no ledger to read: give --state (or set {ENV_STATE_URL}), --pool with gateway.state, or --choice-log")
-    except _usage_errors() as e:
+    except HerdError as e:
         _fail(str(e))
     if as_json:
         console.print_json(json.dumps(rows)) if console.is_terminal else print(json.dumps(rows))
@@ -1038,12 +1029,11 @@ def pool_from_litellm(
     herd pool from-litellm litellm_config.yaml -o pool.yaml
     """
     from herd import from_litellm
-    from herd.pool import PoolError
 
     try:
         pool, notes = from_litellm.convert(config)
         written = from_litellm.write(pool, notes, out, config)
-    except PoolError as e:
+    except HerdError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e.filename or out}: cannot write the pool file ({e.strerror or e})")

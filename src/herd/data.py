@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from herd.errors import HerdError
 from herd.pricing import DEFAULT_SIZE_PRICES, fill_costs, model_prices
 
 QUERY_KEY = ["source", "benchmark", "qid"]
@@ -41,7 +42,7 @@ DEFAULT_MIN_OUTCOMES = 20
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 
 
-class HerdDataError(ValueError):
+class HerdDataError(HerdError, ValueError):
     """Outcome data that cannot be used as it is; the message says where and what to do."""
 
 
@@ -564,7 +565,7 @@ def validate(queries, outcomes, q_name, o_name, min_outcomes):
 def _kfold(keys: pd.DataFrame, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     n = len(keys)
     if n_splits < 2 or n_splits > n:
-        raise ValueError(f"need 2 <= folds <= number of queries ({n}), got {n_splits}")
+        raise HerdDataError(f"need 2 <= folds <= number of queries ({n}), got {n_splits}")
     groups = (keys["source"].astype(str) + "/" + keys["benchmark"].astype(str)).to_numpy()
     _, counts = np.unique(groups, return_counts=True)
     x = np.zeros(n)

@@ -13,7 +13,7 @@ import numpy as np
 
 from herd import __version__, metrics
 from herd.blend import evaluate_blends
-from herd.data import Matrix, Outcomes
+from herd.data import HerdDataError, Matrix, Outcomes
 from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds,
                            policy_inputs)
 from herd.routers import Router, make_router
@@ -489,13 +489,13 @@ def evaluate_trained(trained, data: Outcomes, *, sweep: bool = True) -> Evaluati
         source, benchmark = sub.groups()[0][0], ("mix" if len(sub.groups()) > 1 else sub.groups()[0][1])
         missing = sorted(set(trained.models) - set(sub.outcomes["model"]))
         if missing:
-            raise ValueError(f"{source}/{benchmark}: no outcomes for the router's model(s) {missing}; "
+            raise HerdDataError(f"{source}/{benchmark}: no outcomes for the router's model(s) {missing}; "
                              "evaluate on data that covers the router's pool")
         m = sub.matrix(trained.models)
         t0 = time.perf_counter()
         scores = trained.router.predict_scores(m.texts, m.tasks)
         if trained.policy.reads_answers and m.answer_codes is None:
-            raise ValueError(f"{source}/{benchmark}: the router's policy {label!r} compares recorded answers, "
+            raise HerdDataError(f"{source}/{benchmark}: the router's policy {label!r} compares recorded answers, "
                              "which this data does not have")
         extra = policy_inputs(trained.policy, m.observed, m.answer_codes, tasks=m.tasks)
         choice = trained.policy.choose(scores, trained.model_costs, **extra)

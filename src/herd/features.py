@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from herd import onnx_encoder, static_encoder, tfidf
+from herd.errors import HerdError, UsageError
 
 # all-MiniLM-L6-v2 was trained on 128-token inputs; longer ones cost time and add little.
 EMBED_MAX_TOKENS = 128
@@ -42,11 +43,11 @@ EMBED_ENGINES = ("torch", "onnx-int8", "static")
 RECIPES = {"torch": None, "onnx-int8": onnx_encoder.RECIPE, "static": static_encoder.RECIPE}
 
 
-class EmbeddingsUnavailable(RuntimeError):
+class EmbeddingsUnavailable(HerdError, RuntimeError):
     """The embed extra (sentence-transformers + the packaged model) is not installed."""
 
 
-class EmbeddingEngineError(ValueError):
+class EmbeddingEngineError(HerdError, ValueError):
     """The chosen encoder engine is unknown or cannot run. Unlike a missing embed extra, which
     ``auto`` works around, an engine asked for by name must not be silently left out."""
 
@@ -311,7 +312,7 @@ class Featurizer:
     def __init__(self, kind: str = "embed", seed: int = 0):
         base = kind.removesuffix("+task")
         if base not in FEATURE_KINDS:
-            raise ValueError(f"unknown features {kind!r}; choose from {FEATURE_KINDS} (each optionally with '+task')")
+            raise UsageError(f"unknown features {kind!r}; choose from {FEATURE_KINDS} (each optionally with '+task')")
         self.kind = kind
         self.seed = seed
 

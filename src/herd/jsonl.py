@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 
-def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, object]]:
+def read_jsonl(path: str | Path, error: type[Exception]) -> list[tuple[int, object]]:
     """(line number, value) for every non-blank line; ``error`` says what is wrong and where."""
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (UTF-8 JSON lines)") from None
     rows = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():

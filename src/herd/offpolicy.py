@@ -33,6 +33,7 @@ from sklearn.base import clone
 
 from herd.choicelog import feedback_weights
 from herd.data import HerdDataError, Matrix, Outcomes
+from herd.errors import UsageError
 from herd.policies import policy_inputs
 from herd.routers import Router, make_router
 
@@ -306,7 +307,7 @@ def asks_several(policy) -> bool:
 def refuse_several(trained) -> None:
     """A trained router whose policy asks several models per request is refused, saying why."""
     if asks_several(trained.policy):
-        raise ValueError(f"--candidate: {trained.manifest['router']['name']} + {trained.policy.label} asks several "
+        raise UsageError(f"--candidate: {trained.manifest['router']['name']} + {trained.policy.label} asks several "
                          "models per request and reads their answers, which a log of one answer per request cannot "
                          "score; give a router whose policy picks one model from its scores (e.g. argmax, "
                          "cost-aware:W, cascade)")
@@ -338,13 +339,13 @@ def crossfit_choices(log: LoggedTraffic, proto: Router, policy, splits, seed: in
     copy fitted on the other folds' logged rows. Policies tuned on full outcome tables (safe,
     budget, cascades) cannot be."""
     if policy.needs_fit or asks_several(policy):
-        raise ValueError(f"policy {policy.label!r} is tuned on complete outcome tables, which a log of one model per "
+        raise UsageError(f"policy {policy.label!r} is tuned on complete outcome tables, which a log of one model per "
                          "request is not; off the log itself give argmax, cost-aware:W, random-likely or sorted, or "
                          "train it on benchmark data and pass the router directory as --candidate")
     if not proto.takes_weights:
         from herd.routers import weighted_names
 
-        raise ValueError(f"router {type(proto).__name__} cannot fit a log (weighted, one model per request); use "
+        raise UsageError(f"router {type(proto).__name__} cannot fit a log (weighted, one model per request); use "
                          f"one of: {', '.join(weighted_names())}")
     choice = np.empty(log.n, int)
     for tr, te in splits:

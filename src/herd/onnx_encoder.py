@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from herd.errors import HerdError
+
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Names the export (opset 17, int8 weights per channel) in the model's and the vectors' cache
 # names: a changed recipe must not reuse an old export or mix its vectors with the old ones.
 RECIPE = "onnx-int8-r1"
 
 
-class OnnxUnavailable(RuntimeError):
+class OnnxUnavailable(HerdError, RuntimeError):
     """onnxruntime (or, to export, torch and onnx) is not installed, or the model cannot be exported."""
 
 

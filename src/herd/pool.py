@@ -16,8 +16,10 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from herd.errors import HerdError
 
-class PoolError(ValueError):
+
+class PoolError(HerdError, ValueError):
     """A pool file that cannot be used; the message names the file, line and field."""
 
 

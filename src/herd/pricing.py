@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from herd.errors import UsageError
+
 # (largest size in billions of parameters, USD per 1M tokens). Override with parse_size_prices.
 DEFAULT_SIZE_PRICES: tuple[tuple[float, float], ...] = (
     (4.0, 0.10),
@@ -36,12 +38,12 @@ def parse_size_prices(spec: str) -> tuple[tuple[float, float], ...]:
             size, price = part.split("=")
             pairs.append((float(size), float(price)))
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"price-by-size schedule: item {i + 1} {part.strip()!r} is not SIZE=PRICE "
                 "(e.g. '8=0.2,70=0.9,inf=3.5')"
             ) from None
     if not pairs:
-        raise ValueError("price-by-size schedule is empty; give e.g. '8=0.2,70=0.9,inf=3.5'")
+        raise UsageError("price-by-size schedule is empty; give e.g. '8=0.2,70=0.9,inf=3.5'")
     pairs.sort()
     if pairs[-1][0] != math.inf:
         pairs.append((math.inf, pairs[-1][1]))

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from herd.errors import HerdError
+
 PCA_DIMS = 256
 # Names the distillation (model2vec's mean pooling, PCA to 256, SIF 1e-4, float16 table) in the
 # model's and the vectors' cache names: a changed recipe must not reuse old tables or vectors.
 RECIPE = f"static-m2v-pca{PCA_DIMS}-r1"
 
 
-class StaticUnavailable(RuntimeError):
+class StaticUnavailable(HerdError, RuntimeError):
     """model2vec (or, to distill, torch and transformers) is not installed, or distilling failed."""
 
 

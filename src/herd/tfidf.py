@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
+from herd.errors import UsageError
+
 NGRAMS = (1, 2)
 MIN_DF = 2
 MAX_FEATURES = 50_000
@@ -92,7 +94,7 @@ class Tfidf:
         x = corpus.counts[rows]
         kept = _kept_columns(x)
         if len(kept) == 0:
-            raise ValueError(f"TF-IDF: no word appears in {MIN_DF} or more of the {len(texts)} training texts")
+            raise UsageError(f"TF-IDF: no word appears in {MIN_DF} or more of the {len(texts)} training texts")
         self.terms_ = corpus.terms[kept]
         self.transformer_ = TfidfTransformer(**TRANSFORM_PARAMS).fit(x[:, kept])
         self._columns = (weakref.ref(corpus), kept)  # weak: a model does not keep an old corpus alive

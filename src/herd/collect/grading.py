@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
+from herd.errors import UsageError
+
 _NUMBER = r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+"
 _MARKERS = (r"####\s*", r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*")
 
@@ -299,7 +301,7 @@ def get_grader(name: str) -> Grader:
     try:
         return GRADERS[name]
     except KeyError:
-        raise ValueError(f"unknown grader {name!r}; choose from {sorted(GRADERS)}") from None
+        raise UsageError(f"unknown grader {name!r}; choose from {sorted(GRADERS)}") from None
 
 
 def _answer_groups(answers: list[Optional[str]], same: Callable[[Optional[str], str], bool]) -> list[list[str]]:

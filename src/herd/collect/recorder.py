@@ -27,6 +27,7 @@ from herd import __version__
 from herd.collect.grading import agreement, get_grader, majority
 from herd.collect.tasks import Task
 from herd.data import Outcomes
+from herd.errors import HerdError
 from herd.pool import ModelConfig
 
 LOG = "calls.jsonl"
@@ -41,7 +42,7 @@ def call_key(model: ModelConfig, path: str, body: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class RunLocked(RuntimeError):
+class RunLocked(HerdError, RuntimeError):
     """Another process is recording into the same directory."""
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from herd.collect.grading import GRADER_BY_BENCHMARK, get_grader, gsm8k_gold
+from herd.errors import HerdError
 from herd.jsonl import read_jsonl
 
 
-class TaskError(ValueError):
+class TaskError(HerdError, ValueError):
     """A task that cannot be built; the message says which file or name and why."""
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from herd.errors import HerdError
 from herd.gateway import telemetry as tm
 from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
@@ -31,6 +32,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The request being answered: every backend call's usage is added to its tab, wherever in a
 # cascade or fan-out the call is made (asyncio tasks inherit it).
 TAB: ContextVar[Optional["Tab"]] = ContextVar("herd_tab", default=None)
+
+
+class KeysError(HerdError, ValueError):
+    """A keys file or key settings that cannot serve; the message names the file, key and fix."""
 
 
 class KeyEntry(BaseModel):
@@ -88,9 +93,9 @@ def read_api_keys(keys_file: str | Path | None = None) -> list[ClientKey]:
     names, secrets = set(), set()
     for k in keys:
         if k.name in names:
-            raise ValueError(f"{keys_file}: key name {k.name!r} appears twice")
+            raise KeysError(f"{keys_file}: key name {k.name!r} appears twice")
         if k.secret in secrets:
-            raise ValueError(f"{keys_file}: key {k.name!r} repeats another key's secret")
+            raise KeysError(f"{keys_file}: key {k.name!r} repeats another key's secret")
         names.add(k.name)
         secrets.add(k.secret)
     return keys
@@ -109,14 +114,14 @@ def _read_file(path: Path) -> list[ClientKey]:
         entries = KeysFile.model_validate(raw).keys
     except ValidationError as e:
         root = yaml.compose(text)
-        raise ValueError("\n".join(_describe(path, root, err) for err in e.errors())) from None
+        raise KeysError("\n".join(_describe(path, root, err) for err in e.errors())) from None
     keys = []
     for i, e in enumerate(entries):
         secret = e.key
         if e.key_env is not None:
             secret = os.environ.get(e.key_env)
             if not secret:
-                raise ValueError(f"{path}: keys[{i}] ({e.name}): environment variable {e.key_env} is not set")
+                raise KeysError(f"{path}: keys[{i}] ({e.name}): environment variable {e.key_env} is not set")
         keys.append(ClientKey(e.name, secret.encode(), e.rpm, e.tpm, e.budget_usd_per_day, e.budget_usd_per_month,
                               frozenset(e.models) if e.models is not None else None))
     return keys
@@ -130,13 +135,13 @@ def serving_keys(keys_file: str | Path | None, no_auth: bool, host: str) -> list
     asked = keys_file is not None or ENV_KEYS in os.environ
     if no_auth:
         if keys:
-            raise ValueError("--no-auth, but API keys were given (HERD_API_KEYS or --api-keys-file): choose one")
+            raise KeysError("--no-auth, but API keys were given (HERD_API_KEYS or --api-keys-file): choose one")
         return []
     if asked and not keys:
-        raise ValueError(f"API keys were asked for ({keys_file or ENV_KEYS}) but none were read; add keys, "
+        raise KeysError(f"API keys were asked for ({keys_file or ENV_KEYS}) but none were read; add keys, "
                          "or pass --no-auth to serve without auth")
     if not keys and host not in LOOPBACK:
-        raise ValueError(f"serving on {host} without API keys: set {ENV_KEYS} or --api-keys-file, or pass --no-auth")
+        raise KeysError(f"serving on {host} without API keys: set {ENV_KEYS} or --api-keys-file, or pass --no-auth")
     return keys
 
 

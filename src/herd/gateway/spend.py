@@ -8,9 +8,14 @@ import json
 import time
 from pathlib import Path
 
+from herd.errors import HerdError
 from herd.gateway.state import LEDGER_FIELDS, RedisState
 
 COLUMNS = ("key", "model", "day", *LEDGER_FIELDS)
+
+
+class LedgerError(HerdError, ValueError):
+    """The ledger cannot be read from where it was asked for; the message says where and why."""
 
 
 def ledger_from_state(url: str) -> list[dict]:
@@ -27,7 +32,7 @@ def ledger_from_state(url: str) -> list[dict]:
     try:
         return asyncio.run(read())
     except (RedisError, OSError) as e:
-        raise ValueError(f"cannot read the ledger at {url.rpartition('@')[2]}: {e}") from None
+        raise LedgerError(f"cannot read the ledger at {url.rpartition('@')[2]}: {e}") from None
 
 
 def ledger_from_choice_log(path: str | Path) -> list[dict]:
@@ -38,7 +43,7 @@ def ledger_from_choice_log(path: str | Path) -> list[dict]:
     try:
         lines = p.read_text().splitlines()
     except OSError as e:
-        raise ValueError(f"{p}: cannot read the choice log ({e.strerror or e})") from None
+        raise LedgerError(f"{p}: cannot read the choice log ({e.strerror or e})") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -46,7 +51,7 @@ def ledger_from_choice_log(path: str | Path) -> list[dict]:
             r = json.loads(line)
             day = time.strftime("%Y-%m-%d", time.gmtime(float(r["time"])))
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{p}:{n}: not a choice log record") from None
+            raise LedgerError(f"{p}:{n}: not a choice log record") from None
         cell = cells.setdefault((r.get("key") or "-", r.get("model") or "-", day),
                                 {"usd": 0.0, "calls": 0, "prompt_tokens": None, "completion_tokens": None})
         cell["usd"] += r.get("cost_usd") or 0.0

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from herd.errors import UsageError
 from herd.gateway import telemetry as tm
 
 if TYPE_CHECKING:
@@ -350,6 +351,9 @@ class RedisState(State):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"state {_shown(url)!r} ({ENV_STATE_URL}, --state or gateway.state): expected "
+                             "redis://HOST:PORT/DB (or rediss://, unix://)")
         # Short timeouts and one quick retry (a pooled connection Redis closed on restart): an
         # unreachable Redis must cost a request milliseconds, not the client's default seconds.
         self.redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
@@ -547,8 +551,6 @@ def make_state(settings: GatewaySettings) -> State:
     url = os.environ.get(ENV_STATE_URL) or settings.state
     if not url:
         return LocalState()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{ENV_STATE_URL}: expected redis://HOST:PORT/DB (or rediss://, unix://), got {_shown(url)!r}")
     return RedisState(url, settings.state_fail)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from herd.errors import UsageError
 from herd.routers.auto import AutoRouter, EnsembleRouter
 from herd.routers.base import FeatureRouter, Router
 from herd.routers.cluster import ClusterRouter
@@ -42,7 +43,7 @@ def make_router(name: str, **params) -> Router:
     try:
         cls, defaults, _ = ROUTERS[name]
     except KeyError:
-        raise ValueError(f"unknown router {name!r}; choose from {sorted(ROUTERS)}") from None
+        raise UsageError(f"unknown router {name!r}; choose from {sorted(ROUTERS)}") from None
     return cls(**{**defaults, **params})
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from herd.data import Matrix, Outcomes
+from herd.errors import UsageError
 from herd.features import Featurizer, Queries
 
 
@@ -31,7 +32,7 @@ class Router(BaseEstimator):
         missing outcome counts as wrong (the model gave no answer)."""
         m = data.matrix() if isinstance(data, Outcomes) else data
         if m.n_queries == 0 or not m.models:
-            raise ValueError("cannot fit a router on no queries or no models")
+            raise UsageError("cannot fit a router on no queries or no models")
         self.models_ = list(m.models)
         y = m.labels
         if sample_weight is None:
@@ -58,7 +59,7 @@ class Router(BaseEstimator):
         if not self.takes_weights:
             from herd.routers import weighted_names
 
-            raise ValueError(f"{type(self).__name__} cannot weigh its training outcomes (live feedback needs it); "
+            raise UsageError(f"{type(self).__name__} cannot weigh its training outcomes (live feedback needs it); "
                              f"use one of: {', '.join(weighted_names())}")
 
     def prepare(self, texts: list[str], progress=None) -> None:
