@@ -21,6 +21,7 @@ import numpy as np
 
 from herd import metrics
 from herd.data import Matrix
+from herd.errors import UsageError
 from herd.policies import ArgMax, Policy
 from herd.routers.base import Router
 from herd.tuning import fit_in_fold
@@ -48,7 +49,7 @@ def blend_pick(models: list[str], weights: np.ndarray | None, session: str | int
         return int(stable_seed(session, turn).integers(n))
     p = np.asarray(weights, float)
     if len(p) != n or (p < 0).any() or not p.sum() > 0:
-        raise ValueError(f"blend weights must be {n} non-negative numbers with a positive sum, got {list(p)}")
+        raise UsageError(f"blend weights must be {n} non-negative numbers with a positive sum, got {list(p)}")
     return int(stable_seed(session, turn).choice(n, p=p / p.sum()))
 
 
@@ -64,10 +65,10 @@ class Blend(Policy):
         if self.weights is not None:
             bad = {m: w for m, w in self.weights.items() if not isinstance(w, (int, float)) or w < 0}
             if bad:
-                raise ValueError(f"blend weights must be numbers >= 0, got {bad}")
+                raise UsageError(f"blend weights must be numbers >= 0, got {bad}")
             missing = [m for m in self.models if m not in self.weights]
             if missing:
-                raise ValueError(f"blend weights miss model(s) {missing}; give every model a weight")
+                raise UsageError(f"blend weights miss model(s) {missing}; give every model a weight")
 
     @staticmethod
     def is_spec(spec) -> bool:
@@ -81,7 +82,7 @@ class Blend(Policy):
         params = {k: v for k, v in spec.items() if k != "name"}
         unknown = sorted(set(params) - {"models", "weights"})
         if unknown:
-            raise ValueError(f"a blend takes 'models' and 'weights', not {unknown}")
+            raise UsageError(f"a blend takes 'models' and 'weights', not {unknown}")
         return cls(params.get("models"), params.get("weights"))
 
     @property
@@ -153,11 +154,11 @@ def evaluate_blends(m: Matrix, router: Router, *, turns: int = 4, folds: int = 5
     proportion to ``weights`` (default: each model's training accuracy)."""
     policy = policy or ArgMax()
     if not policy.picks_from_scores:
-        raise ValueError(f"a learned blend picks one model per turn from the router's scores; {policy.label!r} "
+        raise UsageError(f"a learned blend picks one model per turn from the router's scores; {policy.label!r} "
                          "does not")
     unknown = sorted(set(weights or {}) - set(m.models))
     if unknown:
-        raise ValueError(f"blend weights name model(s) {unknown} that are not in the pool {m.models}")
+        raise UsageError(f"blend weights name model(s) {unknown} that are not in the pool {m.models}")
     y = m.labels
     choices: dict[str, list[np.ndarray]] = {}
     convs, log = [], []

@@ -12,6 +12,7 @@ from sklearn.base import clone
 
 from herd import metrics
 from herd.data import Matrix
+from herd.errors import UsageError
 from herd.policies import Policy, policy_inputs
 from herd.routers.base import Router, out_of_fold_scores
 
@@ -66,7 +67,7 @@ def fit_in_fold(router_proto: Router | None, policy: Policy | list[Policy], trai
     if sample_weight is not None:
         full = (np.asarray(sample_weight) > 0).all(axis=1)
         if not full.any():
-            raise ValueError("no training query has every model's outcome to tune and validate the policy on; "
+            raise UsageError("no training query has every model's outcome to tune and validate the policy on; "
                              "add benchmark data beside the feedback")
         tuned_on = train.take(np.flatnonzero(full))
         validation = None if validation is None else validation[full]

@@ -8,7 +8,7 @@ order), ``agree`` (agreement cascades), ``explore`` (exploration around another 
 
 from herd.policies.agree import (AGREE_INNER_FOLDS, AGREE_MARGINS, AGREE_SWEEP, AGREE_TOLERANCE, Agree,
                                  _agreement_floats, _AgreementBits, agreement_choice)
-from herd.policies.base import Decision, Policy, policy_inputs
+from herd.policies.base import Decision, Policy, PolicyError, policy_inputs
 from herd.policies.cascade import (ANSWER_FEATURES, SCORER_FOLDS, Cascade, CheckedCascade, _Scorer, cascade_called,
                                    cascade_choice, cascade_thresholds)
 from herd.policies.explore import Explore, explore_draw, explore_propensity
@@ -21,6 +21,6 @@ from herd.policies.tuned import BUDGET_WEIGHTS, MARGIN_GRID, MIN_TASK_QUERIES, B
 __all__ = ["AGREE_INNER_FOLDS", "AGREE_MARGINS", "AGREE_SWEEP", "AGREE_TOLERANCE", "ANSWER_FEATURES", "BUDGET_WEIGHTS",
            "EXPLORE", "MARGIN_GRID", "MIN_TASK_QUERIES", "POLICIES", "POLICY_HELP", "REGISTRY", "SCORER_FOLDS",
            "Agree", "ArgMax", "Budget", "Cascade", "CheapestLikely", "CheckedCascade", "CostAware", "Decision",
-           "Explore", "Policy", "Prediction", "RandomLikely", "SafeArgMax", "_AgreementBits", "_Scorer",
+           "Explore", "Policy", "PolicyError", "Prediction", "RandomLikely", "SafeArgMax", "_AgreementBits", "_Scorer",
            "_agreement_floats", "agreement_choice", "cascade_called", "cascade_choice", "cascade_thresholds",
            "explore_draw", "explore_propensity", "make_policy", "policy_from_config", "policy_inputs", "split_explore", "split_specs"]

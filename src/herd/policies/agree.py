@@ -7,7 +7,7 @@ import copy
 
 import numpy as np
 
-from herd.policies.base import Decision, Policy, _argmax_cheapest, _known_costs
+from herd.policies.base import Decision, Policy, PolicyError, _argmax_cheapest, _known_costs
 
 
 # An agreement cascade keeps the strong model's accuracy within this much on validation data.
@@ -140,17 +140,17 @@ class Agree(Policy):
             models = [m.strip() for m in models.split(",") if m.strip()]
         if models is not None:
             if not 2 <= len(models) <= 5 or len(set(models)) != len(models):
-                raise ValueError(f"agree: the first stage needs 2 to 5 distinct models, got {models}")
+                raise PolicyError(f"agree: the first stage needs 2 to 5 distinct models, got {models}")
             if not then:
-                raise ValueError("agree: name the model to ask when the first stage disagrees ('then')")
+                raise PolicyError("agree: name the model to ask when the first stage disagrees ('then')")
             if then in models:
-                raise ValueError(f"agree: {then!r} is both in the first stage and the model asked after it")
+                raise PolicyError(f"agree: {then!r} is both in the first stage and the model asked after it")
             if need is not None and not 2 <= int(need) <= len(models):
-                raise ValueError(f"agree: need must be between 2 and {len(models)} (the first stage), got {need}")
+                raise PolicyError(f"agree: need must be between 2 and {len(models)} (the first stage), got {need}")
         elif then is not None or need is not None:
-            raise ValueError("agree: 'then' and 'need' go with an explicit first stage ('models')")
+            raise PolicyError("agree: 'then' and 'need' go with an explicit first stage ('models')")
         if not 0 <= tolerance < 1:
-            raise ValueError(f"agree: tolerance must be in [0, 1), got {tolerance}")
+            raise PolicyError(f"agree: tolerance must be in [0, 1), got {tolerance}")
         self.models = models
         self.then = then
         self.need = None if need is None else int(need)
@@ -165,7 +165,7 @@ class Agree(Policy):
         """Resolve (explicit) or choose (``models=None``) the stages on training outcomes.
         ``answers`` is (n_queries, n_models) of answer codes (``Matrix.answer_codes``)."""
         if models is None:
-            raise ValueError("agree: fit needs the pool's model names")
+            raise PolicyError("agree: fit needs the pool's model names")
         costs = _known_costs(model_costs, len(models))
         if self.models is not None:
             self.bind(models)
@@ -176,10 +176,10 @@ class Agree(Policy):
         # Until a search says otherwise, every tolerance of the curve goes straight to the strong model.
         self.margin_, self.sweep_ = None, dict.fromkeys(AGREE_SWEEP)
         if answers is None or (np.asarray(answers) < 0).all():
-            raise ValueError("agree: the data has no recorded answers to compare (an 'answer' column in the "
+            raise PolicyError("agree: the data has no recorded answers to compare (an 'answer' column in the "
                              "outcomes); use 'cascade-check' or 'safe', which need none")
         if self.open_only and (owned is None or not np.asarray(owned).any()):
-            raise ValueError("agree:open: no model in this data is marked open-weights (models.csv: open_weights)")
+            raise PolicyError("agree:open: no model in this data is marked open-weights (models.csv: open_weights)")
         self._search(np.asarray(labels, float), np.asarray(answers), costs, owned)
         self._validate(labels, answers, costs)
         return self
@@ -187,11 +187,11 @@ class Agree(Policy):
     def bind(self, models: list[str]) -> Agree:
         """An explicit cascade resolved against the pool's model names; nothing to learn."""
         if self.models is None:
-            raise ValueError("agree: only an explicit first stage ('models' and 'then') binds without data; "
+            raise PolicyError("agree: only an explicit first stage ('models' and 'then') binds without data; "
                              "a chosen one is fitted on outcomes (`herd train --policy agree`)")
         missing = [m for m in [*self.models, self.then] if m not in models]
         if missing:
-            raise ValueError(f"agree: model(s) {missing} not in the pool {list(models)}")
+            raise PolicyError(f"agree: model(s) {missing} not in the pool {list(models)}")
         self.pool_, self.margin_, self.sweep_ = list(models), None, {}
         self.stage_, self.last_ = [models.index(m) for m in self.models], models.index(self.then)
         # By default a strict majority of the first stage (both of two, two of three).
@@ -299,7 +299,7 @@ class Agree(Policy):
         """(n_queries,) the model whose answer stands, given every first-stage model's answer code."""
         self._check_fitted()
         if answers is None:
-            raise ValueError("agree: choosing needs the first stage's answers")
+            raise PolicyError("agree: choosing needs the first stage's answers")
         if self.direct_:
             return np.full(len(answers), self.last_)
         return agreement_choice(answers, self.stage_, self.need_, self.last_)
@@ -354,7 +354,7 @@ class Agree(Policy):
         out = copy.copy(self)
         if hasattr(self, "pool_"):
             if len(models) != len(self.pool_):
-                raise ValueError(f"agree: {len(models)} names for a pool of {len(self.pool_)} models")
+                raise PolicyError(f"agree: {len(models)} names for a pool of {len(self.pool_)} models")
             out.pool_ = list(models)
         return out
 

@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from herd.errors import HerdError
+
+
+class PolicyError(HerdError, ValueError):
+    """A policy spec or setting that cannot be used, or data the policy cannot be tuned or run on;
+    the message names the policy and the fix."""
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -131,7 +138,7 @@ def _probability(what: str, value) -> float:
     """A threshold on P(correct): a number in [0, 1]."""
     value = float(value)
     if not 0 <= value <= 1:
-        raise ValueError(f"{what} is a probability, between 0 and 1; got {value:g}")
+        raise PolicyError(f"{what} is a probability, between 0 and 1; got {value:g}")
     return value
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from herd.policies.base import Decision, Policy, _known_costs, _logit, _probability
+from herd.policies.base import Decision, Policy, PolicyError, _known_costs, _logit, _probability
 
 
 def cascade_thresholds(scores: np.ndarray, stages: list[int]) -> np.ndarray:
@@ -52,7 +52,7 @@ class Cascade(Policy):
     def __init__(self, models: list[str] | str, threshold: float | None = None):
         self.models = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
         if len(self.models) < 2:
-            raise ValueError(f"a cascade needs two models or more, got {self.models}")
+            raise PolicyError(f"a cascade needs two models or more, got {self.models}")
         self.threshold = None if threshold is None else _probability(f"{self.name}: the threshold", threshold)
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,
@@ -64,7 +64,7 @@ class Cascade(Policy):
     def _check_models(self, models: list[str] | None) -> None:
         missing = [m for m in self.models if models is None or m not in models]
         if missing:
-            raise ValueError(f"{self.name}: model(s) {missing} not in the pool {models}")
+            raise PolicyError(f"{self.name}: model(s) {missing} not in the pool {models}")
         self.stages_ = [models.index(m) for m in self.models]
 
     def _tune(self, signal: np.ndarray, labels: np.ndarray) -> None:
@@ -150,7 +150,7 @@ class CheckedCascade(Cascade):
                  grader: str = "number"):
         super().__init__(models, threshold)
         if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
+            raise PolicyError(f"samples must be >= 1, got {samples}")
         self.samples = samples
         self.grader = grader
 
@@ -166,7 +166,7 @@ class CheckedCascade(Cascade):
             # Only what varies: a constant says nothing about whether an answer is right.
             used = [k for k in ANSWER_FEATURES if observed and k in observed and _varies(observed[k][:, stage])]
             if not used:
-                raise ValueError(f"{self.name}: no answer observations that vary for {name!r} in this data (it needs "
+                raise PolicyError(f"{self.name}: no answer observations that vary for {name!r} in this data (it needs "
                                  f"one of {list(ANSWER_FEATURES)}); use 'cascade' to defer on the router's score alone")
             self.features_[stage] = used
             x, y = self._features(scores, observed, stage), labels[:, stage] >= 0.5

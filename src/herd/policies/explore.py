@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from herd.policies.base import Decision, Policy, _probability
+from herd.policies.base import Decision, Policy, PolicyError, _probability
 
 
 def explore_draw(eps: float, own: np.ndarray, allowed: np.ndarray,
@@ -38,7 +38,7 @@ class Explore(Policy):
 
     def __init__(self, policy: Policy, eps: float, seed: int | None = 0):
         if not policy.picks_from_scores:
-            raise ValueError(f"explore: {policy.label!r} asks several models per query; exploration wraps a policy "
+            raise PolicyError(f"explore: {policy.label!r} asks several models per query; exploration wraps a policy "
                              "that picks one model from the router's scores")
         self.policy = policy
         self.eps = _probability("explore: the exploration rate", eps)

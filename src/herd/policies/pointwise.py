@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from herd.policies.base import Decision, Policy, _argmax_cheapest, _argmax_reason, _known_costs, _probability
+from herd.policies.base import Decision, Policy, PolicyError, _argmax_cheapest, _argmax_reason, _known_costs, _probability
 
 
 class ArgMax(Policy):
@@ -30,7 +30,7 @@ class CostAware(Policy):
 
     def __init__(self, cost_weight: float = 0.0):
         if cost_weight < 0:
-            raise ValueError(f"cost-aware: the cost weight must be 0 or more; got {cost_weight:g}")
+            raise PolicyError(f"cost-aware: the cost weight must be 0 or more; got {cost_weight:g}")
         self.cost_weight = cost_weight
 
     def utilities(self, scores: np.ndarray, model_costs: np.ndarray | None) -> np.ndarray:

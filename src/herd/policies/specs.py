@@ -7,7 +7,7 @@ import inspect
 import re
 
 from herd.policies.agree import Agree
-from herd.policies.base import Policy
+from herd.policies.base import Policy, PolicyError
 from herd.policies.cascade import Cascade, CheckedCascade
 from herd.policies.explore import Explore
 from herd.policies.pointwise import ArgMax, CheapestLikely, CostAware, RandomLikely
@@ -50,7 +50,7 @@ def split_specs(values: list[str]) -> list[str]:
 
 def make_policy(spec: str) -> Policy:
     """A policy from its spec string ('safe', 'cascade:small,big@0.8', 'safe+explore:0.05'; every
-    form is in ``REGISTRY``, listed by ``POLICY_HELP``); a bad spec raises ValueError saying what
+    form is in ``REGISTRY``, listed by ``POLICY_HELP``); a bad spec raises PolicyError (a ValueError) saying what
     is wrong."""
     spec, eps = split_explore(spec)
     if eps is not None:
@@ -61,7 +61,7 @@ def make_policy(spec: str) -> Policy:
         text = str(e)
         if repr(spec) in text:
             raise
-        raise ValueError(f"policy {spec!r}: {text.removeprefix(spec.partition(':')[0] + ': ')}") from None
+        raise PolicyError(f"policy {spec!r}: {text.removeprefix(spec.partition(':')[0] + ': ')}") from None
 
 
 # What each parametrized policy's number means, for errors about a missing one.
@@ -86,20 +86,20 @@ def _parse_policy(spec: str):
         try:
             value = float(share)
         except ValueError:
-            raise ValueError(f"policy {spec!r}: give budget:USD_PER_QUERY or budget:MODEL:SHARE") from None
+            raise PolicyError(f"policy {spec!r}: give budget:USD_PER_QUERY or budget:MODEL:SHARE") from None
         return Budget(max_share=value, model=model) if model else Budget(max_cost=value)
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {spec!r}; choose from {sorted(POLICIES)} (e.g. 'safe', 'cost-aware:0.2')")
+        raise PolicyError(f"unknown policy {spec!r}; choose from {sorted(POLICIES)} (e.g. 'safe', 'cost-aware:0.2')")
     if not arg:
         if name in _NEEDS_NUMBER:
-            raise ValueError(f"policy {spec!r} needs a number: {_NEEDS_NUMBER[name]}")
+            raise PolicyError(f"policy {spec!r} needs a number: {_NEEDS_NUMBER[name]}")
         return POLICIES[name]()
     if name == "argmax":
-        raise ValueError("policy 'argmax' takes no parameter")
+        raise PolicyError("policy 'argmax' takes no parameter")
     try:
         value = float(arg)
     except ValueError:
-        raise ValueError(f"policy {spec!r}: {arg!r} is not a number") from None
+        raise PolicyError(f"policy {spec!r}: {arg!r} is not a number") from None
     return POLICIES[name](value)
 
 
@@ -109,7 +109,7 @@ def _agree_spec(spec: str, arg: str) -> Agree:
         return Agree(open_only=arg == "open")
     first, sep, rest = arg.partition(">")
     if not sep or not first or not rest:
-        raise ValueError(f"policy {spec!r}: give 'agree', 'agree:open' or 'agree:M1,M2[,M3]>STRONG[@NEED]'")
+        raise PolicyError(f"policy {spec!r}: give 'agree', 'agree:open' or 'agree:M1,M2[,M3]>STRONG[@NEED]'")
     then, at, need = rest.rpartition("@")
     if at and need.isdigit():
         return Agree(first, then=then, need=int(need))
@@ -132,12 +132,12 @@ def split_explore(spec: str | dict | None) -> tuple[str | dict | None, float | N
         return rest, None if "explore" not in spec else _rate(spec["explore"], f"policy {spec.get('name')!r}: explore")
     if not isinstance(spec, str) or EXPLORE not in spec:
         if isinstance(spec, str) and spec.startswith("explore"):
-            raise ValueError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. "
+            raise PolicyError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. "
                              "'safe+explore:0.05' or 'trained+explore:0.05'")
         return spec, None
     base, _, rate = spec.rpartition(EXPLORE)
     if not base:
-        raise ValueError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. 'safe+explore:0.05'")
+        raise PolicyError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. 'safe+explore:0.05'")
     return base, _rate(rate, f"policy {spec!r}")
 
 
@@ -147,7 +147,7 @@ def _rate(value, where: str) -> float:
     except (TypeError, ValueError):
         eps = None
     if isinstance(value, bool) or eps is None or not 0 <= eps <= 1:
-        raise ValueError(f"{where}: the exploration rate is a probability between 0 and 1 (e.g. 0.05); got {value!r}")
+        raise PolicyError(f"{where}: the exploration rate is a probability between 0 and 1 (e.g. 0.05); got {value!r}")
     return eps
 
 
@@ -163,10 +163,10 @@ def policy_from_config(spec: str | dict) -> Policy:
     params = dict(spec)
     name = params.pop("name", None)
     if name not in POLICIES:
-        raise ValueError(f"policy needs 'name', one of {sorted(POLICIES)}; got {name!r}")
+        raise PolicyError(f"policy needs 'name', one of {sorted(POLICIES)}; got {name!r}")
     cls = POLICIES[name]
     accepted = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"policy {name!r} takes {accepted or 'no parameters'}, not {unknown}")
+        raise PolicyError(f"policy {name!r} takes {accepted or 'no parameters'}, not {unknown}")
     return cls(**params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from herd.policies.base import Decision, Policy, _argmax_cheapest, _known_costs, _logit, _task_strings
+from herd.policies.base import Decision, Policy, PolicyError, _argmax_cheapest, _known_costs, _logit, _task_strings
 from herd.policies.pointwise import CostAware
 
 
@@ -38,7 +38,7 @@ class SafeArgMax(Policy):
 
     def __init__(self, margin: float | None = None, min_z: float = 1.645):
         if margin is not None and not float(margin) >= 0:
-            raise ValueError(f"safe: the margin is a difference of P(correct), 0 or more (inf: always the best "
+            raise PolicyError(f"safe: the margin is a difference of P(correct), 0 or more (inf: always the best "
                              f"single model); got {margin}")
         self.margin = margin
         self.min_z = min_z
@@ -145,12 +145,12 @@ class Budget(Policy):
 
     def __init__(self, max_cost: float | None = None, max_share: float | None = None, model: str | None = None):
         if (max_cost is None) == (max_share is None):
-            raise ValueError("Budget needs exactly one of max_cost (USD per query) or max_share (with model)")
+            raise PolicyError("Budget needs exactly one of max_cost (USD per query) or max_share (with model)")
         if max_share is not None and (model is None or not 0 <= max_share <= 1):
-            raise ValueError(f"budget: a share of queries to a model needs the model's name and a share between 0 "
+            raise PolicyError(f"budget: a share of queries to a model needs the model's name and a share between 0 "
                              f"and 1; got {max_share:g}" + ("" if model else " and no model"))
         if max_cost is not None and not max_cost >= 0:
-            raise ValueError(f"budget: USD per query must be 0 or more; got {max_cost:g}")
+            raise PolicyError(f"budget: USD per query must be 0 or more; got {max_cost:g}")
         self.max_cost = max_cost
         self.max_share = max_share
         self.model = model
@@ -160,7 +160,7 @@ class Budget(Policy):
         costs = _known_costs(model_costs, scores.shape[1])
         if self.max_share is not None:
             if models is None or self.model not in models:
-                raise ValueError(f"budget: model {self.model!r} is not in the pool {models}")
+                raise PolicyError(f"budget: model {self.model!r} is not in the pool {models}")
             target = models.index(self.model)
         for w in BUDGET_WEIGHTS:
             choice = CostAware(w).choose(scores, model_costs)
@@ -207,7 +207,7 @@ class Prediction(Policy):
 
     def __init__(self, C: float = 1.0):
         if not C > 0:
-            raise ValueError(f"prediction: C (inverse regularization) must be above 0; got {C:g}")
+            raise PolicyError(f"prediction: C (inverse regularization) must be above 0; got {C:g}")
         self.C = C
 
     def fit(self, scores: np.ndarray, labels: np.ndarray, model_costs: np.ndarray | None = None,

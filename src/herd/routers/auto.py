@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from herd.errors import UsageError
 from herd.features import EmbeddingsUnavailable
 from herd.routers.base import Router, out_of_fold_scores
 
@@ -88,7 +89,7 @@ class AutoRouter(Router):
             except EmbeddingsUnavailable:
                 self.cv_results_[name] = {"skipped": "embed extra not installed"}
         if not fitted:
-            raise ValueError(f"auto: no candidate router could be fitted ({self.cv_results_})")
+            raise UsageError(f"auto: no candidate router could be fitted ({self.cv_results_})")
         if len(fitted) > 1:
             fitted[ENSEMBLE] = np.mean(list(fitted.values()), axis=0)
         best = None
