@@ -172,20 +172,21 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, datase
 
 
 def test_every_user_error_class_is_a_herd_error():
+    from herd.artifact import ArtifactError
     from herd.collect.recorder import RunLocked
     from herd.collect.tasks import TaskError
-    from herd.artifact import ArtifactError
     from herd.data import HerdDataError
     from herd.errors import HerdError, UsageError
     from herd.features import EmbeddingEngineError, EmbeddingsUnavailable
     from herd.gateway.keys import KeysError
     from herd.gateway.spend import LedgerError
     from herd.import_formats import ImportFileError
+    from herd.policies import PolicyError
     from herd.pool import PoolError
     from herd.select import SelectError
 
     for cls in (HerdDataError, ImportFileError, ArtifactError, PoolError, TaskError, SelectError, UsageError,
-                EmbeddingEngineError, KeysError, LedgerError):
+                EmbeddingEngineError, KeysError, LedgerError, PolicyError):
         assert issubclass(cls, HerdError) and issubclass(cls, ValueError), cls  # code catching ValueError still does
     assert issubclass(RunLocked, HerdError) and issubclass(EmbeddingsUnavailable, HerdError)
 
