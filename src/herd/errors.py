@@ -13,3 +13,8 @@ class HerdError(Exception):
 class UsageError(HerdError, ValueError):
     """A value given to herd (an option, a name, a spec, a weight) that it cannot use, where no
     module's own error class says more."""
+
+
+class ImportFileError(HerdError, ValueError):
+    """A file that cannot be imported, or files and options that do not fit the format; the
+    message says where and why."""

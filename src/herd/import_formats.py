@@ -11,12 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from herd.errors import HerdError
-
-
-class ImportFileError(HerdError, ValueError):
-    """A file that cannot be imported, or files and options that do not fit the format; the
-    message says where and why."""
+from herd.errors import ImportFileError
 
 
 @dataclass(frozen=True)

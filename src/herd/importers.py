@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from herd.data import HerdDataError, split_long, validate
-from herd.import_formats import ImportFileError
+from herd.errors import ImportFileError
 from herd.jsonl import read_jsonl
 
 SOURCE = "imported"
