@@ -30,7 +30,8 @@ def test_explore_specs_compose_with_policies_and_bad_ones_say_how():
     assert policy_from_config({"name": "argmax", "explore": 0.3}).label == "argmax+explore:0.3"
     for spec, said in [("explore:0.1", "write it after one"), ("safe+explore:x", "between 0 and 1"),
                        ("safe+explore:1.5", "between 0 and 1"), ("cascade-check:a,b+explore:0.1", "several models"),
-                       ("agree+explore:0.1", "several models")]:
+                       ("agree+explore:0.1", "several models"),
+                       ("argmax+explore:0.3+explore:0.2", "one exploration rate")]:
         with pytest.raises(ValueError, match=said):
             make_policy(spec)
 

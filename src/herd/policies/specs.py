@@ -138,6 +138,8 @@ def split_explore(spec: str | dict | None) -> tuple[str | dict | None, float | N
     base, _, rate = spec.rpartition(EXPLORE)
     if not base:
         raise PolicyError(f"policy {spec!r}: exploration wraps a policy; write it after one, e.g. 'safe+explore:0.05'")
+    if EXPLORE in base:  # the inner draw would be logged under the outer rate alone
+        raise PolicyError(f"policy {spec!r}: one exploration rate per policy, e.g. 'safe+explore:0.05'")
     return base, _rate(rate, f"policy {spec!r}")
 
 
