@@ -209,6 +209,14 @@ def test_user_errors_of_every_command_print_one_line(tmp_path, dataset_dir):
         (["spend", "--state", "memcached://x"], "expected redis://"),
         (["serve", str(unpriced), "--api-keys-file", str(keys)], "repeats another key's secret"),
         (["import", "long", str(log), "--model", "m", "-o", str(tmp_path / "i")], "--model is for lm-eval, not long"),
+        # Files that are not text, and a Redis URL its client cannot read, are user errors too.
+        (["serve", str(binary)], "pool file is not a text file"),
+        (["eval", str(dataset_dir), "--pool", str(binary)], "pool file is not a text file"),
+        (["serve", str(unpriced), "--api-keys-file", str(binary)], "API keys file is not a text file"),
+        (["spend", "--choice-log", str(binary)], "choice log is not a text file"),
+        (["pool", "from-litellm", str(binary), "-o", str(tmp_path / "p.yaml")], "LiteLLM config is not a text file"),
+        (["spend", "--state", "redis://[bad"], "state 'redis://[bad'"),
+        (["spend", "--state", "redis://h:notaport/0"], "state 'redis://h:notaport/0'"),
     ]
     for args, message in cases:
         r = herd(*args)

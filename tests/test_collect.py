@@ -270,3 +270,17 @@ def test_a_collection_runs_from_python_as_from_the_cli(tmp_path, pool):
     assert {r["model"]: r["questions"] for r in again.summary()} == {"chatty": 6, "base": 6}
     with pytest.raises(PoolError, match=r"--models \['nope'\] not in the pool"):
         plan_task(path, "gsm8k", tmp_path / "other", data_dir=data, models=["nope"])
+
+
+def test_files_that_are_not_text_are_said_so_or_asked_again(tmp_path):
+    """A prompt template that is not text is a task error naming it; a damaged line of a run's
+    call log (bytes that are not UTF-8) is skipped like a torn one, so its call is made again."""
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "zcot.txt").write_bytes(b"\x89PNG\x00\x01\xff")
+    with pytest.raises(TaskError, match="zcot.txt: the prompt template is not a text file"):
+        Prompts.load(tmp_path / "tpl")
+    rec = Recorder(tmp_path / "run")
+    rec.close()
+    rec.path.write_bytes(b'{"a": 1}\n\xff\xfe garbage\n{"b": 2}\n')
+    assert Recorder._read(rec) == [{"a": 1}, {"b": 2}]
+

@@ -1,6 +1,8 @@
 import json
 import math
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -219,6 +221,9 @@ def test_save_writes_what_load_reads(tmp_path):
     assert data.outcomes["cost_estimated"].sum() == 2
     out = data.save(tmp_path / "new" / "dir")
     assert sorted(p.name for p in out.iterdir()) == ["models.csv", "outcomes.parquet", "queries.parquet"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # others may read, as with open()
     written = pd.read_parquet(out / "outcomes.parquet")
     assert "cost_estimated" not in written and written["cost_usd"].isna().sum() == 2
     again = Outcomes.load(out, min_outcomes=1)

@@ -137,3 +137,7 @@ def test_a_litellm_config_becomes_a_pool_file_and_what_is_left_out_is_said(tmp_p
     (tmp_path / "bad.yaml").write_text("model_list: []\n")
     bad = CliRunner().invoke(app, ["pool", "from-litellm", str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "x.yaml")])
     assert bad.exit_code == 2 and "no 'model_list'" in bad.output
+    (tmp_path / "odd.yaml").write_text("model_list:\n  - {model_name: a, litellm_params: {model: openai/gpt-4o, api_base: 3}}\n"
+                                       "  - {model_name: b, litellm_params: {model: openai/gpt-4o-mini}}\n")
+    odd = CliRunner().invoke(app, ["pool", "from-litellm", str(tmp_path / "odd.yaml"), "-o", str(tmp_path / "y.yaml")])
+    assert odd.exit_code == 0 and "(a): skipped: api_base must be a URL, got 3" in odd.output

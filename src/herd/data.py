@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -284,13 +284,14 @@ class Outcomes:
         for name, write in (("outcomes.parquet", lambda p: outcomes.to_parquet(p, index=False)),
                             ("queries.parquet", lambda p: self.queries.to_parquet(p, index=False)),
                             ("models.csv", lambda p: self.models.to_csv(p, index=False))):
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
+            # A new name each time, made by the writer itself, so the table gets the mode the
+            # umask gives (mkstemp's files stay readable by their owner alone).
+            tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             try:
                 write(tmp)
                 os.replace(tmp, out / name)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
         return out
 

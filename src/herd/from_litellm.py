@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from herd.jsonl import read_text
 from herd.pool import PoolConfig, PoolError
 
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -29,10 +30,9 @@ MAPPED_PARAMS = {"model", "api_base", "api_key", "api_version", "input_cost_per_
 def convert(path: str | Path) -> tuple[dict, list[str]]:
     """(pool file as a dict, what could not be mapped, one line each)."""
     p = Path(path)
+    text = read_text(p, PoolError, "LiteLLM config")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise PoolError(f"{p}: cannot read the LiteLLM config ({e.strerror or e})") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PoolError(f"{p}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     entries = raw.get("model_list") if isinstance(raw, dict) else None
@@ -72,6 +72,8 @@ def _model(name: str, params: dict, info: dict, notes: list[str]) -> tuple[dict 
     if not backend_id:  # no prefix: LiteLLM takes it for an OpenAI model
         provider, backend_id = "openai", params["model"]
     base = params.get("api_base")
+    if base is not None and not isinstance(base, str):
+        return None, f"api_base must be a URL, got {base!r}"
     model = {"name": name}
     if provider in OPENAI_LIKE | COMPLETION:
         if not base and provider != "openai":

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from herd.errors import HerdError
+from herd.jsonl import read_text
 
 
 class PoolError(HerdError, ValueError):
@@ -146,10 +147,7 @@ def load_pool(path: str | Path) -> tuple[PoolConfig, Path]:
     """Read and validate a pool file. Returns the config and the router directory resolved
     against the file's folder (or None)."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise PoolError(f"{p}: cannot read the pool file ({e.strerror or e})") from None
+    text = read_text(p, PoolError, "pool file")
     try:
         root = yaml.compose(text)
         raw = yaml.safe_load(text)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd.collect.tasks import Item, Task, TaskError
+from herd.jsonl import read_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 FILES = ("zcot.txt", "fcot_example.txt", "fcot_query.txt")
@@ -34,7 +35,7 @@ class Prompts:
         for name in FILES:
             own = Path(templates) / name if templates else None
             path = own if own is not None and own.exists() else TEMPLATES / name
-            texts[name] = path.read_text()
+            texts[name] = read_text(path, TaskError, "prompt template")
         if templates and not any((Path(templates) / n).exists() for n in FILES):
             raise TaskError(f"{templates}: none of {list(FILES)} there to override the prompts")
         for name, field in (("zcot.txt", "{question}"), ("fcot_query.txt", "{question}")):

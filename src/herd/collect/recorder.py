@@ -83,7 +83,8 @@ class Recorder:
         if not self.path.exists():
             return []
         rows = []
-        with open(self.path, encoding="utf-8") as f:
+        # Bytes that are not UTF-8 (a damaged file) spoil only their line, which is asked again.
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     rows.append(json.loads(line))

@@ -25,6 +25,7 @@ from herd.gateway.chat import ChatRequest
 from herd.gateway.errors import GatewayError
 from herd.gateway.selection import Plan
 from herd.gateway.state import Charge, State, StateDown, periods
+from herd.jsonl import read_text
 from herd.pool import PoolConfig, _describe
 
 ENV_KEYS = "HERD_API_KEYS"
@@ -102,7 +103,7 @@ def read_api_keys(keys_file: str | Path | None = None) -> list[ClientKey]:
 
 
 def _read_file(path: Path) -> list[ClientKey]:
-    text = path.read_text()
+    text = read_text(path, KeysError, "API keys file")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:

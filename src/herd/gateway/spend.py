@@ -10,6 +10,7 @@ from pathlib import Path
 
 from herd.errors import HerdError
 from herd.gateway.state import LEDGER_FIELDS, RedisState
+from herd.jsonl import read_text
 
 COLUMNS = ("key", "model", "day", *LEDGER_FIELDS)
 
@@ -40,10 +41,7 @@ def ledger_from_choice_log(path: str | Path) -> list[dict]:
     calls included) under the model that answered ('-' when none did); no token counts."""
     cells: dict[tuple, dict] = {}
     p = Path(path)
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as e:
-        raise LedgerError(f"{p}: cannot read the choice log ({e.strerror or e})") from None
+    lines = read_text(p, LedgerError, "choice log").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -356,8 +356,11 @@ class RedisState(State):
                              "redis://HOST:PORT/DB (or rediss://, unix://)")
         # Short timeouts and one quick retry (a pooled connection Redis closed on restart): an
         # unreachable Redis must cost a request milliseconds, not the client's default seconds.
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                             retry=Retry(NoBackoff(), 1), decode_responses=True)
+        try:
+            self.redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                                 retry=Retry(NoBackoff(), 1), decode_responses=True)
+        except ValueError as e:  # a host, port or database the client cannot read
+            raise UsageError(f"state {_shown(url)!r} ({ENV_STATE_URL}, --state or gateway.state): {e}") from None
         self.url, self.fail, self.prefix = _shown(url), fail, prefix
         self.local = LocalState()  # this process's own limits, used while Redis is unreachable
         self.pending: list[Charge] = []  # charges not yet written to Redis, oldest first
