@@ -26,6 +26,7 @@ import pandas as pd
 
 from herd.data import QUERY_KEY, HerdDataError, Matrix, Outcomes
 from herd.errors import UsageError
+from herd.jsonl import read_text
 
 SOURCE = "live"
 BENCHMARK = "feedback"
@@ -75,12 +76,7 @@ class JoinReport:
 
 def _lines(path: Path):
     """(line number, parsed object or None, error) for every non-blank line of a JSONL file."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise HerdDataError(f"{path}: cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise HerdDataError(f"{path}: not a text file (JSON lines expected)") from None
+    text = read_text(path, HerdDataError, "JSON lines file")
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
