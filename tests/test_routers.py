@@ -37,6 +37,23 @@ def test_router_learns_who_is_right_on_what(toy, name):
     assert routed > m.labels.mean(axis=0).max() + 0.1
 
 
+@pytest.mark.parametrize("name", FAST)
+def test_one_live_query_scores_as_a_batch_does(toy, name, tmp_path):
+    """The gateway scores one query at a time (``score_one``, quicker for TF-IDF logistic): the
+    same scores as ``predict_scores``, for odd texts too, and the router still saves."""
+    import pickle
+
+    train, test = toy.split(0.25, seed=0)
+    router = make_router(name).fit(train)
+    texts = test.queries.text.tolist()[:20] + ["", "?!", "Ünïcödé math math math", "zzqx " * 500]
+    one = np.vstack([router.score_one(t) for t in texts])
+    np.testing.assert_allclose(one, router.predict_scores(texts), rtol=0, atol=1e-6)  # float32 features: batch sizes round apart
+    again = pickle.loads(pickle.dumps(router))
+    np.testing.assert_allclose(again.score_one(texts[0]), one[0], rtol=0, atol=1e-12)
+    with pytest.raises(TypeError):
+        router.score_one(["a list, not a text"])
+
+
 def test_knn_tunes_on_training_data_only(toy):
     train, _ = toy.split(0.3, seed=0)
     r = KNNRouter(features="tfidf").fit(train)

@@ -114,26 +114,35 @@ class Tfidf:
         return self.transformer_.transform(self._counter().transform(texts))
 
     def _few(self, texts: list[str]):
-        """``transformer_.transform(_counter().transform(texts))``, the same rows: term counts,
-        1 + log(tf), times idf, unit length (norms summed in float64, as scikit-learn does)."""
+        """``transformer_.transform(_counter().transform(texts))``, the same rows, built one by one."""
+        rows = [self.row(text) for text in texts]
+        indptr = np.cumsum([0] + [len(columns) for columns, _ in rows], dtype=np.int32)
+        return sp.csr_matrix((np.concatenate([v for _, v in rows]), np.concatenate([c for c, _ in rows]), indptr),
+                             shape=(len(texts), len(self.transformer_.idf_)), dtype=np.float32)
+
+    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One text's TF-IDF row as (columns, values), as scikit-learn computes it: term counts,
+        1 + log(tf), times idf, unit length (the norm summed in float64). A live query is scored
+        from this without building a sparse matrix, which costs more than the arithmetic."""
+        if not isinstance(text, str):
+            raise TypeError(f"TF-IDF reads texts, got {type(text).__name__}")
         counter = self._counter()
-        analyze, vocabulary, idf = counter.build_analyzer(), counter.vocabulary, self.transformer_.idf_
-        indptr, indices, values = [0], [], []
-        for text in texts:
-            counts: dict[int, int] = {}
-            for term in analyze(text):
-                j = vocabulary.get(term)
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
-            terms = sorted(counts.items())  # column order, as in scikit-learn's rows
-            columns = np.array([j for j, _ in terms], np.int32)
-            weights = (np.log(np.array([n for _, n in terms], np.float32)) + np.float32(1)) * idf[columns]
-            norm = np.sqrt(np.sum(weights * weights, dtype=np.float64))
-            indices.append(columns)
-            values.append((weights / norm).astype(np.float32) if norm > 0 else weights)
-            indptr.append(indptr[-1] + len(columns))
-        return sp.csr_matrix((np.concatenate(values), np.concatenate(indices), np.array(indptr, np.int32)),
-                             shape=(len(texts), len(idf)), dtype=np.float32)
+        vocabulary, idf = counter.vocabulary, self.transformer_.idf_
+        counts: dict[int, int] = {}
+        for term in self._analyze(text):
+            j = vocabulary.get(term)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        terms = sorted(counts.items())  # column order, as in scikit-learn's rows
+        columns = np.array([j for j, _ in terms], np.int32)
+        weights = (np.log(np.array([n for _, n in terms], np.float32)) + np.float32(1)) * idf[columns]
+        norm = np.sqrt(np.sum(weights * weights, dtype=np.float64))
+        return columns, (weights / norm).astype(np.float32) if norm > 0 else weights
+
+    def _analyze(self, text: str) -> list[str]:
+        if getattr(self, "_analyzer_", None) is None:  # built once: scikit-learn builds it on every call
+            self._analyzer_ = self._counter().build_analyzer()
+        return self._analyzer_(text)
 
     def _columns_in(self, corpus: NgramCounts) -> np.ndarray | None:
         """The corpus's columns of this model's terms (None if it lacks one), found once per corpus."""
@@ -152,7 +161,7 @@ class Tfidf:
         return self._counter_
 
     def __getstate__(self) -> dict:  # saved without the corpus it was fitted on or caches
-        return {k: v for k, v in self.__dict__.items() if k not in ("_columns", "_counter_")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_columns", "_counter_", "_analyzer_")}
 
     def __setstate__(self, state: dict) -> None:
         # The first saved form of this class kept scikit-learn's counter instead of its terms.

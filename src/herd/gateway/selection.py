@@ -251,7 +251,7 @@ class Selector:
         scored = [m for m in names if self.trained is not None and m in self.scored]
         if not scored:
             return names[0]
-        scores = dict(zip(self.router_models, self.trained.router.predict_scores([req.router_text], [req.options.task])[0]))
+        scores = dict(zip(self.router_models, self.trained.router.score_one(req.router_text, req.options.task)))
         cost = {m: np.nan_to_num(self.estimate_cost(self.by_name[m], req), nan=np.inf) for m in scored}
         return max(scored, key=lambda m: (scores[m], -cost[m]))
 
@@ -267,7 +267,7 @@ class Selector:
     def _route(self, req: ChatRequest, policy, ineligible: dict[str, str]) -> Plan:
         started = time.perf_counter()
         task = req.options.task
-        scores = self.trained.router.predict_scores([req.router_text], [task])[0]
+        scores = self.trained.router.score_one(req.router_text, task)
         router_ms = (time.perf_counter() - started) * 1000
         models = self.router_models
         ok = np.array([m in self.scored and m not in ineligible for m in models])

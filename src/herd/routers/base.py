@@ -55,6 +55,11 @@ class Router(BaseEstimator):
         return np.clip(self._predict(Queries(texts, tasks if tasks is not None else getattr(texts, "tasks", None))),
                        0.0, 1.0)
 
+    def score_one(self, text: str, task: str | None = None) -> np.ndarray:
+        """(n_models,) P(correct) of one query, as ``predict_scores`` gives it; routers with a
+        quicker way for one live query override it."""
+        return self.predict_scores([text], [task])[0]
+
     def _check_takes_weights(self) -> None:
         if not self.takes_weights:
             from herd.routers import weighted_names

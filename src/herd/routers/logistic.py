@@ -74,3 +74,11 @@ class LogisticRouter(FeatureRouter):
     def _predict(self, texts):
         z = np.asarray(self._featurize(texts) @ self.coef_) + self.intercept_
         return 1.0 / (1.0 + np.exp(-z))
+
+    def score_one(self, text, task=None):
+        if getattr(self, "featurizer_", None) is None or self.featurizer_.kind != "tfidf":
+            return super().score_one(text, task)
+        # A live query's few terms pick their rows of the weights: no sparse matrix to build.
+        columns, values = self.featurizer_.tfidf_.row(text)
+        z = values @ self.coef_[columns] + self.intercept_
+        return np.clip(1.0 / (1.0 + np.exp(-z)), 0.0, 1.0)
