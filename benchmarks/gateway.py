@@ -1,6 +1,7 @@
 """Gateway overhead: the same load against a fast fake backend directly, through `herd serve`
-(routed and by model name) and, when given, through another herd checkout and LiteLLM's proxy,
-side by side in one run, on loopback only.
+(routed and by model name), through the floor of herd's serving stack (benchmarks/floor_proxy.py:
+uvicorn relaying with aiohttp, nothing else; one worker only) and, when given, through another
+herd checkout and LiteLLM's proxy, side by side in one run, on loopback only.
 
     python benchmarks/gateway.py [--rounds 3] [--requests 2000] [--concurrency 64] [--workers 1]
         [--baseline DIR] [--litellm PATH] [--data ../shared/data]
@@ -147,6 +148,16 @@ def start_litellm(command: str, backend_url: str, workers: int, work: Path) -> t
     return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
+def start_floor(backend_url: str) -> tuple[subprocess.Popen, str]:
+    """The stack's floor (benchmarks/floor_proxy.py): uvicorn relaying to the backend with aiohttp,
+    nothing else."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "floor_proxy.py"), "--port", str(port), "--backend", backend_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_up(f"http://127.0.0.1:{port}/health", proc, timeout=60)
+    return proc, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
 def litellm_command(given: str | None) -> str | None:
     """The litellm command asked for, or None (with the reason printed)."""
     if not given:
@@ -247,6 +258,10 @@ def main() -> None:
                     servers.append(base)
                     targets += [("baseline_routed", base_url, "herd", base.pid),
                                 ("baseline_by_name", base_url, MODELS[1], base.pid)]
+                if workers == 1:
+                    floor, floor_url = start_floor(backend.url)
+                    servers.append(floor)
+                    targets.append(("stack_floor", floor_url, "fast", floor.pid))
                 if litellm:
                     proxy, proxy_url = start_litellm(litellm, backend.url, workers, work)
                     servers.append(proxy)
