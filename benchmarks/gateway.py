@@ -5,7 +5,7 @@ herd checkout and LiteLLM's proxy, side by side in one run, on loopback only.
 
     python benchmarks/gateway.py [--rounds 3] [--requests 2000] [--concurrency 64] [--workers 1]
         [--baseline DIR] [--litellm PATH] [--data ../shared/data]
-    python benchmarks/gateway.py --limits [--requests 2000]   # + a key's limits: in process, then in Redis
+    python benchmarks/gateway.py --limits [--requests 2000] [--baseline DIR]   # a key's limits: in process, in Redis
 
 ``--baseline DIR`` serves the same pool with the herd source tree in DIR (e.g. a worktree of an
 earlier commit), so a change is measured against what it changes in the same run. ``--litellm``
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="requests per target and round under load")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-requests", type=int, default=300, help="requests sent one at a time for latency")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, help="rounds of turns (default 3; with --limits 10)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1])
     ap.add_argument("--baseline", type=Path, help="another herd checkout (its src/ is imported) served side by side")
     ap.add_argument("--litellm", default=os.environ.get("HERD_BENCH_LITELLM"), help="the litellm command of a "
@@ -226,6 +226,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.limits:
         return limits_main(args)
+    args.rounds = args.rounds or 3
 
     litellm = litellm_command(args.litellm)
     work = Path(tempfile.mkdtemp(prefix="herd-gw-bench-"))
@@ -299,45 +300,61 @@ LIMITED_KEY = ("keys:\n  - {name: bench, key: sk-bench, rpm: 100000000, tpm: 100
 
 def limits_main(args) -> None:
     """Added latency of a limited key's checks (rate windows, budget hold, charge), in process and
-    in Redis, next to herd without keys; by-name requests, so routing does not blur it. The three
-    gateways run at once and take turns request by request (unloaded) or burst by burst
-    (loaded), so a busy machine slows each of them alike."""
+    in Redis, next to herd without keys; by-name requests, so routing does not blur it. The
+    gateways (and, with --baseline, the same key in Redis through another checkout) run at once
+    and take turns in short rounds, so a busy machine slows each of them alike. CPU ms per
+    request: each herd process's own, and Redis's over the requests of the variants using it."""
     from servers import RedisProcess
 
     work = Path(tempfile.mkdtemp(prefix="herd-limits-bench-"))
     keys = work / "keys.yaml"
     keys.write_text(LIMITED_KEY)
     (work / "redis").mkdir()
-    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-               "requests": args.requests, "concurrency": args.concurrency, "runs": {}}
+    rounds = args.rounds or 10
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                           "loadavg_at_start": os.getloadavg()},
+               "requests": args.requests, "latency_requests": args.latency_requests, "concurrency": args.concurrency,
+               "rounds": rounds, "baseline": str(args.baseline) if args.baseline else None, "runs": {}}
     auth = {"authorization": "Bearer sk-bench"}
     with start_backend(name="fast") as backend, RedisProcess(work / "redis", fsync="everysec") as redis:
         pool = work / "pool.yaml"
         pool.write_text(f"models:\n  - {{name: m, base_url: '{backend.url}', price_in_per_mtok: 1, price_out_per_mtok: 2}}\n")
-        variants = (("no_keys", [], {}), ("limits_in_process", ["--api-keys-file", str(keys)], {}),
-                    ("limits_in_redis", ["--api-keys-file", str(keys)], {"HERD_STATE_URL": redis.url}))
+        limited, shared = ["--api-keys-file", str(keys)], {"HERD_STATE_URL": redis.url}
+        variants = [("no_keys", [], {}, None), ("limits_in_process", limited, {}, None),
+                    ("limits_in_redis", limited, shared, None)]
+        if args.baseline:
+            variants.append(("baseline_in_redis", limited, shared, args.baseline))
         results["admit_only"] = asyncio.run(admit_only(redis.url))
-        procs, urls = [], {}
+        procs, urls = {}, {}
         try:
-            for label, extra, env in variants:
+            for label, extra, env, src in variants:
+                env = {**os.environ, **env, **({"PYTHONPATH": str(src / "src")} if src else {})}
                 port = free_port()
-                procs.append(subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
-                                               "--log-level", "warning", *extra], env={**os.environ, **env},
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                procs[label] = subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
+                                                 "--log-level", "warning", *extra], env=env,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 urls[label] = f"http://127.0.0.1:{port}/v1/chat/completions"
-            for proc, url in zip(procs, urls.values()):
-                wait_until_up(url.replace("/v1/chat/completions", "/health"), proc, timeout=180)
-            rounds = 10
+            for label, proc in procs.items():
+                wait_until_up(urls[label].replace("/v1/chat/completions", "/health"), proc, timeout=180)
             runs = {label: {"unloaded": [], "loaded": []} for label in urls}
-            for _ in range(rounds):
-                for label, url in urls.items():
-                    runs[label]["unloaded"].append(asyncio.run(load(url, "m", args.latency_requests // rounds, 1, auth, True)))
-                    runs[label]["loaded"].append(asyncio.run(load(url, "m", args.requests // rounds, args.concurrency, auth,
-                                                                   True)))
+            for k in range(rounds):
+                order = list(urls)[k % len(urls):] + list(urls)[:k % len(urls)]
+                for phase, n, concurrency in (("unloaded", args.latency_requests // rounds, 1),
+                                              ("loaded", args.requests // rounds, args.concurrency)):
+                    for label in order:
+                        cpu0, redis0 = cpu_seconds(procs[label].pid), cpu_seconds(redis.proc.pid)
+                        part = asyncio.run(load(urls[label], "m", n, concurrency, auth, True))
+                        sent = n + min(n, 2 * concurrency)  # with the warm-up requests that open connections
+                        part["cpu_s"] = cpu_seconds(procs[label].pid) - cpu0
+                        part["redis_cpu_s"] = cpu_seconds(redis.proc.pid) - redis0
+                        part["sent"], part["loadavg_1m"] = sent, os.getloadavg()[0]
+                        runs[label][phase].append(part)
+                print(f"  round {k + 1}/{rounds} done, load average {os.getloadavg()[0]:.1f}", flush=True)
         finally:
-            for proc in procs:
+            for proc in procs.values():
                 proc.terminate()
                 proc.wait(timeout=30)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
     for label, phases in runs.items():
         results["runs"][label] = {phase: _pooled(parts) for phase, parts in phases.items()}
     runs = results["runs"]
@@ -348,15 +365,18 @@ def limits_main(args) -> None:
     a = results["admit_only"]
     print(f"\nthe admission check alone, in this process, in turns ({a['checks']} each): in process p50 "
           f"{a['in_process']['p50_ms']:.3f} ms, p99 {a['in_process']['p99_ms']:.3f} ms; Redis p50 "
-          f"{a['redis']['p50_ms']:.3f} ms, p99 {a['redis']['p99_ms']:.3f} ms")
-    print(f"\nherd (1 worker) with a limited key, in turns: {args.latency_requests} requests one at a time "
-          f"(unloaded), {args.requests} at concurrency {args.concurrency} (loaded), per variant")
+          f"{a['redis']['p50_ms']:.3f} ms, p99 {a['redis']['p99_ms']:.3f} ms, CPU {a['redis']['cpu_ms']:.3f} ms "
+          f"here and {a['redis_cpu_ms_per_check']:.3f} ms in Redis per check")
+    print(f"\nherd (1 worker) with a limited key, in {rounds} rounds of turns: {args.latency_requests} requests one at a "
+          f"time (unloaded), {args.requests} at concurrency {args.concurrency} (loaded), per variant; load average "
+          f"{results['machine']['loadavg_at_start'][0]:.1f} at start, {results['machine']['loadavg_at_end'][0]:.1f} at end")
     for phase in ("unloaded", "loaded"):
         print(f"  {phase}")
-        for label, r in runs.items():
-            x = r[phase]
+        for label, by_phase in runs.items():
+            x = by_phase[phase]
+            redis_cpu = f"  Redis cpu/req {x['redis_cpu_ms_per_request']:.3f} ms" if "redis" in label else ""
             print(f"    {label:18s} {x['rps']:7.0f} req/s  p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:6.2f} ms  "
-                  f"errors {x['errors']}")
+                  f"herd cpu/req {x['cpu_ms_per_request']:.3f} ms{redis_cpu}  errors {x['errors']}")
         print(f"    Redis minus in process: p50 {results[f'{phase}_redis_minus_in_process_p50_ms']:+.2f} ms, "
               f"p99 {results[f'{phase}_redis_minus_in_process_p99_ms']:+.2f} ms")
     out = Path(args.out).with_name("gateway_limits.json")
@@ -373,23 +393,35 @@ async def admit_only(redis_url: str, checks: int = 3000) -> dict:
 
     key = ClientKey("bench-admit", b"x", rpm=10 ** 9, tpm=10 ** 12, day_usd=1e9, month_usd=1e9)
     stores, times = {"in_process": LocalState(), "redis": RedisState(redis_url)}, {"in_process": [], "redis": []}
+    cpu = dict.fromkeys(stores, 0.0)
     day, month = periods()
+    await stores["redis"].admit(key, 1e-6, "admit-warm-up", day, month)  # connects
+    redis_pid = int((await stores["redis"].redis.call("INFO", "server")).split("process_id:")[1].split()[0])
+    redis_cpu = cpu_seconds(redis_pid)
     for i in range(checks):
         for label, store in stores.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             await store.admit(key, 1e-6, f"admit-{i}", day, month)
             times[label].append((time.perf_counter() - t0) * 1000)
+            cpu[label] += time.process_time() - c0
+    redis_cpu = cpu_seconds(redis_pid) - redis_cpu
     await stores["redis"].close()
-    return {"checks": checks, **{label: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99))}
-                                 for label, t in times.items()}}
+    return {"checks": checks, **{label: {"p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                                         "cpu_ms": cpu[label] * 1000 / checks} for label, t in times.items()},
+            "redis_cpu_ms_per_check": redis_cpu * 1000 / checks}
 
 
 def _pooled(parts: list[dict]) -> dict:
-    """Rounds of one variant as one run: percentiles over all latencies, throughput over all time."""
+    """Rounds of one variant as one run: percentiles over all latencies, throughput over all time,
+    CPU over all requests sent."""
     ms = np.concatenate([p["ms"] for p in parts])
     wall = sum(p["requests"] / p["rps"] for p in parts)
+    sent = sum(p["sent"] for p in parts)
     return {"requests": int(ms.size), "errors": sum(p["errors"] for p in parts), "rps": ms.size / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+            "cpu_ms_per_request": sum(p["cpu_s"] for p in parts) * 1000 / sent,
+            "redis_cpu_ms_per_request": sum(p["redis_cpu_s"] for p in parts) * 1000 / sent,
+            "loadavg_1m": spread([p["loadavg_1m"] for p in parts])}
 
 
 if __name__ == "__main__":

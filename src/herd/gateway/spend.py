@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from herd.errors import HerdError
+from herd.gateway.redis_client import ReplyError
 from herd.gateway.state import LEDGER_FIELDS, RedisState
 from herd.jsonl import read_text
 
@@ -21,18 +22,16 @@ class LedgerError(HerdError, ValueError):
 
 def ledger_from_state(url: str) -> list[dict]:
     """The Redis ledger: every backend call's cost and tokens, per key, model and day."""
-    from redis.exceptions import RedisError
-
     async def read() -> list[dict]:
         state = RedisState(url)
         try:
             return await state.ledger()
         finally:
-            await state.redis.aclose()
+            await state.redis.close()
 
     try:
         return asyncio.run(read())
-    except (RedisError, OSError) as e:
+    except (ReplyError, OSError) as e:
         raise LedgerError(f"cannot read the ledger at {url.rpartition('@')[2]}: {e}") from None
 
 

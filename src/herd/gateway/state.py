@@ -3,23 +3,27 @@ backend health. One small interface, two stores: ``LocalState`` (this process's 
 default: nothing to run) and ``RedisState`` (one Redis for every worker and replica, so N of
 them enforce one limit and learn from each other's failing backends).
 
-In Redis every update is one Lua script, so no read-modify-write can interleave. A request's
-charge carries its id and is written at most once, so a charge retried after a lost reply is
-not counted twice; charges that could not be written wait in memory and are written when Redis
-is back. While Redis is unreachable, ``fail: open`` serves with this process's own limits and
-``fail: closed`` refuses limited requests with a 503.
+In Redis every update is one Lua script, so no read-modify-write can interleave. A request
+costs one round trip on its path, the admission; its charge, settled after the answer has
+been sent, rides with the next admission's round trip (or goes alone after ``SETTLE_DELAY_S``).
+A charge carries its request id and is written at most once, so a charge retried after a lost
+reply is not counted twice; charges that could not be written wait in memory and are written
+when Redis is back. While Redis is unreachable, ``fail: open`` serves with this process's own
+limits and ``fail: closed`` refuses limited requests with a 503.
 
-Keys (prefix ``herd:``): ``rpm:NAME`` (sorted set of admission times), ``tpm:NAME`` (tokens per
-second, last 60 s), ``budget:NAME:d:DAY`` and ``budget:NAME:m:MONTH`` (hash: spent, held),
-``ledger:DAY`` (hash: ``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``),
-``ledger:days``, ``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms),
-``answered:REQUEST_ID`` (a request answered with 200, for the feedback window: "0", then "1"
-once it has feedback)."""
+Keys (prefix ``herd:``): ``rpm:NAME`` (sorted set of admission times), ``tokens:NAME`` (hash:
+tokens per second of the last 60 s, their ``sum`` and the ``first`` second, so an admission
+reads two fields and the seconds only when one leaves the window), ``budget:NAME:d:DAY`` and
+``budget:NAME:m:MONTH`` (hash: spent, held), ``ledger:DAY`` (hash:
+``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``), ``ledger:days``,
+``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms), ``answered:REQUEST_ID`` (a
+request answered with 200, for the feedback window: "0", then "1" once it has feedback)."""
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import hashlib
 import logging
 import os
 import time
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from herd.errors import UsageError
 from herd.gateway import telemetry as tm
+from herd.gateway.redis_client import NoScriptError, RedisClient, ReplyError
 
 if TYPE_CHECKING:
     from herd.backends import Backend
@@ -41,6 +46,12 @@ WINDOW_S = 60.0
 HEALTH_SYNC_S = 0.25  # how often each process shares circuit changes and probes an unreachable Redis
 CHARGED_TTL_S = 7 * 86400  # how long a request id is remembered as charged
 SETTLE_BATCH = 256  # charges sent to Redis in one round trip at most
+# How long an answered request's charge waits for this process's next admission to carry it to
+# Redis (no round trip of its own) before it is sent alone.
+SETTLE_DELAY_S = 0.005
+# A budget refusal while holds are on the budget is checked once more after this long: a hold may
+# be an answered request's whose charge is on its way, in this process or another.
+HELD_RECHECK_S = 0.05
 # Answered request ids one process remembers for feedback at most (~150 MB); the oldest go first.
 LOCAL_ANSWERED = 1_000_000
 
@@ -246,8 +257,8 @@ class TokenWindow:
         self.total += tokens
 
 
-# KEYS: rpm, tpm, budget day, budget month. ARGV: rpm, tpm, day budget, month budget ('' = none),
-# worst, request id. Returns {} when admitted, else {limit, retry after (s), used}.
+# KEYS: rpm, tokens, budget day, budget month. ARGV: rpm, tpm, day budget, month budget ('' = none),
+# worst, request id. Returns {} when admitted, else {limit, retry after (s), used, held}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -260,20 +271,29 @@ if rpm then
   end
 end
 if tpm then
-  local fields, used, oldest = redis.call('HGETALL', KEYS[2]), 0, now
-  for i = 1, #fields, 2 do
-    local s = tonumber(fields[i])
-    if s <= now - 60 then redis.call('HDEL', KEYS[2], fields[i])
-    else used = used + tonumber(fields[i + 1]); if s < oldest then oldest = s end end
+  local kept = redis.call('HMGET', KEYS[2], 'sum', 'first')
+  local used, first = tonumber(kept[1]) or 0, tonumber(kept[2])
+  if first and first <= now - 60 then  -- its oldest second left the window (at most once a second)
+    local fields, oldest = redis.call('HGETALL', KEYS[2]), nil
+    used = 0
+    for i = 1, #fields, 2 do
+      local s = tonumber(fields[i])
+      if s and s <= now - 60 then redis.call('HDEL', KEYS[2], fields[i])
+      elseif s then used = used + tonumber(fields[i + 1]); if not oldest or s < oldest then oldest = s end end
+    end
+    if oldest then redis.call('HSET', KEYS[2], 'sum', used, 'first', oldest) else redis.call('DEL', KEYS[2]) end
+    first = oldest
   end
-  if used >= tpm then return {'tpm', tostring(oldest + 60 - now), '0'} end
+  if used >= tpm then return {'tpm', tostring((first or now) + 60 - now), '0'} end
 end
-local limits = {'day', 'month'}
+local limits, fresh = {'day', 'month'}, {}
 for i = 3, 4 do
   local budget = tonumber(ARGV[i])
   if budget then
-    local used = tonumber(redis.call('HGET', KEYS[i], 'spent') or '0') + tonumber(redis.call('HGET', KEYS[i], 'held') or '0')
-    if used + worst > budget + 1e-12 then return {limits[i - 2], '-1', tostring(used)} end
+    local kept = redis.call('HMGET', KEYS[i], 'spent', 'held')
+    local used = (tonumber(kept[1]) or 0) + (tonumber(kept[2]) or 0)
+    if used + worst > budget + 1e-12 then return {limits[i - 2], '-1', tostring(used), tostring(kept[2] or 0)} end
+    fresh[i] = not kept[1] and not kept[2]
   end
 end
 if rpm then
@@ -283,13 +303,14 @@ end
 for i = 3, 4 do
   if tonumber(ARGV[i]) and worst > 0 then
     redis.call('HINCRBYFLOAT', KEYS[i], 'held', worst)
-    redis.call('EXPIRE', KEYS[i], i == 3 and 259200 or 5356800)
+    -- Set once, when the period's counter is made: it outlives its day or month either way.
+    if fresh[i] then redis.call('EXPIRE', KEYS[i], i == 3 and 259200 or 5356800) end
   end
 end
 return {}
 """
 
-# KEYS: charged:ID, budget day, budget month, tpm, ledger:DAY, ledger:days. ARGV: held, usd,
+# KEYS: charged:ID, budget day, budget month, tokens, ledger:DAY, ledger:days. ARGV: held, usd,
 # tokens, day, then per model: field prefix, usd, calls, prompt tokens, completion tokens.
 # Returns 1 if charged now, 0 if this request was charged before.
 _SETTLE = """
@@ -301,7 +322,10 @@ for i = 2, 3 do
   redis.call('EXPIRE', KEYS[i], i == 2 and 259200 or 5356800)
 end
 if tokens > 0 then
-  redis.call('HINCRBY', KEYS[4], redis.call('TIME')[1], tokens)
+  local second = redis.call('TIME')[1]
+  redis.call('HINCRBY', KEYS[4], second, tokens)
+  redis.call('HINCRBY', KEYS[4], 'sum', tokens)
+  redis.call('HSETNX', KEYS[4], 'first', second)
   redis.call('EXPIRE', KEYS[4], 120)
 end
 for i = 5, #ARGV, 5 do
@@ -343,35 +367,63 @@ return 1
 LEDGER_FIELDS = ("usd", "calls", "prompt_tokens", "completion_tokens")
 
 
+class Script:
+    """A Lua script Redis runs by its SHA1, sent whole only when Redis has not seen it."""
+
+    def __init__(self, text: str):
+        self.text, self.sha = text, hashlib.sha1(text.encode()).hexdigest()
+
+    def command(self, keys: list[str], args: list) -> tuple:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def _no_script(reply) -> bool:
+    return isinstance(reply, NoScriptError)
+
+
 class RedisState(State):
     ledger_kept = True
 
     def __init__(self, url: str, fail: str = "open", prefix: str = "herd:"):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise UsageError(f"state {_shown(url)!r} ({ENV_STATE_URL}, --state or gateway.state): expected "
-                             "redis://HOST:PORT/DB (or rediss://, unix://)")
-        # Short timeouts and one quick retry (a pooled connection Redis closed on restart): an
-        # unreachable Redis must cost a request milliseconds, not the client's default seconds.
+        # A short timeout: an unreachable Redis must cost a request milliseconds, not seconds.
         try:
-            self.redis = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                                 retry=Retry(NoBackoff(), 1), decode_responses=True)
-        except ValueError as e:  # a host, port or database the client cannot read
+            self.redis = RedisClient(url, timeout=0.5)
+        except ValueError as e:  # a scheme, host, port, database or option herd cannot read
             raise UsageError(f"state {_shown(url)!r} ({ENV_STATE_URL}, --state or gateway.state): {e}") from None
         self.url, self.fail, self.prefix = _shown(url), fail, prefix
         self.local = LocalState()  # this process's own limits, used while Redis is unreachable
-        self.pending: list[Charge] = []  # charges not yet written to Redis, oldest first
+        # Charges not yet written to Redis, oldest first, as their scripts' commands ready to send
+        # (made when the charge is settled, after its answer, not on a later request's path).
+        self.pending: list[tuple] = []
+        self.carried = 0  # charges taken from pending by a round trip still under way
         self._writer: asyncio.Task | None = None
+        self._flush: asyncio.TimerHandle | None = None
         self.up = True
         self.models: tuple[str, ...] = ()  # whose circuits are shared
-        self._admit = self.redis.register_script(_ADMIT)
-        self._settle = self.redis.register_script(_SETTLE)
-        self._health = self.redis.register_script(_HEALTH)
-        self._claim = self.redis.register_script(_CLAIM)
+        self._admit, self._settle = Script(_ADMIT), Script(_SETTLE)
+        self._health, self._claim = Script(_HEALTH), Script(_CLAIM)
         tm.STATE_UP.labels("redis").set(1)
+
+    async def _run(self, script: Script, keys: list[str], args: list):
+        """One script's reply; an error reply raised (a ReplyError, as the connection's errors are OSErrors)."""
+        reply = (await self._run_all([(script, script.command(keys, args))]))[0]
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    async def _run_all(self, calls: list[tuple[Script, tuple]]) -> list:
+        """Replies to scripts run in order in one round trip (each call: the script and its
+        command); those Redis did not know (after its restart) are sent
+        again once loaded."""
+        commands = [command for _, command in calls]
+        replies = await self.redis.pipeline(commands)
+        again = [i for i, reply in enumerate(replies) if _no_script(reply)]
+        if again:
+            for script in {calls[i][0] for i in again}:
+                await self.redis.call("SCRIPT", "LOAD", script.text)
+            for i, reply in zip(again, await self.redis.pipeline([commands[i] for i in again])):
+                replies[i] = reply
+        return replies
 
     def _down(self, e: Exception) -> None:
         tm.STATE_ERRORS.inc()
@@ -390,41 +442,69 @@ class RedisState(State):
 
     async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
                     month: str) -> tuple[Refusal | None, str | None]:
-        from redis.exceptions import RedisError
-
-        if self.up:
-            p = self.prefix
+        """One round trip, which also carries the charges waiting to be written (before the
+        admission, so it sees them)."""
+        p = self.prefix
+        keys = [f"{p}rpm:{key.name}", f"{p}tokens:{key.name}", f"{p}budget:{key.name}:d:{day}",
+                f"{p}budget:{key.name}:m:{month}"]
+        args = [_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst), request_id]
+        admission = self._admit.command(keys, args)
+        for recheck in (False, True):
+            if not self.up:
+                break
+            carried = self._take()
             try:
-                got = await self._admit(
-                    keys=[f"{p}rpm:{key.name}", f"{p}tpm:{key.name}", f"{p}budget:{key.name}:d:{day}",
-                          f"{p}budget:{key.name}:m:{month}"],
-                    args=[_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst),
-                          request_id])
-            except (RedisError, OSError) as e:
+                replies = await self._run_all([*self._settle_calls(carried), (self._admit, admission)])
+            except BaseException as e:  # cancelled too: what it carried waits again
+                self._landed(carried, False)
+                if not isinstance(e, (ReplyError, OSError)):
+                    raise
                 self._down(e)
-            else:
-                if not got:
-                    if key.rpm is not None:  # this process's own count too, should Redis become unreachable
-                        self.local.counted(key).append(time.monotonic())
-                    return None, "shared"
-                limit, retry, used = got[0], float(got[1]), float(got[2])
-                return Refusal(limit, until_next(limit) if retry < 0 else retry, used), None
+                break
+            self._landed(carried, self._settled(replies[:-1]))
+            got = replies[-1]
+            if isinstance(got, ReplyError):
+                self._down(got)
+                break
+            if not got:
+                if key.rpm is not None:  # this process's own count too, should Redis become unreachable
+                    self.local.counted(key).append(time.monotonic())
+                return None, "shared"
+            limit, retry, used, held = got[0], float(got[1]), float(got[2]), float(got[3] if len(got) > 3 else 0)
+            if limit in ("day", "month") and held > 0 and not recheck:
+                await asyncio.sleep(HELD_RECHECK_S)
+                continue
+            return Refusal(limit, until_next(limit) if retry < 0 else retry, used), None
         if self.fail == "closed":
             raise StateDown()
         return self.local.admit_now(key, worst, day, month), "local"
 
     def settle(self, charge: Charge) -> None:
-        """Count the charge in this process at once, and queue it for Redis: one writer sends
-        what has queued up in one round trip, so under load a charge costs a fraction of one."""
+        """Count the charge in this process at once, and queue it for Redis, after the answer
+        has been sent: this process's next admission carries it (no round trip of its own), or,
+        if none comes within ``SETTLE_DELAY_S``, the writer sends every charge waiting in one
+        round trip. The worst case held at admission stays on the budget until then."""
         self.local.apply(charge)
-        self.pending.append(charge)
-        if self.up:
+        self.pending.append(self._settle.command(*self._settle_call(charge)))
+        self._count_pending()
+        if len(self.pending) >= SETTLE_BATCH and self.up:
             self._write_pending()
         else:
-            tm.STATE_PENDING.set(len(self.pending))
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """The writer in SETTLE_DELAY_S unless an admission takes the charges first (while Redis
+        is unreachable, the probe that finds it again starts the writer)."""
+        if self._flush is None and self.up:
+            self._flush = asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        if self.pending and self.up:
+            self._write_pending()
 
     def _write_pending(self) -> asyncio.Task:
-        """The one writer (two would send the same charges and drop twice as many from the queue)."""
+        """The one writer, which sends waiting charges until none wait."""
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return self._writer
@@ -432,33 +512,56 @@ class RedisState(State):
     async def _drain(self) -> None:
         """Write waiting charges, oldest first, until none wait or Redis is unreachable."""
         while self.pending and self.up:
-            batch = self.pending[:SETTLE_BATCH]
-            if not await self._write(batch):
-                break
-            del self.pending[:len(batch)]
-        tm.STATE_PENDING.set(len(self.pending))
-
-    async def _write(self, batch: list[Charge]) -> bool:
-        from redis.exceptions import NoScriptError, RedisError
-
-        for _ in range(2):  # a restarted Redis has forgotten the script: load it once and send again
-            pipe = self.redis.pipeline(transaction=False)
-            for charge in batch:
-                keys, args = self._settle_call(charge)
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            batch, written = self._take(), False
             try:
-                await pipe.execute()
-                return True
-            except NoScriptError:
-                try:
-                    await self.redis.script_load(_SETTLE)
-                except (RedisError, OSError) as e:
-                    self._down(e)
-                    return False
-            except (RedisError, OSError) as e:
-                self._down(e)
-                return False
-        return False
+                written = await self._write(batch)
+            finally:
+                self._landed(batch, written)
+            if not written:
+                break
+
+    def _take(self) -> list[tuple]:
+        """Waiting charges for one round trip (they count as waiting until it lands)."""
+        batch = self.pending[:SETTLE_BATCH]
+        if batch:
+            del self.pending[:len(batch)]
+            self.carried += len(batch)
+            if not self.pending and self._flush is not None:  # nothing left for it: no wake-up for nothing
+                self._flush.cancel()
+                self._flush = None
+        return batch
+
+    def _landed(self, batch: list[tuple], written: bool) -> None:
+        """A round trip that carried ``batch`` has ended; charges not written wait again."""
+        if batch:
+            self.carried -= len(batch)
+            if not written:
+                self.pending[:0] = batch
+                self._flush_soon()
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        tm.STATE_PENDING.set(len(self.pending) + self.carried)
+
+    def _settle_calls(self, batch: list[tuple]) -> list[tuple[Script, tuple]]:
+        return [(self._settle, command) for command in batch]
+
+    def _settled(self, replies: list) -> bool:
+        """Whether Redis applied every charge of a round trip (or had applied it before)."""
+        failed = next((r for r in replies if isinstance(r, ReplyError)), None)
+        if failed is not None:
+            self._down(failed)
+        return failed is None
+
+    async def _write(self, batch: list[tuple]) -> bool:
+        """One round trip for the batch; False (all of it kept to send again) if Redis failed any
+        of it: a charge already applied is skipped then by its request id."""
+        try:
+            replies = await self._run_all(self._settle_calls(batch))
+        except (ReplyError, OSError) as e:
+            self._down(e)
+            return False
+        return self._settled(replies)
 
     def _settle_call(self, charge: Charge) -> tuple[list[str], list]:
         p = self.prefix
@@ -468,19 +571,17 @@ class RedisState(State):
             prompt, completion = charge.tokens.get(model, (0.0, 0.0))
             args += [f"{charge.name}\t{model}\t", repr(usd), charge.calls.get(model, 0), round(prompt), round(completion)]
         keys = [f"{p}charged:{charge.request_id}", f"{p}budget:{charge.name}:d:{charge.day}",
-                f"{p}budget:{charge.name}:m:{charge.month}", f"{p}tpm:{charge.name}", f"{p}ledger:{charge.day}",
+                f"{p}budget:{charge.name}:m:{charge.month}", f"{p}tokens:{charge.name}", f"{p}ledger:{charge.day}",
                 f"{p}ledger:days"]
         return keys, args
 
     async def share_health(self, opened: dict[str, float], closed: list[str]) -> dict[str, float]:
         """Also the probe of an unreachable Redis, and where waiting charges are written."""
-        from redis.exceptions import RedisError
-
         models = sorted({*opened, *closed, *self.models})
         actions = [f"open:{round(opened[m] * 1000)}" if m in opened else "close" if m in closed else "" for m in models]
         try:
-            values = await self._health(keys=[f"{self.prefix}circuit:{m}" for m in models], args=actions)
-        except (RedisError, OSError) as e:
+            values = await self._run(self._health, [f"{self.prefix}circuit:{m}" for m in models], actions)
+        except (ReplyError, OSError) as e:
             self._down(e)
             return {}
         self._back()
@@ -491,25 +592,21 @@ class RedisState(State):
     async def remember_answered(self, request_id: str, ttl_s: float) -> None:
         """In Redis before the answer leaves, so feedback to any worker finds it; while Redis is
         unreachable, in this process (which then takes that feedback itself)."""
-        from redis.exceptions import RedisError
-
         if self.up:
             try:
-                await self.redis.set(f"{self.prefix}answered:{request_id}", "0", ex=max(1, round(ttl_s)))
+                await self.redis.call("SET", f"{self.prefix}answered:{request_id}", "0", "EX", max(1, round(ttl_s)))
                 return
-            except (RedisError, OSError) as e:
+            except (ReplyError, OSError) as e:
                 self._down(e)
         self.local.remember_now(request_id, ttl_s)
 
     async def claim_feedback(self, request_id: str) -> str:
         """Redis says; an id this process remembered while Redis was unreachable is claimed here,
         and while it is unreachable any other id is refused with StateDown, not called unknown."""
-        from redis.exceptions import RedisError
-
         if self.up:
             try:
-                got = await self._claim(keys=[f"{self.prefix}answered:{request_id}"])
-            except (RedisError, OSError) as e:
+                got = await self._run(self._claim, [f"{self.prefix}answered:{request_id}"], [])
+            except (ReplyError, OSError) as e:
                 self._down(e)
             else:
                 if got or request_id not in self.local.answered:
@@ -519,20 +616,19 @@ class RedisState(State):
         raise StateDown()
 
     async def release_feedback(self, request_id: str) -> None:
-        from redis.exceptions import RedisError
-
         await self.local.release_feedback(request_id)
         try:
-            await self.redis.set(f"{self.prefix}answered:{request_id}", "0", xx=True, keepttl=True)
-        except (RedisError, OSError) as e:
+            await self.redis.call("SET", f"{self.prefix}answered:{request_id}", "0", "XX", "KEEPTTL")
+        except (ReplyError, OSError) as e:
             self._down(e)
 
     async def ledger(self) -> list[dict]:
         """Every (key, model, day) row of the ledger, oldest day first."""
         rows = []
-        for day in sorted(await self.redis.smembers(f"{self.prefix}ledger:days")):
+        for day in sorted(await self.redis.call("SMEMBERS", f"{self.prefix}ledger:days")):
             cells: dict[tuple[str, str], dict] = {}
-            for name, value in (await self.redis.hgetall(f"{self.prefix}ledger:{day}")).items():
+            fields = await self.redis.call("HGETALL", f"{self.prefix}ledger:{day}")
+            for name, value in fields.items():
                 key, model, what = name.split("\t")
                 cells.setdefault((key, model), {})[what] = float(value) if what == "usd" else int(value)
             rows += [{"key": k, "model": m, "day": day, **{f: v.get(f, 0) for f in LEDGER_FIELDS}}
@@ -540,13 +636,16 @@ class RedisState(State):
         return rows
 
     async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
         if self.pending and self.up:
             await self._write_pending()
         if self.pending:
             log.warning("limits store %s: %d charge(s) could not be written before exit", self.url, len(self.pending))
-        await self.redis.aclose()
+        await self.redis.close()
 
 
 def make_state(settings: GatewaySettings) -> State:

@@ -35,8 +35,8 @@ FEEDBACK = Counter("herd_feedback_total", "Feedback sent to /v1/feedback, per cl
 STATE_UP = Gauge("herd_state_up", "1 while the shared limits store is reachable; the lowest of the workers",
                  ["store"], multiprocess_mode="livemin")
 STATE_ERRORS = Counter("herd_state_errors_total", "Failed calls to the shared limits store")
-STATE_PENDING = Gauge("herd_state_pending_charges", "Charges waiting for the shared limits store to come back",
-                      multiprocess_mode="livesum")
+STATE_PENDING = Gauge("herd_state_pending_charges", "Charges of answered requests not yet written to the shared "
+                      "limits store (a few milliseconds at most while it is reachable)", multiprocess_mode="livesum")
 
 
 def exposition() -> tuple[bytes, str]:
