@@ -112,3 +112,26 @@ def test_the_first_saved_form_loads(monkeypatch):
     monkeypatch.setattr(tfidf, "_corpus", None)
     loaded = pickle.loads(pickle.dumps(old))
     _same(loaded.transform(texts[:20]), _reference(texts, tfidf.MAX_FEATURES).transform(texts[:20]))
+
+
+def test_counts_are_scikit_learns_counts():
+    """The counted corpus holds CountVectorizer's vocabulary, columns and counts, bit for bit:
+    repeated, one-letter, non-ASCII, upper-case and word-less texts, and texts given twice."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    texts = [*_texts(200, 7), "Ünïcödé wörds, ÜNÏCÖDÉ wörds", "a b c", "?!", "x", "alpha alpha alpha beta",
+             "under_score and hy-phen 3.14 42 42", "", _texts(1, 8)[0] * 40]
+    texts += texts[:30]
+    ours = tfidf.NgramCounts(texts)
+    reference = CountVectorizer(ngram_range=tfidf.NGRAMS, dtype=np.float32)
+    counts = reference.fit_transform(list(dict.fromkeys(texts)))
+    assert list(ours.terms) == list(reference.get_feature_names_out()) and ours.terms.dtype == object
+    assert ours.column == reference.vocabulary_
+    assert ours.counts.dtype == np.float32 and ours.counts.has_sorted_indices
+    _same(ours.counts, counts)
+    assert ours.row == {t: i for i, t in enumerate(dict.fromkeys(texts))}
+
+
+def test_texts_without_a_word_are_refused_as_scikit_learn_refuses_them():
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        tfidf.NgramCounts(["?!", "a", ""])

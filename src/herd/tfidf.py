@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import Counter, defaultdict
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,15 +34,39 @@ FEW_TEXTS = 16
 
 class NgramCounts:
     """Word n-gram counts of a set of texts, one row per distinct text, columns in alphabetical
-    term order (as scikit-learn sorts its vocabulary)."""
+    term order (as scikit-learn sorts its vocabulary).
+
+    The same terms, columns and counts as ``CountVectorizer(ngram_range=NGRAMS).fit_transform``,
+    with its own analyzer, counted about twice as fast: each text's n-grams by ``Counter`` and
+    the vocabulary sorted once, where scikit-learn also walks every term in Python to sort and
+    filter it (nothing is filtered here)."""
 
     def __init__(self, texts: list[str]):
         unique = list(dict.fromkeys(texts))
-        counter = CountVectorizer(ngram_range=NGRAMS, dtype=np.float32)
-        self.counts = counter.fit_transform(unique).tocsr()
+        analyze = CountVectorizer(ngram_range=NGRAMS).build_analyzer()
+        first_seen: dict[str, int] = defaultdict()
+        first_seen.default_factory = first_seen.__len__  # a new term gets the next number
+        number = first_seen.__getitem__
+        found, counts, indptr = [], [], [0]
+        for text in unique:
+            grams = Counter(analyze(text))
+            found.extend(map(number, grams))
+            counts.extend(grams.values())
+            indptr.append(len(found))
+        if not first_seen:
+            raise ValueError("empty vocabulary; perhaps the documents only contain stop words")
+        seen = list(first_seen)
+        order = sorted(range(len(seen)), key=seen.__getitem__)
+        index = np.int32 if len(found) <= np.iinfo(np.int32).max else np.int64
+        column_of = np.empty(len(seen), dtype=index)
+        column_of[order] = np.arange(len(seen), dtype=index)
+        self.counts = sp.csr_matrix((np.fromiter(counts, np.float32, len(counts)),
+                                     column_of[np.fromiter(found, index, len(found))], np.asarray(indptr, index)),
+                                    shape=(len(unique), len(seen)))
         self.counts.sort_indices()
-        self.terms = counter.get_feature_names_out()
-        self.column = counter.vocabulary_
+        self.terms = np.empty(len(seen), dtype=object)
+        self.terms[:] = [seen[i] for i in order]
+        self.column = dict(zip(self.terms.tolist(), range(len(seen))))
         self.row = {text: i for i, text in enumerate(unique)}
 
     def rows(self, texts: list[str]) -> np.ndarray | None:
