@@ -175,6 +175,10 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
     try:
         named = {name: make_router(name, seed=seed) for name in routers}
         chosen_policies = [make_policy(p) for p in policies]
+        if demo_mix:  # the demo's tables are large: its worker processes import herd while the data loads
+            from herd.workers import warm_up
+
+            warm_up(None, ["herd.evaluation"])
         loaded = _read_outcomes(data_dir, min_outcomes, size_prices, _pool_prices(pool_file))
         path, data = _load_data(data_dir, sources, benchmarks, models, min_outcomes, size_prices, groups, loaded)
         mixture = loaded[1].filter(source=DEMO_MIX_SOURCE) if demo_mix else None

@@ -14,10 +14,12 @@ import numpy as np
 from herd import __version__, metrics
 from herd.blend import evaluate_blends
 from herd.data import HerdDataError, Matrix, Outcomes
+from herd.features import Prepared, prepared
 from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds,
                            policy_inputs)
 from herd.routers import Router, make_router
 from herd.tuning import fit_in_fold
+from herd.workers import run_tasks, warm_up, worker_count
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -182,6 +184,7 @@ def evaluate(
     progress: Progress | None = None,
     conversations: int = 0,
     mix: bool = False,
+    workers: int | None = None,
 ) -> Evaluation:
     """k-fold cross-validation by query, separately on every (source, benchmark) in ``data``.
 
@@ -192,29 +195,48 @@ def evaluate(
     the first router as the learned blend's. ``mix`` pools every benchmark of a source into one
     mixture of tasks (benchmark "mix"; folds stratified by task) instead.
 
+    ``workers``: processes fitting the folds side by side (default $HERD_WORKERS, else one per
+    core; tables of fewer than PARALLEL_MIN_OUTCOMES outcomes are fitted in this process unless
+    it is given). The figures are the same bit for bit with any number.
+
     Returns an ``Evaluation``: one ``BenchmarkResult`` per benchmark, each with a row per
     method (oracle, random, best single, votes, every router x policy, every single model);
     ``.to_frame()`` gives them as a DataFrame. Computes only; ``herd.report`` formats.
     """
     policies = _as_list(policy)
     named = _name_routers(routers)
-    results = []
     groups = data.mixtures() if mix else [data.filter(source=s, benchmark=b) for s, b in data.groups()]
+    if workers is not None or len(data.outcomes) >= PARALLEL_MIN_OUTCOMES:
+        warm_up(workers, [__name__])  # the workers import herd while the first features are prepared
+    started = []
     for sub in groups:
         m = sub.matrix()
-        source, benchmark = group_name(m)
-        result = evaluate_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress)
-        if conversations:
-            name, proto = next(iter(named.items()))
-            if progress:
-                progress(f"{source}/{benchmark}: conversations of {conversations} turns, {name}", 0, 1)
-            blends = evaluate_blends(m, proto, turns=conversations, folds=folds, seed=seed)
-            result.blends = {**blends.to_json(), "router": name}
-            result.blend_log = [{"source": source, "benchmark": benchmark, **row} for row in blends.log_rows]
-        results.append(result)
+        run = start_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
+                           workers=workers)
+        # Fits in workers: the next benchmark is started before this one is finished, so the
+        # workers go on to its fits while this process counts its n-grams and finishes this one.
+        # Fits here, or conversations (which fit here): finished now, while its features are at hand.
+        if not run.in_workers or conversations:
+            _add_conversations(run.finish(), m, named, conversations, folds, seed, progress)
+        started.append(run)
+    results = [run.finish() for run in started]
     engines = sorted({b.embedding_engine for b in results if b.embedding_engine})
     return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results,
                       embedding_engine=", ".join(engines) or None)
+
+
+def _add_conversations(result: BenchmarkResult, m: Matrix, named: dict[str, Router], turns: int, folds: int,
+                       seed: int, progress: Progress | None) -> None:
+    """Conversations of ``turns`` turns replayed under single models and blends, the first router
+    the learned blend's (nothing when ``turns`` is 0)."""
+    if not turns:
+        return
+    name, proto = next(iter(named.items()))
+    if progress:
+        progress(f"{result.source}/{result.benchmark}: conversations of {turns} turns, {name}", 0, 1)
+    blends = evaluate_blends(m, proto, turns=turns, folds=folds, seed=seed)
+    result.blends = {**blends.to_json(), "router": name}
+    result.blend_log = [{"source": result.source, "benchmark": result.benchmark, **row} for row in blends.log_rows]
 
 
 def _as_list(policy) -> list:
@@ -243,7 +265,42 @@ def evaluate_matrix(
     seed: int = 0,
     sweep: bool = True,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> BenchmarkResult:
+    """k-fold cross-validation of ``routers`` under each policy on one table (see ``evaluate``)."""
+    return start_matrix(m, routers, policy=policy, folds=folds, seed=seed, sweep=sweep, progress=progress,
+                        workers=workers).finish()
+
+
+@dataclass
+class Started:
+    """A benchmark whose routers' fold fits are under way: ``finish()`` does the rest and returns
+    its ``BenchmarkResult`` (once; later calls return the same). ``in_workers``: the fits run in
+    worker processes, so other benchmarks may be started before this one is finished."""
+
+    _finish: Callable[[], BenchmarkResult]
+    in_workers: bool
+    _result: BenchmarkResult | None = None
+
+    def finish(self) -> BenchmarkResult:
+        if self._result is None:
+            self._result = self._finish()
+        return self._result
+
+
+def start_matrix(
+    m: Matrix,
+    routers: dict[str, Router],
+    *,
+    policy=None,
+    folds: int = 5,
+    seed: int = 0,
+    sweep: bool = True,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> Started:
+    """Prepare ``m``'s features and hand the routers' fold fits to the workers (or, with one,
+    leave them to ``finish``, which fits in this process)."""
     policies = _as_list(policy)
     source, benchmark = group_name(m)
     label = f"{source}/{benchmark}"
@@ -260,48 +317,50 @@ def evaluate_matrix(
     else:
         routers = {}
 
-    best_choice = np.empty(n, dtype=int)
-    task_best = np.empty(n, dtype=int) if m.tasks is not None else None
-    best_by_fold = []
-    votes = VoteTally(m, splits) if m.answer_codes is not None else None
-    answered = {p.label: AnswerTally(m, p) for p in answer_policies}
-    methods = [(name, p) for name in routers for p in policies]
-    router_choice = {(name, p.label): np.empty(n, dtype=int) for name, p in methods}
-    router_secs = dict.fromkeys(router_choice, 0.0)
-    tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
-    fitted_notes: dict[str, list[str]] = {}
-    sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
-    router_scores = {name: np.empty((n, k)) for name in routers}
-    deferral: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: held-out P(answer right)
-    called: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: every model called per query
-    total, done = len(splits) * len(routers), 0
-    engines: set[str | None] = set()
-    for f, (tr, te) in enumerate(splits):
-        b = metrics.best_model(y[tr], cost[tr])
-        best_choice[te] = b
-        if task_best is not None:
-            task_best[te] = metrics.task_best_choice(y[tr], cost[tr], m.tasks[tr], m.tasks[te], b)
-        best_by_fold.append(m.models[b])
-        train = m.take(tr)
-        model_costs = metrics.mean_cost_per_model(cost[tr])
-        test = m.take(te)
-        if votes is not None:
-            votes.add(tr, te)
-        for tally in answered.values():
-            tally.add(train, te, model_costs)
-        for name, proto in routers.items():
-            if progress:
-                progress(f"{label}: fold {f + 1}/{len(splits)}, {name}", done, total)
-            fold = fit_in_fold(proto, policies, train, seed)
-            router = fold.router
-            engines.add(router.embedding_engine())
-            if hasattr(router, "summary"):
-                fitted_notes.setdefault(name, []).append(router.summary())
-            t0 = time.perf_counter()
-            scores = router.predict_scores(test.texts, test.tasks)
-            score_secs = time.perf_counter() - t0
+    # The routers' fits, fold by fold: handed to worker processes first, so that the work in
+    # finish (best single models, votes, agreement cascades) runs beside theirs.
+    fits, in_workers, announce = _fold_fits(m, splits, routers, policies, seed, workers, label, progress)
+
+    def finish() -> BenchmarkResult:
+        announce()
+        best_choice = np.empty(n, dtype=int)
+        task_best = np.empty(n, dtype=int) if m.tasks is not None else None
+        best_by_fold = []
+        votes = VoteTally(m, splits) if m.answer_codes is not None else None
+        answered = {p.label: AnswerTally(m, p) for p in answer_policies}
+        methods = [(name, p) for name in routers for p in policies]
+        router_choice = {(name, p.label): np.empty(n, dtype=int) for name, p in methods}
+        router_secs = dict.fromkeys(router_choice, 0.0)
+        tuned: dict[tuple[str, str], list[str]] = {key: [] for key in router_choice}
+        fitted_notes: dict[str, list[str]] = {}
+        sweep_choice = {name: np.empty((len(COST_WEIGHTS), n), dtype=int) for name in routers}
+        router_scores = {name: np.empty((n, k)) for name in routers}
+        deferral: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: held-out P(answer right)
+        called: dict[tuple[str, str], np.ndarray] = {}  # post-call cascades: every model called per query
+        engines: set[str | None] = set()
+        fold_costs = []
+        for f, (tr, te) in enumerate(splits):
+            b = metrics.best_model(y[tr], cost[tr])
+            best_choice[te] = b
+            if task_best is not None:
+                task_best[te] = metrics.task_best_choice(y[tr], cost[tr], m.tasks[tr], m.tasks[te], b)
+            best_by_fold.append(m.models[b])
+            fold_costs.append(metrics.mean_cost_per_model(cost[tr]))
+            if votes is not None:
+                votes.add(tr, te)
+            if answered:
+                train = m.take(tr)
+                for tally in answered.values():
+                    tally.add(train, te, fold_costs[f])
+        for (f, name), fit in fits:
+            te, model_costs = splits[f][1], fold_costs[f]
+            test = m.take(te)
+            engines.add(fit.engine)
+            if fit.summary is not None:
+                fitted_notes.setdefault(name, []).append(fit.summary)
+            scores = fit.scores
             router_scores[name][te] = scores
-            for p in fold.policies:
+            for p in fit.policies:
                 key = (name, p.label)
                 if p.needs_fit:
                     tuned[key].append(p.summary())
@@ -313,41 +372,103 @@ def evaluate_matrix(
                     deferral.setdefault(key, np.empty((n, k)))[te] = p.deferral(scores, test_observed)
                 else:
                     router_choice[key][te] = p.choose(scores, model_costs, **policy_inputs(p, tasks=test.tasks))
-                router_secs[key] += score_secs + time.perf_counter() - t0
+                router_secs[key] += fit.seconds + time.perf_counter() - t0
             if sweep:
                 for w, weight in enumerate(COST_WEIGHTS):
                     sweep_choice[name][w, te] = CostAware(weight).choose(scores, model_costs)
-            done += 1
-    if progress:
-        progress(f"{label}: done", total, total)
+        total = len(splits) * len(routers)
+        if progress:
+            progress(f"{label}: done", total, total)
 
-    cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, deferral.get((name, p.label), router_scores[name]))
-                      for name, p in methods if isinstance(p, Cascade)}
-    notes = [f"{name}, per fold: {_per_fold(said)}" for name, said in fitted_notes.items()]
-    routed = []
-    for name, p in methods:
-        key = (name, p.label)
-        if tuned[key]:
-            notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {_per_fold(tuned[key])}")
-        if isinstance(p, Budget) and p.max_share is not None and p.model in m.models:
-            share = float(np.mean(router_choice[key] == m.models.index(p.model)))
-            notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
-        routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n,
-                             called.get(key)))
-    for tally in answered.values():
-        if tally.choice is not None:
-            routed.append(tally.routed())
-            cascade_curves[tally.label] = tally.curve()
-        notes += tally.notes
-    if votes is not None:
-        routed += votes.routed()
-    else:
-        notes.append("majority vote and agreement: not computed, the data has no per-model answers")
-    result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes,
-                       task_best=task_best)
-    result.cascade_curves = cascade_curves
-    result.embedding_engine = ", ".join(sorted(e for e in engines if e)) or None
-    return result
+        cascade_curves = {f"{name} ({p.label})": cascade_curve(m, p, deferral.get((name, p.label), router_scores[name]))
+                          for name, p in methods if isinstance(p, Cascade)}
+        notes = [f"{name}, per fold: {_per_fold(said)}" for name, said in fitted_notes.items()]
+        routed = []
+        for name, p in methods:
+            key = (name, p.label)
+            if tuned[key]:
+                notes.append(f"{name} ({p.label}), tuned per fold by inner CV: {_per_fold(tuned[key])}")
+            if isinstance(p, Budget) and p.max_share is not None and p.model in m.models:
+                share = float(np.mean(router_choice[key] == m.models.index(p.model)))
+                notes.append(f"{name} ({p.label}): {share:.1%} of test queries went to {p.model} (target <= {p.max_share:.0%})")
+            routed.append(Routed(name, f"{name} ({p.label})", router_choice[key], 1000.0 * router_secs[key] / n,
+                                 called.get(key)))
+        for tally in answered.values():
+            if tally.choice is not None:
+                routed.append(tally.routed())
+                cascade_curves[tally.label] = tally.curve()
+            notes += tally.notes
+        if votes is not None:
+            routed += votes.routed()
+        else:
+            notes.append("majority vote and agreement: not computed, the data has no per-model answers")
+        result = summarize(m, best_choice, best_by_fold, routed, sweep_choice if sweep else {}, router_scores, notes,
+                           task_best=task_best)
+        result.cascade_curves = cascade_curves
+        result.embedding_engine = ", ".join(sorted(e for e in engines if e)) or None
+        return result
+
+    return Started(finish, in_workers)
+
+
+# Starting worker processes takes a second or two: smaller tables are fitted in this process
+# unless a number of workers is given.
+PARALLEL_MIN_OUTCOMES = 10_000
+
+
+@dataclass
+class FoldFit:
+    """One router fitted on one training fold (here or in a worker process): its scores of the
+    fold's test queries and the seconds they took, the policies tuned in the fold, the sentence
+    encoder engine it read and its own summary (auto's choice), if any."""
+
+    scores: np.ndarray
+    seconds: float
+    policies: list
+    engine: str | None
+    summary: str | None
+
+
+@dataclass
+class _Folds:
+    """What every fold fit reads, sent to the workers once: the table, its folds, the routers
+    and policies, and the features prepared for the table's texts."""
+
+    m: Matrix
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    routers: dict[str, Router]
+    policies: list
+    seed: int
+    features: Prepared
+
+
+def _fit_fold(folds: _Folds, task: tuple[int, str]) -> FoldFit:
+    f, name = task
+    folds.features.adopt()
+    tr, te = folds.splits[f]
+    fold = fit_in_fold(folds.routers[name], folds.policies, folds.m.take(tr), folds.seed)
+    router, test = fold.router, folds.m.take(te)
+    t0 = time.perf_counter()
+    scores = router.predict_scores(test.texts, test.tasks)
+    seconds = time.perf_counter() - t0
+    return FoldFit(scores, seconds, fold.policies, router.embedding_engine(),
+                   router.summary() if hasattr(router, "summary") else None)
+
+
+def _fold_fits(m: Matrix, splits, routers: dict[str, Router], policies: list, seed: int, workers: int | None,
+               label: str, progress: Progress | None):
+    """((fold, router name), FoldFit) for every fold and router, in that order, and whether they
+    run in worker processes (see herd.workers) rather than here, as they are read."""
+    tasks = [(f, name) for f in range(len(splits)) for name in routers]
+    if workers is None and m.labels.size < PARALLEL_MIN_OUTCOMES:
+        workers = 1
+    workers = min(worker_count(workers), max(1, len(tasks)))
+    message = (f"{label}: fitting {len(splits)} folds x {len(routers)} router(s)"
+               + (f" in {workers} worker processes" if workers > 1 else ""))
+    report = progress and (lambda done, total: progress(message, done, total))
+    fits = run_tasks(_fit_fold, tasks, _Folds(m, splits, routers, policies, seed, prepared(m.texts)),
+                     workers=workers, progress=report) if tasks else iter(())
+    return zip(tasks, fits), workers > 1, (lambda: report(0, len(tasks))) if report and tasks else (lambda: None)
 
 
 def _per_fold(said: list[str]) -> str:

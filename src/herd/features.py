@@ -12,6 +12,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Callable
@@ -199,8 +200,9 @@ class SentenceEmbedder:
     def embed(self, texts: list[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """(n, dim) float32 unit vectors. Texts not in the cache are encoded; they are saved
         only when a call brings at least ``cache_min`` new texts (see CACHE_MIN_TEXTS)."""
-        self._load_cache()
         hashes = [text_hash(t) for t in texts]
+        if not all(h in self._memory for h in hashes):  # all at hand (as in a worker process): no disk scan
+            self._load_cache()
         todo = list(dict.fromkeys(h for h in hashes if h not in self._memory))
         fresh: dict[str, np.ndarray] = {}
         if todo:
@@ -211,6 +213,19 @@ class SentenceEmbedder:
                 self._encode_and_save(todo, by_hash, self._encoder(), progress)
         found = [fresh[h] if h in fresh else self._memory[h] for h in hashes]
         return np.stack(found) if found else np.zeros((0, self.dim), np.float32)
+
+    def vectors_of(self, texts: list[str]) -> tuple[list[str], np.ndarray] | None:
+        """(text hashes, vectors) of ``texts`` when this embedder holds all of them, else None."""
+        hashes = [text_hash(t) for t in texts]
+        with self._recent_lock:
+            found = [self._memory.get(h, self._recent.get(h)) for h in hashes]
+        if any(v is None for v in found):
+            return None
+        return hashes, (np.stack(found) if found else np.zeros((0, self.dim), np.float32))
+
+    def remember(self, hashes: list[str], vectors: np.ndarray) -> None:
+        """Hold these vectors (computed in another process) as if read from the cache."""
+        self._memory.update(zip(hashes, vectors))
 
     def _live(self, todo: list[str], by_hash: dict[str, str]) -> dict[str, np.ndarray]:
         """Vectors for a few live texts, from the recent ones or encoded and kept among them."""
@@ -271,10 +286,41 @@ _shared: dict[str, SentenceEmbedder] = {}
 def shared_embedder(engine: str | None = None) -> SentenceEmbedder:
     """One embedder per process and engine, so routers and folds reuse the loaded model and cache."""
     engine = embed_engine(engine)
-    key = "|".join([os.environ.get("HERD_EMBED_MODEL", ""), os.environ.get("HERD_CACHE", ""), engine])
+    key = _embedder_key(engine)
     if key not in _shared:
         _shared[key] = SentenceEmbedder(engine=engine)
     return _shared[key]
+
+
+def _embedder_key(engine: str) -> str:
+    return "|".join([os.environ.get("HERD_EMBED_MODEL", ""), os.environ.get("HERD_CACHE", ""), engine])
+
+
+@dataclass
+class Prepared:
+    """The features this process has for a dataset's texts (their counted n-grams, their vectors
+    from each sentence encoder engine), carried to worker processes, which ``adopt`` them so
+    that their routers read exactly these instead of computing them again."""
+
+    counts: tfidf.NgramCounts | None
+    vectors: dict[str, tuple[list[str], np.ndarray]]  # engine -> (text hashes, vectors)
+
+    def adopt(self) -> None:
+        if self.counts is not None:
+            tfidf.adopt(self.counts)
+        for engine, (hashes, vectors) in self.vectors.items():
+            shared_embedder(engine).remember(hashes, vectors)
+
+
+def prepared(texts: list[str]) -> Prepared:
+    """What this process holds of ``texts``' features (after ``Router.prepare``), to carry."""
+    vectors = {}
+    for engine in EMBED_ENGINES:  # the embedders of this model and cache, as the workers will name them
+        embedder = _shared.get(_embedder_key(engine))
+        found = None if embedder is None else embedder.vectors_of(texts)
+        if found is not None:
+            vectors[engine] = found
+    return Prepared(tfidf.corpus_of(texts), vectors)
 
 
 FEATURE_KINDS = ("embed", "tfidf", "tfidf-svd", "embed+tfidf-svd")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import Counter, defaultdict
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,10 +65,27 @@ class NgramCounts:
                                      column_of[np.fromiter(found, index, len(found))], np.asarray(indptr, index)),
                                     shape=(len(unique), len(seen)))
         self.counts.sort_indices()
-        self.terms = np.empty(len(seen), dtype=object)
-        self.terms[:] = [seen[i] for i in order]
-        self.column = dict(zip(self.terms.tolist(), range(len(seen))))
+        self.terms = _object_array([seen[i] for i in order])
         self.row = {text: i for i, text in enumerate(unique)}
+
+    @cached_property
+    def column(self) -> dict[str, int]:
+        """Term -> column (read only for a model fitted on another corpus)."""
+        return dict(zip(self.terms.tolist(), range(len(self.terms))))
+
+    def __getstate__(self) -> dict:
+        # Carried to worker processes: a few hundred thousand terms pickle one by one in about a
+        # second, as one string joined by a newline (which no term holds) in milliseconds.
+        terms = self.terms.tolist()
+        joined = "\n".join(terms)
+        return {"counts": self.counts, "texts": list(self.row),
+                "terms": joined if joined.count("\n") == len(terms) - 1 else terms}
+
+    def __setstate__(self, state: dict) -> None:
+        terms = state["terms"]
+        self.counts = state["counts"]
+        self.terms = _object_array(terms.split("\n") if isinstance(terms, str) else terms)
+        self.row = {text: i for i, text in enumerate(state["texts"])}
 
     def rows(self, texts: list[str]) -> np.ndarray | None:
         """Row indices of ``texts``, or None when any of them was not counted."""
@@ -75,6 +93,12 @@ class NgramCounts:
             return np.fromiter((self.row[t] for t in texts), dtype=np.int64, count=len(texts))
         except KeyError:
             return None
+
+
+def _object_array(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 _corpus: NgramCounts | None = None
@@ -93,6 +117,19 @@ def count(texts: list[str]) -> NgramCounts:
     with _lock:
         _corpus = corpus
     return corpus
+
+
+def corpus_of(texts: list[str]) -> NgramCounts | None:
+    """The counted corpus that holds every one of ``texts``, if there is one."""
+    found = _counted(texts)
+    return None if found is None else found[0]
+
+
+def adopt(corpus: NgramCounts) -> None:
+    """Make ``corpus`` (counted in another process) the one later fits and transforms read."""
+    global _corpus
+    with _lock:
+        _corpus = corpus
 
 
 def _counted(texts: list[str]) -> tuple[NgramCounts, np.ndarray] | None:
