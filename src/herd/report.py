@@ -17,6 +17,7 @@ from herd import metrics
 from herd.evaluation import BenchmarkResult, Evaluation, MethodResult
 from herd.offpolicy import MIN_ESS, Estimate, OffPolicyResult
 from herd.select import CAPTION, Selection
+from herd.workers import run_tasks
 
 MAX_SINGLES = 10  # a large pool shows its top models plus the cheapest
 SUMMARY_KINDS = ("oracle", "random", "best-single", "best-on-test", "task-best", "vote", "router", "random-control")
@@ -665,18 +666,35 @@ ENGINE_WORDS = {"torch": "MiniLM encoder (torch)", "onnx-int8": "MiniLM encoder 
                 "static": "static encoder distilled from MiniLM (token vectors averaged)"}
 
 
-def write_report(ev: Evaluation, out: Path, json_path: Path | None = None) -> dict[str, Path]:
-    """Write metrics.json, PNG plots and report.html into ``out``; return what was written."""
+def _plots():
+    """A benchmark's plots in the order report.html shows them, each with its file's suffix."""
+    return (("cost-accuracy", plot_cost_accuracy), ("models", plot_model_accuracy), ("cascades", plot_cascades),
+            ("task-shares", plot_task_shares), ("blends", plot_blends))
+
+
+# Fewer plots than this are drawn in this process: starting workers would take longer.
+PARALLEL_MIN_PLOTS = 6
+
+
+def _draw(benchmarks: list[BenchmarkResult], task: tuple[int, str, Path]) -> Path | None:
+    i, kind, path = task
+    return dict(_plots())[kind](benchmarks[i], path)
+
+
+def write_report(ev: Evaluation, out: Path, json_path: Path | None = None, workers: int | None = None
+                 ) -> dict[str, Path]:
+    """Write metrics.json, PNG plots and report.html into ``out``; return what was written.
+    The plots are drawn in ``workers`` processes (default: as herd.workers says, for six plots
+    or more); the files are the same either way."""
     out.mkdir(parents=True, exist_ok=True)
     written = {"metrics": write_metrics(ev, json_path or out / "metrics.json")}
+    tasks = [(i, kind, out / f"{_slug(b)}-{kind}.png") for i, b in enumerate(ev.benchmarks) for kind, _ in _plots()]
+    if workers is None and len(tasks) < PARALLEL_MIN_PLOTS:
+        workers = 1
+    drawn = list(run_tasks(_draw, tasks, ev.benchmarks, workers=workers))
     sections = []
-    for b in ev.benchmarks:
-        slug = _slug(b)
-        images = [p for p in (plot_cost_accuracy(b, out / f"{slug}-cost-accuracy.png"),
-                              plot_model_accuracy(b, out / f"{slug}-models.png"),
-                              plot_cascades(b, out / f"{slug}-cascades.png"),
-                              plot_task_shares(b, out / f"{slug}-task-shares.png"),
-                              plot_blends(b, out / f"{slug}-blends.png")) if p]
+    for i, b in enumerate(ev.benchmarks):
+        images = [path for (j, _, _), path in zip(tasks, drawn) if j == i and path]
         written.update({p.stem: p for p in images})
         sections.append(_html_section(b, ev, images))
     page = _HTML.format(
