@@ -138,7 +138,8 @@ def _progress_bar():
 
 def _step_progress(bar: Progress, benchmarks: int):
     """evaluate()'s progress callback on one bar: each step (embedding a benchmark's questions,
-    its folds) restarts the bar, so the time left is read off that step's own pace."""
+    its agreement cascades, its fold fits: the text after the benchmark up to a comma) restarts
+    the bar, so the time left is read off that step's own pace."""
     task = bar.add_task("starting", total=1)
     seen: list[str] = []
     current = [None]
@@ -148,7 +149,7 @@ def _step_progress(bar: Progress, benchmarks: int):
         if label not in seen:
             seen.append(label)
         description = f"({len(seen)} of {max(benchmarks, len(seen))}) {message}"
-        step = (label, message.split(":")[1].split(",")[0].strip() if "fold" not in message else "folds", total)
+        step = (label, message.split(":")[1].split(",")[0].strip(), total)
         if step != current[0]:
             current[0] = step
             bar.reset(task, total=max(total, 1), completed=done, description=description)

@@ -322,7 +322,6 @@ def start_matrix(
     fits, in_workers, announce = _fold_fits(m, splits, routers, policies, seed, workers, label, progress)
 
     def finish() -> BenchmarkResult:
-        announce()
         best_choice = np.empty(n, dtype=int)
         task_best = np.empty(n, dtype=int) if m.tasks is not None else None
         best_by_fold = []
@@ -349,9 +348,12 @@ def start_matrix(
             if votes is not None:
                 votes.add(tr, te)
             if answered:
+                if progress:
+                    progress(f"{label}: agreement cascades, fold {f + 1}/{len(splits)}", f, len(splits))
                 train = m.take(tr)
                 for tally in answered.values():
                     tally.add(train, te, fold_costs[f])
+        announce()  # the fits done by now are counted as soon as they are read
         for (f, name), fit in fits:
             te, model_costs = splits[f][1], fold_costs[f]
             test = m.take(te)

@@ -120,14 +120,23 @@ def _remove(path: str) -> None:
 
 
 def _collect(futures, path: str, progress) -> Iterator:
-    total, running = len(futures), set(futures)
+    pending, finished = set(futures), 0
+
+    def count_finished() -> None:
+        nonlocal finished
+        now = {f for f in pending if f.done()}
+        if now:
+            pending.difference_update(now)
+            finished += len(now)
+            if progress:
+                progress(finished, len(futures))
+
     try:
         for future in futures:
-            while running and not future.done():
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                if progress and finished:
-                    progress(total - len(running), total)
-            running.discard(future)
+            count_finished()
+            while not future.done():
+                wait(pending, return_when=FIRST_COMPLETED)
+                count_finished()
             yield future.result()
     finally:  # stopped early (an error): tasks not started yet are dropped
         for future in futures:
