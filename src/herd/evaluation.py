@@ -14,12 +14,12 @@ import numpy as np
 from herd import __version__, metrics
 from herd.blend import evaluate_blends
 from herd.data import HerdDataError, Matrix, Outcomes
-from herd.features import Prepared, prepared
+from herd.foldfits import PARALLEL_MIN_OUTCOMES, FoldFits
 from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, cascade_choice, cascade_thresholds,
                            policy_inputs)
 from herd.routers import Router, make_router
 from herd.tuning import fit_in_fold
-from herd.workers import run_tasks, warm_up, worker_count
+from herd.workers import warm_up
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -195,9 +195,8 @@ def evaluate(
     the first router as the learned blend's. ``mix`` pools every benchmark of a source into one
     mixture of tasks (benchmark "mix"; folds stratified by task) instead.
 
-    ``workers``: processes fitting the folds side by side (default $HERD_WORKERS, else one per
-    core; tables of fewer than PARALLEL_MIN_OUTCOMES outcomes are fitted in this process unless
-    it is given). The figures are the same bit for bit with any number.
+    ``workers``: processes fitting the folds side by side (see ``herd.foldfits``; default
+    $HERD_WORKERS, else one per core). The figures are the same bit for bit with any number.
 
     Returns an ``Evaluation``: one ``BenchmarkResult`` per benchmark, each with a row per
     method (oracle, random, best single, votes, every router x policy, every single model);
@@ -319,7 +318,7 @@ def start_matrix(
 
     # The routers' fits, fold by fold: handed to worker processes first, so that the work in
     # finish (best single models, votes, agreement cascades) runs beside theirs.
-    fits, in_workers, announce = _fold_fits(m, splits, routers, policies, seed, workers, label, progress)
+    fits = FoldFits(m, splits, routers, policies, seed, workers=workers, label=label, progress=progress)
 
     def finish() -> BenchmarkResult:
         best_choice = np.empty(n, dtype=int)
@@ -353,7 +352,6 @@ def start_matrix(
                 train = m.take(tr)
                 for tally in answered.values():
                     tally.add(train, te, fold_costs[f])
-        announce()  # the fits done by now are counted as soon as they are read
         for (f, name), fit in fits:
             te, model_costs = splits[f][1], fold_costs[f]
             test = m.take(te)
@@ -410,67 +408,7 @@ def start_matrix(
         result.embedding_engine = ", ".join(sorted(e for e in engines if e)) or None
         return result
 
-    return Started(finish, in_workers)
-
-
-# Starting worker processes takes a second or two: smaller tables are fitted in this process
-# unless a number of workers is given.
-PARALLEL_MIN_OUTCOMES = 10_000
-
-
-@dataclass
-class FoldFit:
-    """One router fitted on one training fold (here or in a worker process): its scores of the
-    fold's test queries and the seconds they took, the policies tuned in the fold, the sentence
-    encoder engine it read and its own summary (auto's choice), if any."""
-
-    scores: np.ndarray
-    seconds: float
-    policies: list
-    engine: str | None
-    summary: str | None
-
-
-@dataclass
-class _Folds:
-    """What every fold fit reads, sent to the workers once: the table, its folds, the routers
-    and policies, and the features prepared for the table's texts."""
-
-    m: Matrix
-    splits: list[tuple[np.ndarray, np.ndarray]]
-    routers: dict[str, Router]
-    policies: list
-    seed: int
-    features: Prepared
-
-
-def _fit_fold(folds: _Folds, task: tuple[int, str]) -> FoldFit:
-    f, name = task
-    folds.features.adopt()
-    tr, te = folds.splits[f]
-    fold = fit_in_fold(folds.routers[name], folds.policies, folds.m.take(tr), folds.seed)
-    router, test = fold.router, folds.m.take(te)
-    t0 = time.perf_counter()
-    scores = router.predict_scores(test.texts, test.tasks)
-    seconds = time.perf_counter() - t0
-    return FoldFit(scores, seconds, fold.policies, router.embedding_engine(),
-                   router.summary() if hasattr(router, "summary") else None)
-
-
-def _fold_fits(m: Matrix, splits, routers: dict[str, Router], policies: list, seed: int, workers: int | None,
-               label: str, progress: Progress | None):
-    """((fold, router name), FoldFit) for every fold and router, in that order, and whether they
-    run in worker processes (see herd.workers) rather than here, as they are read."""
-    tasks = [(f, name) for f in range(len(splits)) for name in routers]
-    if workers is None and m.labels.size < PARALLEL_MIN_OUTCOMES:
-        workers = 1
-    workers = min(worker_count(workers), max(1, len(tasks)))
-    message = (f"{label}: fitting {len(splits)} folds x {len(routers)} router(s)"
-               + (f" in {workers} worker processes" if workers > 1 else ""))
-    report = progress and (lambda done, total: progress(message, done, total))
-    fits = run_tasks(_fit_fold, tasks, _Folds(m, splits, routers, policies, seed, prepared(m.texts)),
-                     workers=workers, progress=report) if tasks else iter(())
-    return zip(tasks, fits), workers > 1, (lambda: report(0, len(tasks))) if report and tasks else (lambda: None)
+    return Started(finish, fits.in_workers)
 
 
 def _per_fold(said: list[str]) -> str:
