@@ -226,9 +226,25 @@ async def _raw_stream(send, text: str, base: dict, cut: bool) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port. It stays free only until a server binds it, so under pytest-xdist
+    each worker takes its own share of the ports (by port // 2: Linux gives bind() odd ports and
+    connect() even ones), and two workers never pick the same port before either has bound it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    mine = int(worker) % workers if worker.isdigit() else 0
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port // 2 % workers == mine:
+            return port
+    raise RuntimeError(f"no free loopback port in share {mine} of {workers}")
+
+
+def address_taken(log: str) -> bool:
+    """Whether a server failed to start because its port was taken meanwhile (by a client
+    connection's local port, which may be any free port)."""
+    return "address already in use" in log.lower()
 
 
 class BackendProcess:
@@ -268,37 +284,43 @@ class BackendProcess:
 def start_backend(port: int | None = None, name: str = "fake", **kwargs) -> BackendProcess:
     """Run this file as a subprocess on ``port`` (a free one if None) and wait until it is healthy.
     ``kwargs`` are ``make_app``'s options, e.g. ``fail_rate=0.3, drop_mid_stream=True``."""
-    port = port or free_port()
     flags = {"delay_s": "--delay", "first_byte_delay_s": "--first-byte-delay", "chunk_delay_s": "--chunk-delay"}
-    cmd = [sys.executable, os.path.abspath(__file__), "--port", str(port), "--name", name]
+    options = []
     for key, value in kwargs.items():
         flag = flags.get(key, "--" + key.replace("_", "-"))
         if isinstance(value, bool):
-            cmd += [flag] if value else []
+            options += [flag] if value else []
         else:
-            cmd += [flag, str(value)]
-    stderr = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could fill up and block the server
-    backend = BackendProcess(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr), port, name, stderr)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/health", backend.proc, backend.stderr)
-    except RuntimeError:
-        backend.kill()
-        raise
-    return backend
+            options += [flag, str(value)]
+    for attempt in range(1 if port else 3):  # a port of our choosing may be taken before the bind: take another
+        chosen = port or free_port()
+        cmd = [sys.executable, os.path.abspath(__file__), "--port", str(chosen), "--name", name, *options]
+        stderr = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could fill up and block the server
+        backend = BackendProcess(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr), chosen, name, stderr)
+        try:
+            wait_until_up(f"http://127.0.0.1:{chosen}/health", backend.proc, backend.stderr)
+            return backend
+        except RuntimeError:
+            backend.kill()
+            if port or attempt == 2 or not address_taken(backend.stderr()):
+                raise
 
 
 def wait_until_up(health_url: str, proc: subprocess.Popen, stderr=lambda: "", timeout: float = 30) -> None:
-    """Poll ``health_url`` until it answers 200; fail with the process's stderr if it exits first."""
+    """Poll ``health_url`` until it answers 200; fail with the process's stderr if it exits first.
+    One client for every poll: a new one each time (httpx.get) costs ~40 ms of CPU, which took
+    half a core from the very process being waited for."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{health_url}: process exited with {proc.returncode}:\n{stderr()}")
-        try:
-            if httpx.get(health_url, timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    with httpx.Client(timeout=1, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{health_url}: process exited with {proc.returncode}:\n{stderr()}")
+            try:
+                if client.get(health_url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
     raise RuntimeError(f"{health_url}: not healthy after {timeout:g} s:\n{stderr()}")
 
 

