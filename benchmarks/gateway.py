@@ -396,7 +396,7 @@ async def admit_only(redis_url: str, checks: int = 3000) -> dict:
     cpu = dict.fromkeys(stores, 0.0)
     day, month = periods()
     await stores["redis"].admit(key, 1e-6, "admit-warm-up", day, month)  # connects
-    redis_pid = int((await stores["redis"].redis.call("INFO", "server")).split("process_id:")[1].split()[0])
+    redis_pid = int((await stores["redis"].redis.call("INFO", "server"))["process_id"])
     redis_cpu = cpu_seconds(redis_pid)
     for i in range(checks):
         for label, store in stores.items():
