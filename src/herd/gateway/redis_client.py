@@ -48,6 +48,11 @@ class RedisClient:
     async def pipeline(self, commands: list[tuple]) -> list:
         if not commands:
             return []
+        if len(commands) == 1:  # one command costs ~0.1 ms less CPU than a pipeline of one
+            try:
+                return [await self.call(*commands[0])]
+            except ReplyError as e:
+                return [e]
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
