@@ -298,7 +298,7 @@ def start_backend(port: int | None = None, name: str = "fake", **kwargs) -> Back
         stderr = tempfile.TemporaryFile()  # a file, not a pipe: an unread pipe could fill up and block the server
         backend = BackendProcess(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr), chosen, name, stderr)
         try:
-            wait_until_up(f"http://127.0.0.1:{chosen}/health", backend.proc, backend.stderr)
+            wait_until_up(f"http://127.0.0.1:{chosen}/health", backend.proc, backend.stderr, timeout=120)
             return backend
         except RuntimeError:
             backend.kill()

@@ -65,8 +65,9 @@ class GatewayProcess:
         self.stop()
 
 
-def start_gateway(pool_file: Path, *args: str, env: dict | None = None, timeout: float = 30) -> GatewayProcess:
-    """`herd serve POOL` on a free loopback port, waited on until /health answers (``timeout`` s)."""
+def start_gateway(pool_file: Path, *args: str, env: dict | None = None, timeout: float = 120) -> GatewayProcess:
+    """`herd serve POOL` on a free loopback port, waited on until /health answers (``timeout`` s:
+    a start takes ~5 s of CPU, many times that on a machine busy with other tests)."""
     for attempt in range(3):  # the port may be taken before the gateway binds it: take another
         port = free_port()
         log = tempfile.TemporaryFile()
@@ -130,7 +131,7 @@ class RedisProcess:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no"]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self._log.seek(0)

@@ -129,14 +129,15 @@ def test_bad_data_is_reported_not_raised(tmp_path, frames):
 def test_help_and_routers_list():
     r = herd("--help")
     assert r.returncode == 0 and "eval" in r.stdout and "demo" in r.stdout
+    helps = {}
     for command in ("eval", "demo", "train", "select", "route", "serve", "collect", "import"):
-        r = herd(command, "-h")
+        r = helps[command] = herd(command, "-h")
         assert r.returncode == 0 and f"herd {command} [OPTIONS]" in r.stdout.splitlines()[0], r.stderr
         # readable metavars, brackets in help text kept
         assert "<str>" not in r.stdout and "<list" not in r.stdout and "<int" not in r.stdout
-    r = herd("train", "-h")
+    r = helps["train"]
     assert "--router NAME " in r.stdout and "--out DIR" in r.stdout and "STRONG[@NEED]" in r.stdout
-    r = herd("demo", "-h")
+    r = helps["demo"]
     assert "DATA argument" not in r.stdout and "--data PATH" in r.stdout
     r = herd("routers")
     assert "knn" in r.stdout and "logistic" in r.stdout

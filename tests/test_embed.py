@@ -67,8 +67,16 @@ def test_loads_offline_from_a_local_copy(tmp_path):
 EMBED_ROUTERS = ["knn", "mf", "regression", "cluster", "rf", "mlp", "ensemble", "auto"]
 
 
+@pytest.fixture(scope="module")
+def toy_embeddings(tmp_path_factory):
+    """One embeddings cache for the tests that fit routers on the toy table: they embed the same
+    texts, which took most of each test's time; the tests above see caching from an empty one."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
 @pytest.mark.parametrize("name", EMBED_ROUTERS)
-def test_embedding_routers_contract(dataset_dir, name):
+def test_embedding_routers_contract(dataset_dir, name, toy_embeddings, monkeypatch):
+    monkeypatch.setenv("HERD_CACHE", str(toy_embeddings))
     data = Outcomes.load(dataset_dir)
     train, test = data.split(0.3, seed=0)
     texts = test.queries.text.tolist()
@@ -92,12 +100,13 @@ def test_live_texts_are_encoded_on_one_thread(tmp_path):
     torch.set_num_threads(batch_threads)
 
 
-def test_routing_from_many_threads_leaves_blas_threads_alone(dataset_dir):
+def test_routing_from_many_threads_leaves_blas_threads_alone(dataset_dir, toy_embeddings, monkeypatch):
     """kNN holds BLAS at one thread for a single query; overlapping requests must restore it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_info
 
+    monkeypatch.setenv("HERD_CACHE", str(toy_embeddings))
     router = make_router("knn").fit(Outcomes.load(dataset_dir))
     before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
     texts = [f"question {i} about sums" for i in range(64)]

