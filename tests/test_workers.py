@@ -42,6 +42,7 @@ def test_an_error_in_a_task_is_raised_where_its_result_is_read(workers):
     assert next(results) == 1 and next(results) == 2
     with pytest.raises(UsageError, match="task 3 of the batch is wrong"):
         next(results)
+    assert list(run_tasks(operator.add, [1, 2], 10, workers=workers)) == [11, 12]  # new workers after the error
 
 
 def test_the_number_of_workers(monkeypatch):

@@ -19,6 +19,7 @@ from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, c
                            policy_inputs)
 from herd.routers import Router, make_router
 from herd.tuning import fit_in_fold
+from herd.workers import stop as stop_workers
 from herd.workers import warm_up
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
@@ -208,17 +209,22 @@ def evaluate(
     if workers is not None or len(data.outcomes) >= PARALLEL_MIN_OUTCOMES:
         warm_up(workers, [__name__])  # the workers import herd while the first features are prepared
     started = []
-    for sub in groups:
-        m = sub.matrix()
-        run = start_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
-                           workers=workers)
-        # Fits in workers: the next benchmark is started before this one is finished, so the
-        # workers go on to its fits while this process counts its n-grams and finishes this one.
-        # Fits here, or conversations (which fit here): finished now, while its features are at hand.
-        if not run.in_workers or conversations:
-            _add_conversations(run.finish(), m, named, conversations, folds, seed, progress)
-        started.append(run)
-    results = [run.finish() for run in started]
+    try:
+        for sub in groups:
+            m = sub.matrix()
+            run = start_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
+                               workers=workers)
+            # Fits in workers: the next benchmark is started before this one is finished, so the
+            # workers go on to its fits while this process counts its n-grams and finishes this one.
+            # Fits here, or conversations (which fit here): finished now, while its features are at hand.
+            if not run.in_workers or conversations:
+                _add_conversations(run.finish(), m, named, conversations, folds, seed, progress)
+            started.append(run)
+        results = [run.finish() for run in started]
+    except BaseException:  # an error or Ctrl-C: the fits handed out are of no use now
+        if any(run.in_workers for run in started):
+            stop_workers()
+        raise
     engines = sorted({b.embedding_engine for b in results if b.embedding_engine})
     return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results,
                       embedding_engine=", ".join(engines) or None)

@@ -84,4 +84,6 @@ class FoldFits:
     def __iter__(self) -> Iterator[tuple[tuple[int, str], FoldFit]]:
         if self._report and self.tasks:
             self._report(0, len(self.tasks))  # those done by now are counted as soon as the first is read
-        return zip(self.tasks, self._fits)
+        # The fits first: zip stops at the first that ends, and the fits must end (not be left
+        # at their last result) for their shared file to go at once.
+        return ((task, fit) for fit, task in zip(self._fits, self.tasks))

@@ -138,19 +138,39 @@ def _collect(futures, path: str, progress) -> Iterator:
                 wait(pending, return_when=FIRST_COMPLETED)
                 count_finished()
             yield future.result()
-    finally:  # stopped early (an error): tasks not started yet are dropped
+    except GeneratorExit:  # left unread: its tasks not started yet are dropped
         for future in futures:
             future.cancel()
+        raise
+    except BaseException:  # an error in a task, or Ctrl-C while waiting: every task is dropped
+        stop()
+        raise
+    finally:
         _remove(path)
 
 
+_current = None  # the executor handing out tasks, if one was started
+
+
 def _executor(workers: int):
+    global _current
     from joblib.externals.loky import get_reusable_executor
 
     # One BLAS thread per core left to each worker, as joblib gives its own workers.
     threads = str(max(1, usable_cores() // workers))
     limits = {name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    return get_reusable_executor(max_workers=workers, timeout=IDLE_S, env=limits)
+    _current = get_reusable_executor(max_workers=workers, timeout=IDLE_S, env=limits)
+    return _current
+
+
+def stop() -> None:
+    """Drop every task handed out and not finished, and end the worker processes: after an
+    error or Ctrl-C their results are of no use, and at exit Python would wait for all of them.
+    The next tasks start new workers."""
+    global _current
+    executor, _current = _current, None
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 # In a worker: the shared data it read last, by the key of the call that wrote it.
