@@ -162,7 +162,7 @@ def _step_progress(bar: Progress, benchmarks: int):
 def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, seed, out, json_path, min_outcomes,
               size_prices, sweep, groups=None, conversations: int = 0, mix: bool = False, demo_mix: bool = False,
               pool_file: str | None = None) -> None:
-    from herd.evaluation import evaluate
+    from herd.evaluation import start_evaluation
     from herd.policies import make_policy
     from herd.routers import make_router
 
@@ -191,13 +191,15 @@ def _run_eval(data_dir, sources, benchmarks, models, routers, policies, folds, s
         with _progress_bar() as bar:
             progress = _step_progress(bar, len(data.mixtures()) if mix else
                                       len(data.groups()) + (mixture is not None))
-            ev = evaluate(data, named, policy=chosen_policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
-                          conversations=conversations, mix=mix)
-            if mixture is not None:
-                extra = evaluate(mixture, {r: make_router(r, seed=seed) for r in DEMO_MIX_ROUTERS},
-                                 policy=[make_policy(p) for p in DEMO_MIX_POLICIES], folds=folds, seed=seed,
-                                 sweep=sweep, progress=progress, mix=True)
-                ev.benchmarks += extra.benchmarks
+            evaluations = [start_evaluation(data, named, policy=chosen_policies, folds=folds, seed=seed,
+                                            sweep=sweep, progress=progress, conversations=conversations, mix=mix)]
+            if mixture is not None:  # started before the first is finished: the workers go on to it
+                evaluations.append(start_evaluation(mixture, {r: make_router(r, seed=seed) for r in DEMO_MIX_ROUTERS},
+                                                    policy=[make_policy(p) for p in DEMO_MIX_POLICIES], folds=folds,
+                                                    seed=seed, sweep=sweep, progress=progress, mix=True))
+            ev, *extra = [run.finish() for run in evaluations]
+            for more in extra:
+                ev.benchmarks += more.benchmarks
     except HerdError as e:
         _fail(str(e))
     _show(ev, out, json_path, started)

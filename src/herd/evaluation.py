@@ -203,6 +203,26 @@ def evaluate(
     method (oracle, random, best single, votes, every router x policy, every single model);
     ``.to_frame()`` gives them as a DataFrame. Computes only; ``herd.report`` formats.
     """
+    return start_evaluation(data, routers, policy=policy, folds=folds, seed=seed, sweep=sweep, progress=progress,
+                            conversations=conversations, mix=mix, workers=workers).finish()
+
+
+def start_evaluation(
+    data: Outcomes,
+    routers: Router | list[str | Router] | dict[str, Router] = ("knn", "logistic"),
+    *,
+    policy=None,
+    folds: int = 5,
+    seed: int = 0,
+    sweep: bool = True,
+    progress: Progress | None = None,
+    conversations: int = 0,
+    mix: bool = False,
+    workers: int | None = None,
+) -> PendingEvaluation:
+    """``evaluate`` in two steps: this starts every benchmark (its features prepared, its fits
+    handed to the worker processes) and ``finish()`` returns the ``Evaluation``. An evaluation
+    started before another is finished keeps the workers busy from one to the next."""
     policies = _as_list(policy)
     named = _name_routers(routers)
     groups = data.mixtures() if mix else [data.filter(source=s, benchmark=b) for s, b in data.groups()]
@@ -220,14 +240,32 @@ def evaluate(
             if not run.in_workers or conversations:
                 _add_conversations(run.finish(), m, named, conversations, folds, seed, progress)
             started.append(run)
-        results = [run.finish() for run in started]
     except BaseException:  # an error or Ctrl-C: the fits handed out are of no use now
-        if any(run.in_workers for run in started):
-            stop_workers()
+        stop_workers()
         raise
-    engines = sorted({b.embedding_engine for b in results if b.embedding_engine})
-    return Evaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), results,
-                      embedding_engine=", ".join(engines) or None)
+    return PendingEvaluation(data.origin, folds, seed, ", ".join(p.label for p in policies), started)
+
+
+@dataclass
+class PendingEvaluation:
+    """An evaluation whose benchmarks are started (``start_evaluation``); ``finish()`` waits for
+    their fits and returns the ``Evaluation``."""
+
+    dataset: str
+    folds: int
+    seed: int
+    policy: str
+    started: list[PendingBenchmark]
+
+    def finish(self) -> Evaluation:
+        try:
+            results = [run.finish() for run in self.started]
+        except BaseException:  # an error or Ctrl-C: the fits handed out are of no use now
+            stop_workers()
+            raise
+        engines = sorted({b.embedding_engine for b in results if b.embedding_engine})
+        return Evaluation(self.dataset, self.folds, self.seed, self.policy, results,
+                          embedding_engine=", ".join(engines) or None)
 
 
 def _add_conversations(result: BenchmarkResult, m: Matrix, named: dict[str, Router], turns: int, folds: int,
@@ -278,7 +316,7 @@ def evaluate_matrix(
 
 
 @dataclass
-class Started:
+class PendingBenchmark:
     """A benchmark whose routers' fold fits are under way: ``finish()`` does the rest and returns
     its ``BenchmarkResult`` (once; later calls return the same). ``in_workers``: the fits run in
     worker processes, so other benchmarks may be started before this one is finished."""
@@ -303,7 +341,7 @@ def start_matrix(
     sweep: bool = True,
     progress: Progress | None = None,
     workers: int | None = None,
-) -> Started:
+) -> PendingBenchmark:
     """Prepare ``m``'s features and hand the routers' fold fits to the workers (or, with one,
     leave them to ``finish``, which fits in this process)."""
     policies = _as_list(policy)
@@ -414,7 +452,7 @@ def start_matrix(
         result.embedding_engine = ", ".join(sorted(e for e in engines if e)) or None
         return result
 
-    return Started(finish, fits.in_workers)
+    return PendingBenchmark(finish, fits.in_workers)
 
 
 def _per_fold(said: list[str]) -> str:
