@@ -20,7 +20,7 @@ from herd.policies import (ArgMax, Budget, Cascade, CostAware, cascade_called, c
 from herd.routers import Router, make_router
 from herd.tuning import fit_in_fold
 from herd.workers import stop as stop_workers
-from herd.workers import warm_up
+from herd.workers import warm_up, worker_count
 
 # Cost weights swept for each router's cost-quality curve (relative to the dearest model).
 COST_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 1000.0)
@@ -226,12 +226,17 @@ def start_evaluation(
     policies = _as_list(policy)
     named = _name_routers(routers)
     groups = data.mixtures() if mix else [data.filter(source=s, benchmark=b) for s, b in data.groups()]
-    if workers is not None or len(data.outcomes) >= PARALLEL_MIN_OUTCOMES:
+    parallel = (workers is not None or len(data.outcomes) >= PARALLEL_MIN_OUTCOMES) and worker_count(workers) > 1
+    if parallel:
         warm_up(workers, [__name__])  # the workers import herd while the first features are prepared
-    started = []
+    # In workers, the smallest benchmarks are started first: the workers fit them while this
+    # process prepares the larger ones (a large table's n-grams take seconds to count). The
+    # results keep the data's order.
+    order = sorted(range(len(groups)), key=lambda i: len(groups[i].outcomes)) if parallel else range(len(groups))
+    started: list[PendingBenchmark | None] = [None] * len(groups)
     try:
-        for sub in groups:
-            m = sub.matrix()
+        for i in order:
+            m = groups[i].matrix()
             run = start_matrix(m, named, policy=policies, folds=folds, seed=seed, sweep=sweep, progress=progress,
                                workers=workers)
             # Fits in workers: the next benchmark is started before this one is finished, so the
@@ -239,7 +244,7 @@ def start_evaluation(
             # Fits here, or conversations (which fit here): finished now, while its features are at hand.
             if not run.in_workers or conversations:
                 _add_conversations(run.finish(), m, named, conversations, folds, seed, progress)
-            started.append(run)
+            started[i] = run
     except BaseException:  # an error or Ctrl-C: the fits handed out are of no use now
         stop_workers()
         raise
