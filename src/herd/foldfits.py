@@ -73,10 +73,10 @@ class FoldFits:
         self.tasks = [(f, name) for f in range(len(splits)) for name in routers]
         if workers is None and m.labels.size < PARALLEL_MIN_OUTCOMES:
             workers = 1
-        workers = min(worker_count(workers), max(1, len(self.tasks)))
-        self.in_workers = workers > 1
+        workers = worker_count(workers)
+        self.in_workers = workers > 1 and bool(self.tasks)
         message = (f"{label}: fitting {len(splits)} folds x {len(routers)} router(s)"
-                   + (f" in {workers} worker processes" if self.in_workers else ""))
+                   + (f" in {min(workers, len(self.tasks))} worker processes" if self.in_workers else ""))
         self._report = progress and (lambda done, total: progress(message, done, total))
         self._fits = run_tasks(_fit_fold, self.tasks, _Folds(m, splits, routers, policies, seed, prepared(m.texts)),
                                workers=workers, progress=self._report) if self.tasks else iter(())

@@ -64,8 +64,8 @@ def run_tasks(fn: Callable[[Shared, Task], Result], tasks: Sequence[Task], share
     ``fn`` must be a module-level function. The caller's HERD_* environment variables are set in
     the workers too. ``progress(done, total)`` is called as tasks finish, in whatever order they
     finish. An error in a task is raised here, when its result is reached."""
-    workers = min(worker_count(workers), len(tasks))
-    if workers <= 1:
+    workers = worker_count(workers)
+    if workers <= 1 or not tasks:
         return _in_process(fn, tasks, shared, progress)
     return _in_workers(fn, tasks, shared, workers, progress)
 
@@ -156,7 +156,9 @@ def _executor(workers: int):
     global _current
     from joblib.externals.loky import get_reusable_executor
 
-    # One BLAS thread per core left to each worker, as joblib gives its own workers.
+    # Always this many workers, whatever the number of tasks: loky resizes a pool asked for
+    # fewer, which waits for the tasks of calls still running. One BLAS thread per core left to
+    # each worker, as joblib gives its own workers.
     threads = str(max(1, usable_cores() // workers))
     limits = {name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     _current = get_reusable_executor(max_workers=workers, timeout=IDLE_S, env=limits)
