@@ -26,8 +26,6 @@ import time
 import uuid
 import zlib
 
-import httpx
-
 
 def _text(content) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
@@ -255,6 +253,8 @@ class BackendProcess:
         self.url = f"http://127.0.0.1:{port}/v1"
 
     def stats(self) -> dict:
+        import httpx
+
         return httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=5, trust_env=False).json()
 
     def stderr(self) -> str:
@@ -310,6 +310,8 @@ def wait_until_up(health_url: str, proc: subprocess.Popen, stderr=lambda: "", ti
     """Poll ``health_url`` until it answers 200; fail with the process's stderr if it exits first.
     One client for every poll: a new one each time (httpx.get) costs ~40 ms of CPU, which took
     half a core from the very process being waited for."""
+    import httpx  # here, not at the top: a backend process serves without it, and starts faster
+
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=1, trust_env=False) as client:
         while time.monotonic() < deadline:
@@ -359,7 +361,7 @@ def main(argv=None) -> None:
     import importlib.util
     import uvicorn
     has = importlib.util.find_spec
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False,
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, ws="none",
                 loop="uvloop" if has("uvloop") else "asyncio", http="httptools" if has("httptools") else "auto")
 
 

