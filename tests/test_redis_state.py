@@ -14,7 +14,7 @@ from servers import RedisProcess, redis_missing
 from herd.errors import UsageError
 from herd.gateway.keys import ClientKey
 from herd.gateway.redis_client import RedisClient, ReplyError
-from herd.gateway.state import HELD_RECHECK_S, SETTLE_DELAY_S, Charge, RedisState, periods
+from herd.gateway.state import HELD_RECHECK_S, LEASE_S, LEASE_SHARE, SETTLE_DELAY_S, Charge, RedisState, periods
 
 pytestmark = pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
 
@@ -128,6 +128,14 @@ def test_password_and_database_from_the_url(redis_server):
 def test_urls_herd_cannot_read(url):
     with pytest.raises(UsageError, match="gateway.state"):
         RedisState(url)
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for ``condition()``, checked every 10 ms, failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def charge(rid: str, worst: float, usd: float, tokens: tuple[float, float] = (30.0, 20.0), held_by="shared"):
@@ -340,3 +348,96 @@ def test_tls(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_busy_key_is_admitted_from_a_lease_and_what_it_leaves_goes_back(redis_server):
+    """Requests in quick succession: after the first few, this process admits from a lease of
+    slots and budget (no round trip each); Redis counts the leased slots and holds the leased
+    budget meanwhile, and once the lease ends, what it did not use goes back: the window then
+    holds exactly the requests admitted and the budget only what was spent."""
+    async def go():
+        state, (day, month) = RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", rpm=1000, day_usd=100.0)
+        trips = []
+        pipeline = state.redis.pipeline
+
+        async def counted(commands):
+            trips.append(len(commands))
+            return await pipeline(commands)
+
+        state.redis.pipeline = counted
+        for i in range(50):
+            assert (await state.admit(key, 0.01, f"r{i}", day, month)) == (None, "shared")
+        assert len(trips) < 10 and "k" in state.leases
+        lease = state.leases["k"]
+        assert 1 < lease.slots <= 1000 * LEASE_SHARE
+        window = await state.redis.call("ZCARD", "herd:rpm:k")
+        assert window > 50  # the lease's slots not used yet are counted too
+        held = float((await state.redis.call("HGETALL", f"herd:budget:k:d:{day}"))["held"])
+        assert held == pytest.approx(0.5 + lease.usd)
+        for i in range(50):
+            state.settle(charge(f"r{i}", 0.01, 0.004))
+        await asyncio.sleep(LEASE_S)  # the lease ends; its leftovers go back with the charges
+        await until(lambda: not state.leases and not state.pending and not state.carried)
+        assert await state.redis.call("ZCARD", "herd:rpm:k") == 50
+        budget = await state.redis.call("HGETALL", f"herd:budget:k:d:{day}")
+        assert {k: float(v) for k, v in budget.items()} == pytest.approx({"spent": 0.2, "held": 0.0})
+        await state.close()
+
+    run(go())
+
+
+def test_leases_never_let_two_processes_pass_the_limit(redis_server):
+    """rpm 40 and two processes admitting as fast as they can, concurrently: 40 admitted in all,
+    both processes among them, the rest refused with a retry within the minute; a lease is at
+    most LEASE_SHARE of the limit, so neither process takes it all."""
+    async def go():
+        a, b, (day, month) = RedisState(redis_server.url), RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", rpm=40)
+        admitted, refusals, leased = {"a": 0, "b": 0}, [], [0]
+
+        async def send(name, state, n):
+            for i in range(n):
+                refused, _ = await state.admit(key, 0.0, f"{name}{i}-{time.monotonic_ns()}", day, month)
+                if refused is None:
+                    admitted[name] += 1
+                else:
+                    refusals.append(refused)
+                leased.extend(lease.slots for lease in state.leases.values())
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(send(n, s, 40) for n, s in (("a", a), ("b", b), ("a", a), ("b", b))))
+        assert sum(admitted.values()) <= 40 and min(admitted.values()) > 0
+        assert all(r.limit == "rpm" and 0 < r.retry_after_s <= 60 for r in refusals)
+        assert 1 < max(leased) <= 40 * LEASE_SHARE
+        await a.close()
+        await b.close()
+        # Once both have given back what they did not use, the window holds exactly those admitted.
+        check = RedisState(redis_server.url)
+        assert await check.redis.call("ZCARD", "herd:rpm:k") == sum(admitted.values())
+        await check.close()
+
+    run(go())
+
+
+def test_a_lease_returned_twice_is_counted_once(redis_server):
+    """The return of a lease's leftovers carries the lease's id: sent again after a lost reply,
+    it does not give back twice."""
+    async def go():
+        state, (day, month) = RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", day_usd=10.0)
+        for i in range(20):
+            assert (await state.admit(key, 0.01, f"r{i}", day, month))[0] is None
+        lease = state.leases["k"]
+        state._give_back("k")
+        (script, command), = state.pending
+        assert script is state._return
+        replies = await state._run_all([(script, command), (script, command)])
+        assert replies == [1, 0]
+        budget = await state.redis.call("HGETALL", f"herd:budget:k:d:{day}")
+        assert float(budget["held"]) == pytest.approx(20 * 0.01)  # the 20 admitted, nothing of the lease
+        assert lease.usd > 0
+        state.pending.clear()
+        await state.close()
+
+    run(go())

@@ -4,8 +4,11 @@ default: nothing to run) and ``RedisState`` (one Redis for every worker and repl
 them enforce one limit and learn from each other's failing backends).
 
 In Redis every update is one Lua script, so no read-modify-write can interleave. A request
-costs one round trip on its path, the admission; its charge, settled after the answer has
-been sent, rides with the next admission's round trip (or goes alone after ``SETTLE_DELAY_S``).
+costs one round trip on its path, the admission, unless its key is busy in this process: then
+an admission takes a ``Lease`` of slots and budget that admits the next requests here without
+a round trip, and what it leaves goes back when it ends (``LEASE_S``). A charge, settled after
+the answer has been sent, rides with the next admission's round trip (or goes alone after
+``SETTLE_DELAY_S``).
 A charge carries its request id and is written at most once, so a charge retried after a lost
 reply is not counted twice; charges that could not be written wait in memory and are written
 when Redis is back. While Redis is unreachable, ``fail: open`` serves with this process's own
@@ -16,7 +19,8 @@ tokens per second of the last 60 s, their ``sum`` and the ``first`` second, so a
 reads two fields and the seconds only when one leaves the window), ``budget:NAME:d:DAY`` and
 ``budget:NAME:m:MONTH`` (hash: spent, held), ``ledger:DAY`` (hash:
 ``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``), ``ledger:days``,
-``charged:REQUEST_ID``, ``circuit:MODEL`` (open until, epoch ms), ``answered:REQUEST_ID`` (a
+``charged:REQUEST_ID``, ``returned:LEASE_ID`` (a lease given back), ``circuit:MODEL`` (open
+until, epoch ms), ``answered:REQUEST_ID`` (a
 request answered with 200, for the feedback window: "0", then "1" once it has feedback)."""
 
 from __future__ import annotations
@@ -48,12 +52,21 @@ CHARGED_TTL_S = 7 * 86400  # how long a request id is remembered as charged
 SETTLE_BATCH = 256  # charges sent to Redis in one round trip at most
 # How long an answered request's charge waits for this process's next admission to carry it to
 # Redis (no round trip of its own) before it is sent alone.
-SETTLE_DELAY_S = 0.005
+SETTLE_DELAY_S = 0.025
 # A budget refusal while holds are on the budget is checked once more after this long: a hold may
 # be an answered request's whose charge is on its way, in this process or another.
 HELD_RECHECK_S = 0.05
 # Answered request ids one process remembers for feedback at most (~150 MB); the oldest go first.
 LOCAL_ANSWERED = 1_000_000
+# A key busy in this process takes a lease: rpm slots and budget for about twice its requests of
+# the last LEASE_S, used within LEASE_S with no round trip; what it does not use goes back. At most
+# LEASE_SHARE of the rpm (and LEASE_SLOTS slots) and LEASE_BUDGET_SHARE of a budget at once, so
+# other processes are not starved (and a killed process strands little budget); an idle key's
+# lease is one request's, which is the admission itself.
+LEASE_S = 0.1
+LEASE_SHARE = 0.1
+LEASE_BUDGET_SHARE = 0.01
+LEASE_SLOTS = 1000
 
 
 class StateDown(Exception):
@@ -258,18 +271,25 @@ class TokenWindow:
 
 
 # KEYS: rpm, tokens, budget day, budget month. ARGV: rpm, tpm, day budget, month budget ('' = none),
-# worst, request id. Returns {} when admitted, else {limit, retry after (s), used, held}.
+# worst, lease id, rpm slots wanted, USD wanted (at least worst), the lease's life (s). Grants as
+# much as the limits leave, at least one slot and worst: {'ok', slots, usd, tokens in the window}.
+# Else {limit, retry after (s), used, held}. Slots of a lease of several are counted from the end
+# of its life, so each is in the window at least as long as an admission at its use would be.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local rpm, tpm, worst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local slots, usd, life = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 if rpm then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
-  if redis.call('ZCARD', KEYS[1]) >= rpm then
+  local free = rpm - redis.call('ZCARD', KEYS[1])
+  if free < 1 then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {'rpm', tostring(tonumber(oldest[2]) + 60 - now), '0'}
+    return {'rpm', tostring(math.min(60, tonumber(oldest[2]) + 60 - now)), '0'}
   end
+  slots = math.min(slots, free)
 end
+local used_tokens = 0
 if tpm then
   local kept = redis.call('HMGET', KEYS[2], 'sum', 'first')
   local used, first = tonumber(kept[1]) or 0, tonumber(kept[2])
@@ -285,6 +305,7 @@ if tpm then
     first = oldest
   end
   if used >= tpm then return {'tpm', tostring((first or now) + 60 - now), '0'} end
+  used_tokens = used
 end
 local limits, fresh = {'day', 'month'}, {}
 for i = 3, 4 do
@@ -293,21 +314,39 @@ for i = 3, 4 do
     local kept = redis.call('HMGET', KEYS[i], 'spent', 'held')
     local used = (tonumber(kept[1]) or 0) + (tonumber(kept[2]) or 0)
     if used + worst > budget + 1e-12 then return {limits[i - 2], '-1', tostring(used), tostring(kept[2] or 0)} end
+    usd = math.max(worst, math.min(usd, budget - used))
     fresh[i] = not kept[1] and not kept[2]
   end
 end
 if rpm then
-  redis.call('ZADD', KEYS[1], now, ARGV[6])
-  redis.call('EXPIRE', KEYS[1], 61)
+  local members, at = {}, slots > 1 and now + life or now
+  for i = 1, slots do
+    members[#members + 1] = at
+    members[#members + 1] = i == 1 and ARGV[6] or ARGV[6] .. ':' .. i
+  end
+  redis.call('ZADD', KEYS[1], unpack(members))
+  redis.call('EXPIRE', KEYS[1], 62)
 end
 for i = 3, 4 do
-  if tonumber(ARGV[i]) and worst > 0 then
-    redis.call('HINCRBYFLOAT', KEYS[i], 'held', worst)
+  if tonumber(ARGV[i]) and usd > 0 then
+    redis.call('HINCRBYFLOAT', KEYS[i], 'held', usd)
     -- Set once, when the period's counter is made: it outlives its day or month either way.
     if fresh[i] then redis.call('EXPIRE', KEYS[i], i == 3 and 259200 or 5356800) end
   end
 end
-return {}
+return {'ok', tostring(slots), tostring(usd), tostring(used_tokens)}
+"""
+
+# KEYS: returned:LEASE_ID, rpm, budget day, budget month. ARGV: USD, then the unused slots. What a
+# lease did not use goes back, once (a return retried after a lost reply is skipped).
+_RETURN = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return 0 end
+if #ARGV > 1 then redis.call('ZREM', KEYS[2], unpack(ARGV, 2)) end
+local usd = tonumber(ARGV[1])
+for i = 3, 4 do
+  if usd > 0 and redis.call('HEXISTS', KEYS[i], 'held') == 1 then redis.call('HINCRBYFLOAT', KEYS[i], 'held', -usd) end
+end
+return 1
 """
 
 # KEYS: charged:ID, budget day, budget month, tokens, ledger:DAY, ledger:days. ARGV: held, usd,
@@ -367,6 +406,36 @@ return 1
 LEDGER_FIELDS = ("usd", "calls", "prompt_tokens", "completion_tokens")
 
 
+@dataclass
+class Lease:
+    """A part of a key's limits granted to this process by Redis, for requests admitted here
+    until ``until`` (monotonic) without a round trip. ``tokens``: the key's tokens in the window
+    when granted, plus those this process has counted since."""
+
+    id: str
+    day: str
+    month: str
+    until: float
+    slots: int  # granted
+    usd: float  # budget left
+    tokens: float
+    used: int = 1  # slots used (the request that took the lease used the first)
+
+    def covers(self, key: ClientKey, worst: float, day: str, month: str, now: float) -> bool:
+        return (now < self.until and day == self.day and month == self.month
+                and (key.rpm is None or self.used < self.slots)
+                and (key.day_usd is None and key.month_usd is None or worst <= self.usd + 1e-12)
+                and (key.tpm is None or self.tokens < key.tpm))
+
+    def take(self, worst: float) -> None:
+        self.used += 1
+        self.usd -= worst
+
+    def slot(self, i: int) -> str:
+        """The rpm window's member for slot ``i`` (1-based): the first is the lease id itself."""
+        return self.id if i == 1 else f"{self.id}:{i}"
+
+
 class Script:
     """A Lua script Redis runs by its SHA1, sent whole only when Redis has not seen it."""
 
@@ -392,16 +461,20 @@ class RedisState(State):
             raise UsageError(f"state {_shown(url)!r} ({ENV_STATE_URL}, --state or gateway.state): {e}") from None
         self.url, self.fail, self.prefix = _shown(url), fail, prefix
         self.local = LocalState()  # this process's own limits, used while Redis is unreachable
-        # Charges not yet written to Redis, oldest first, as their scripts' commands ready to send
-        # (made when the charge is settled, after its answer, not on a later request's path).
-        self.pending: list[tuple] = []
+        # Charges and lease returns not yet written to Redis, oldest first, as their scripts and
+        # commands ready to send (made when the charge is settled, after its answer, not on a
+        # later request's path).
+        self.pending: list[tuple[Script, tuple]] = []
         self.carried = 0  # charges taken from pending by a round trip still under way
         self._writer: asyncio.Task | None = None
         self._flush: asyncio.TimerHandle | None = None
         self.up = True
         self.models: tuple[str, ...] = ()  # whose circuits are shared
-        self._admit, self._settle = Script(_ADMIT), Script(_SETTLE)
+        self._admit, self._settle, self._return = Script(_ADMIT), Script(_SETTLE), Script(_RETURN)
         self._health, self._claim = Script(_HEALTH), Script(_CLAIM)
+        self.leases: dict[str, Lease] = {}  # key name -> this process's lease
+        self.recent: dict[str, deque] = {}  # key name -> times of its latest admissions here
+        self.leasing: dict[str, asyncio.Future] = {}  # key name -> done when its round trip ends
         tm.STATE_UP.labels("redis").set(1)
 
     async def _run(self, script: Script, keys: list[str], args: list):
@@ -433,6 +506,8 @@ class RedisState(State):
             log.warning("limits store %s unreachable (%s); %s until it is back", self.url, type(e).__name__,
                         "serving with this process's own limits" if self.fail == "open" else
                         "refusing limited requests")
+            for name in list(self.leases):  # what they hold goes back once Redis is
+                self._give_back(name)
 
     def _back(self) -> None:
         if not self.up:
@@ -442,42 +517,104 @@ class RedisState(State):
 
     async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,
                     month: str) -> tuple[Refusal | None, str | None]:
-        """One round trip, which also carries the charges waiting to be written (before the
-        admission, so it sees them)."""
+        """From this process's lease of the key's limits when it covers the request (no round
+        trip). Else one round trip, which also carries the charges waiting to be written (before
+        the admission, so it sees them) and, for a key busy here, takes a lease for the requests
+        that follow. Requests arriving while a lease is on its way wait for it."""
+        name = key.name
+        for _ in range(2):
+            lease, now = self.leases.get(name), time.monotonic()
+            if lease is not None and self.up:
+                if lease.covers(key, worst, day, month, now):
+                    lease.take(worst)
+                    self._busy(key.name, now)
+                    self._count_here(key, now)
+                    return None, "shared"
+                self._give_back(name)
+            coming = self.leasing.get(name)
+            if coming is None:
+                break
+            await asyncio.wait([coming])
+        now = time.monotonic()
+        slots, usd = self._lease_size(key, worst, self._busy(name, now))
         p = self.prefix
-        keys = [f"{p}rpm:{key.name}", f"{p}tokens:{key.name}", f"{p}budget:{key.name}:d:{day}",
-                f"{p}budget:{key.name}:m:{month}"]
-        args = [_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst), request_id]
+        keys = [f"{p}rpm:{name}", f"{p}tokens:{name}", f"{p}budget:{name}:d:{day}", f"{p}budget:{name}:m:{month}"]
+        args = [_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst), request_id,
+                slots, repr(usd), repr(LEASE_S)]
         admission = self._admit.command(keys, args)
-        for recheck in (False, True):
-            if not self.up:
-                break
-            carried = self._take()
-            try:
-                replies = await self._run_all([*self._settle_calls(carried), (self._admit, admission)])
-            except BaseException as e:  # cancelled too: what it carried waits again
-                self._landed(carried, False)
-                if not isinstance(e, (ReplyError, OSError)):
-                    raise
-                self._down(e)
-                break
-            self._landed(carried, self._settled(replies[:-1]))
-            got = replies[-1]
-            if isinstance(got, ReplyError):
-                self._down(got)
-                break
-            if not got:
-                if key.rpm is not None:  # this process's own count too, should Redis become unreachable
-                    self.local.counted(key).append(time.monotonic())
-                return None, "shared"
-            limit, retry, used, held = got[0], float(got[1]), float(got[2]), float(got[3] if len(got) > 3 else 0)
-            if limit in ("day", "month") and held > 0 and not recheck:
-                await asyncio.sleep(HELD_RECHECK_S)
-                continue
-            return Refusal(limit, until_next(limit) if retry < 0 else retry, used), None
+        coming = None if name in self.leasing else asyncio.get_running_loop().create_future()
+        if coming is not None:  # the others wait for this one's lease
+            self.leasing[name] = coming
+        try:
+            for recheck in (False, True):
+                if not self.up:
+                    break
+                carried = self._take()
+                try:
+                    replies = await self._run_all([*carried, (self._admit, admission)])
+                except BaseException as e:  # cancelled too: what it carried waits again
+                    self._landed(carried, False)
+                    if not isinstance(e, (ReplyError, OSError)):
+                        raise
+                    self._down(e)
+                    break
+                self._landed(carried, self._settled(replies[:-1]))
+                got = replies[-1]
+                if isinstance(got, ReplyError):
+                    self._down(got)
+                    break
+                if got[0] == "ok":
+                    self._count_here(key, now)
+                    self._lease(key, request_id, day, month, now, worst, int(got[1]), float(got[2]), float(got[3]))
+                    return None, "shared"
+                limit, retry, used, held = got[0], float(got[1]), float(got[2]), float(got[3] if len(got) > 3 else 0)
+                if limit in ("day", "month") and held > 0 and not recheck:
+                    await asyncio.sleep(HELD_RECHECK_S)
+                    continue
+                return Refusal(limit, until_next(limit) if retry < 0 else retry, used), None
+        finally:
+            if coming is not None:
+                del self.leasing[name]
+                coming.set_result(None)
         if self.fail == "closed":
             raise StateDown()
         return self.local.admit_now(key, worst, day, month), "local"
+
+    def _count_here(self, key: ClientKey, now: float) -> None:
+        if key.rpm is not None:  # this process's own count too, should Redis become unreachable
+            self.local.counted(key).append(now)
+
+    def _busy(self, name: str, now: float) -> int:
+        """Note a request of the key here; how many it had in the last LEASE_S."""
+        recent = self.recent.get(name)
+        if recent is None:
+            recent = self.recent[name] = deque(maxlen=LEASE_SLOTS)
+        while recent and recent[0] <= now - LEASE_S:
+            recent.popleft()
+        recent.append(now)
+        return len(recent)
+
+    def _lease_size(self, key: ClientKey, worst: float, recent: int) -> tuple[int, float]:
+        """Slots and USD to ask for: about twice the key's admissions here in the last LEASE_S
+        (one, the request itself, for a key not busy here), within the shares of its limits."""
+        wanted = 1 if recent <= 1 else 2 * recent
+        if key.rpm is not None:
+            wanted = min(wanted, max(1, int(key.rpm * LEASE_SHARE)), LEASE_SLOTS)
+        budgets = [b for b in (key.day_usd, key.month_usd) if b is not None]
+        usd = 0.0 if not budgets else max(worst, min(worst * wanted, LEASE_BUDGET_SHARE * min(budgets)))
+        return wanted, usd
+
+    def _lease(self, key: ClientKey, request_id: str, day: str, month: str, asked_at: float, worst: float,
+               slots: int, usd: float, tokens: float) -> None:
+        """Keep what Redis granted beyond this request as the key's lease, until LEASE_S after it
+        was asked for (Redis counts its slots from LEASE_S after it granted them: later)."""
+        if key.rpm is None:
+            slots = 0
+        if slots <= 1 and usd <= worst + 1e-12:
+            return
+        lease = Lease(request_id, day, month, asked_at + LEASE_S, slots, usd - worst, tokens)
+        self.leases[key.name] = lease
+        asyncio.get_running_loop().call_later(LEASE_S, self._give_back, key.name, lease)
 
     def settle(self, charge: Charge) -> None:
         """Count the charge in this process at once, and queue it for Redis, after the answer
@@ -485,12 +622,32 @@ class RedisState(State):
         if none comes within ``SETTLE_DELAY_S``, the writer sends every charge waiting in one
         round trip. The worst case held at admission stays on the budget until then."""
         self.local.apply(charge)
-        self.pending.append(self._settle.command(*self._settle_call(charge)))
+        lease = self.leases.get(charge.name)
+        if lease is not None:
+            lease.tokens += charge.total_tokens
+        self._queue(self._settle, self._settle.command(*self._settle_call(charge)))
+
+    def _queue(self, script: Script, command: tuple) -> None:
+        self.pending.append((script, command))
         self._count_pending()
         if len(self.pending) >= SETTLE_BATCH and self.up:
             self._write_pending()
         else:
             self._flush_soon()
+
+    def _give_back(self, name: str, lease: Lease | None = None) -> None:
+        """End the key's lease (or ``lease``, if still the key's): its unused slots and budget are
+        queued to go back, with the charges."""
+        if lease is not None and self.leases.get(name) is not lease:
+            return
+        lease = self.leases.pop(name, None)
+        if lease is None or (lease.used >= lease.slots and lease.usd <= 1e-12):
+            return
+        p = self.prefix
+        keys = [f"{p}returned:{lease.id}", f"{p}rpm:{name}", f"{p}budget:{name}:d:{lease.day}",
+                f"{p}budget:{name}:m:{lease.month}"]
+        unused = [lease.slot(i) for i in range(lease.used + 1, lease.slots + 1)]
+        self._queue(self._return, self._return.command(keys, [repr(max(0.0, lease.usd)), *unused]))
 
     def _flush_soon(self) -> None:
         """The writer in SETTLE_DELAY_S unless an admission takes the charges first (while Redis
@@ -543,9 +700,6 @@ class RedisState(State):
     def _count_pending(self) -> None:
         tm.STATE_PENDING.set(len(self.pending) + self.carried)
 
-    def _settle_calls(self, batch: list[tuple]) -> list[tuple[Script, tuple]]:
-        return [(self._settle, command) for command in batch]
-
     def _settled(self, replies: list) -> bool:
         """Whether Redis applied every charge of a round trip (or had applied it before)."""
         failed = next((r for r in replies if isinstance(r, ReplyError)), None)
@@ -557,7 +711,7 @@ class RedisState(State):
         """One round trip for the batch; False (all of it kept to send again) if Redis failed any
         of it: a charge already applied is skipped then by its request id."""
         try:
-            replies = await self._run_all(self._settle_calls(batch))
+            replies = await self._run_all(batch)
         except (ReplyError, OSError) as e:
             self._down(e)
             return False
@@ -636,6 +790,8 @@ class RedisState(State):
         return rows
 
     async def close(self) -> None:
+        for name in list(self.leases):
+            self._give_back(name)
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
