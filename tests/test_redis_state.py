@@ -138,6 +138,18 @@ async def until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def round_trips(state: RedisState) -> list[int]:
+    """The number of commands of each round trip ``state`` makes to Redis from now on."""
+    trips, pipeline = [], state.redis.pipeline
+
+    async def counted(commands):
+        trips.append(len(commands))
+        return await pipeline(commands)
+
+    state.redis.pipeline = counted
+    return trips
+
+
 def charge(rid: str, worst: float, usd: float, tokens: tuple[float, float] = (30.0, 20.0), held_by="shared"):
     day, month = periods()
     return Charge("k", rid, worst, held_by, {"m": usd}, {"m": 1}, {"m": tokens}, day, month)
@@ -253,14 +265,7 @@ def test_a_charge_rides_with_the_next_admission_or_is_sent_alone_soon(redis_serv
         state.settle(charge("r0", 0.0, 0.0))
         await state.close()
         state, key = RedisState(redis_server.url), ClientKey("k", b"s", day_usd=1.0)
-        sent = []
-        pipeline = state.redis.pipeline
-
-        async def counted(commands):
-            sent.append(len(commands))
-            return await pipeline(commands)
-
-        state.redis.pipeline = counted
+        sent = round_trips(state)
         assert (await state.admit(key, 0.5, "r1", day, month))[0] is None
         state.settle(charge("r1", 0.5, 0.1))
         assert len(state.pending) == 1 and sent == [1]
@@ -358,14 +363,7 @@ def test_a_busy_key_is_admitted_from_a_lease_and_what_it_leaves_goes_back(redis_
     async def go():
         state, (day, month) = RedisState(redis_server.url), periods()
         key = ClientKey("k", b"s", rpm=1000, day_usd=100.0)
-        trips = []
-        pipeline = state.redis.pipeline
-
-        async def counted(commands):
-            trips.append(len(commands))
-            return await pipeline(commands)
-
-        state.redis.pipeline = counted
+        trips = round_trips(state)
         for i in range(50):
             assert (await state.admit(key, 0.01, f"r{i}", day, month)) == (None, "shared")
         assert len(trips) < 10 and "k" in state.leases
