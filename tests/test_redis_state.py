@@ -6,6 +6,7 @@ Redis has forgotten, and charges kept while Redis is down and written at close."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -437,5 +438,93 @@ def test_a_lease_returned_twice_is_counted_once(redis_server):
         assert lease.usd > 0
         state.pending.clear()
         await state.close()
+
+    run(go())
+
+
+def test_many_requests_at_once_leave_nothing_stranded(redis_server):
+    """Waves of 50 admissions at once in one process: one lease is on its way at a time (the
+    others ask for themselves only), a lease replaced is given back, and once all have settled
+    and the leases have ended the window holds exactly those admitted and nothing stays held."""
+    async def go():
+        state, (day, month) = RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", rpm=10_000, day_usd=100.0)
+        admitted = []
+        for wave in range(5):
+            ids = [f"w{wave}-{i}" for i in range(50)]
+            got = await asyncio.gather(*(state.admit(key, 0.01, rid, day, month) for rid in ids))
+            admitted += [(rid, by) for rid, (refused, by) in zip(ids, got) if refused is None]
+        assert len(admitted) == 250
+        for rid, by in admitted:
+            state.settle(charge(rid, 0.01, 0.004, held_by=by))
+        await asyncio.sleep(LEASE_S)
+        await until(lambda: not state.leases and not state.pending and not state.carried)
+        assert await state.redis.call("ZCARD", "herd:rpm:k") == 250
+        budget = await state.redis.call("HGETALL", f"herd:budget:k:d:{day}")
+        assert {k: float(v) for k, v in budget.items()} == pytest.approx({"spent": 1.0, "held": 0.0}, abs=1e-9)
+        await state.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("lost", ["cancelled", "late reply"])
+def test_a_lease_whose_reply_is_lost_goes_back_whole(redis_server, lost):
+    """Redis granted a lease but the request never read the reply (cancelled, or the reply came
+    after the timeout): everything granted goes back, so nothing stays counted but what was
+    admitted and answered."""
+    async def go():
+        state, (day, month) = RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", rpm=1000, day_usd=100.0)
+        for i in range(30):  # a busy key
+            assert (await state.admit(key, 0.01, f"r{i}", day, month))[0] is None
+        await until(lambda: not state.leases)  # the next admission is a round trip asking for a lease
+        for _ in range(5):
+            state._busy("k", time.monotonic())
+        pipeline = state.redis.pipeline
+
+        async def late(commands):  # Redis runs the script; its reply does not arrive in time
+            replies = await pipeline(commands)
+            await asyncio.sleep(0.05)
+            if lost == "late reply":
+                raise TimeoutError("no reply within the timeout")
+            return replies
+
+        state.redis.pipeline = late
+        request = asyncio.create_task(state.admit(key, 0.01, "lost", day, month))
+        await asyncio.sleep(0.02)
+        if lost == "cancelled":
+            request.cancel()
+        with pytest.raises(asyncio.CancelledError) if lost == "cancelled" else contextlib.nullcontext():
+            refused, by = await request
+            assert refused is None and by == "local"  # fail open: this process's own limits
+        state.redis.pipeline = pipeline
+        state.up = True
+        for i in range(30):
+            state.settle(charge(f"r{i}", 0.01, 0.004))
+        await until(lambda: not state.pending and not state.carried)
+        assert await state.redis.call("ZCARD", "herd:rpm:k") == 30
+        budget = await state.redis.call("HGETALL", f"herd:budget:k:d:{day}")
+        assert {k: float(v) for k, v in budget.items()} == pytest.approx({"spent": 0.12, "held": 0.0}, abs=1e-9)
+        await state.close()
+
+    run(go())
+
+
+def test_a_budget_refusal_waits_for_another_process_lease_to_go_back(redis_server):
+    """Near the end of a budget, process A's lease holds part of what is left; process B's
+    request, which would fit once A's lease goes back, is admitted after the recheck instead of
+    being refused until tomorrow."""
+    async def go():
+        a, b, (day, month) = RedisState(redis_server.url), RedisState(redis_server.url), periods()
+        key = ClientKey("k", b"s", day_usd=1.0)
+        await a.redis.call("HSET", f"herd:budget:k:d:{day}", "spent", "0.99", "held", "0")
+        for i in range(3):  # busy in A: the third takes a lease of half what is left
+            assert (await a.admit(key, 0.001, f"a{i}", day, month))[0] is None
+            a.settle(charge(f"a{i}", 0.001, 0.001))
+        assert "k" in a.leases
+        refused, _ = await b.admit(key, 0.006, "b1", day, month)
+        assert refused is None
+        await a.close()
+        await b.close()
 
     run(go())

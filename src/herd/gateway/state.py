@@ -19,9 +19,9 @@ tokens per second of the last 60 s, their ``sum`` and the ``first`` second, so a
 reads two fields and the seconds only when one leaves the window), ``budget:NAME:d:DAY`` and
 ``budget:NAME:m:MONTH`` (hash: spent, held), ``ledger:DAY`` (hash:
 ``NAME<TAB>MODEL<TAB>usd|calls|prompt_tokens|completion_tokens``), ``ledger:days``,
-``charged:REQUEST_ID``, ``returned:LEASE_ID`` (a lease given back), ``circuit:MODEL`` (open
-until, epoch ms), ``answered:REQUEST_ID`` (a
-request answered with 200, for the feedback window: "0", then "1" once it has feedback)."""
+``charged:REQUEST_ID``, ``lease:ID`` (what a lease was granted, until it goes back),
+``circuit:MODEL`` (open until, epoch ms), ``answered:REQUEST_ID`` (a request answered with 200,
+for the feedback window: "0", then "1" once it has feedback)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ SETTLE_BATCH = 256  # charges sent to Redis in one round trip at most
 # Redis (no round trip of its own) before it is sent alone.
 SETTLE_DELAY_S = 0.025
 # A budget refusal while holds are on the budget is checked once more after this long: a hold may
-# be an answered request's whose charge is on its way, in this process or another.
-HELD_RECHECK_S = 0.05
+# be an answered request's whose charge is on its way, or a lease's, in this process or another.
+HELD_RECHECK_S = 0.15  # more than LEASE_S + SETTLE_DELAY_S
 # Answered request ids one process remembers for feedback at most (~150 MB); the oldest go first.
 LOCAL_ANSWERED = 1_000_000
 # A key busy in this process takes a lease: rpm slots and budget for about twice its requests of
@@ -270,11 +270,13 @@ class TokenWindow:
         self.total += tokens
 
 
-# KEYS: rpm, tokens, budget day, budget month. ARGV: rpm, tpm, day budget, month budget ('' = none),
-# worst, lease id, rpm slots wanted, USD wanted (at least worst), the lease's life (s). Grants as
-# much as the limits leave, at least one slot and worst: {'ok', slots, usd, tokens in the window}.
-# Else {limit, retry after (s), used, held}. Slots of a lease of several are counted from the end
-# of its life, so each is in the window at least as long as an admission at its use would be.
+# KEYS: rpm, tokens, budget day, budget month, lease:ID. ARGV: rpm, tpm, day budget, month budget
+# ('' = none), worst, lease id, rpm slots wanted, USD wanted (at least worst), the lease's life (s).
+# Grants as much as the limits leave (of a budget, at most half what is left), at least one slot
+# and worst: {'ok', slots, usd, tokens in the window}; a grant of more is recorded in lease:ID,
+# which its return reads. Else {limit, retry after (s), used, held}. Slots of a lease of several
+# are counted from the end of its life, so each is in the window at least as long as an admission
+# at its use would be.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -314,7 +316,7 @@ for i = 3, 4 do
     local kept = redis.call('HMGET', KEYS[i], 'spent', 'held')
     local used = (tonumber(kept[1]) or 0) + (tonumber(kept[2]) or 0)
     if used + worst > budget + 1e-12 then return {limits[i - 2], '-1', tostring(used), tostring(kept[2] or 0)} end
-    usd = math.max(worst, math.min(usd, budget - used))
+    usd = math.max(worst, math.min(usd, (budget - used) / 2))
     fresh[i] = not kept[1] and not kept[2]
   end
 end
@@ -334,17 +336,31 @@ for i = 3, 4 do
     if fresh[i] then redis.call('EXPIRE', KEYS[i], i == 3 and 259200 or 5356800) end
   end
 end
-return {'ok', tostring(slots), tostring(usd), tostring(used_tokens)}
+if (rpm and slots > 1) or usd > worst + 1e-12 then
+  redis.call('HSET', KEYS[5], 'slots', rpm and slots or 0, 'usd', string.format('%.17g', usd))
+  redis.call('EXPIRE', KEYS[5], 3600)
+end
+return {'ok', tostring(slots), string.format('%.17g', usd), tostring(used_tokens)}
 """
 
-# KEYS: returned:LEASE_ID, rpm, budget day, budget month. ARGV: USD, then the unused slots. What a
-# lease did not use goes back, once (a return retried after a lost reply is skipped).
+# KEYS: lease:ID, rpm, budget day, budget month. ARGV: slots used, USD used, lease id. What the
+# lease did not use goes back, once (the record is deleted; a return retried, or for a grant that
+# was never made, finds none).
 _RETURN = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3600) then return 0 end
-if #ARGV > 1 then redis.call('ZREM', KEYS[2], unpack(ARGV, 2)) end
-local usd = tonumber(ARGV[1])
+local granted = redis.call('HMGET', KEYS[1], 'slots', 'usd')
+if not granted[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local slots, used = tonumber(granted[1]), tonumber(ARGV[1])
+if slots > used then
+  local members = {}
+  for i = used + 1, slots do members[#members + 1] = i == 1 and ARGV[3] or ARGV[3] .. ':' .. i end
+  redis.call('ZREM', KEYS[2], unpack(members))
+end
+local back = tonumber(granted[2]) - tonumber(ARGV[2])
 for i = 3, 4 do
-  if usd > 0 and redis.call('HEXISTS', KEYS[i], 'held') == 1 then redis.call('HINCRBYFLOAT', KEYS[i], 'held', -usd) end
+  if back > 0 and redis.call('HEXISTS', KEYS[i], 'held') == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[i], 'held', -back)
+  end
 end
 return 1
 """
@@ -418,6 +434,7 @@ class Lease:
     until: float
     slots: int  # granted
     usd: float  # budget left
+    taken: float  # budget used (the worst cases of the requests admitted from it)
     tokens: float
     used: int = 1  # slots used (the request that took the lease used the first)
 
@@ -430,6 +447,7 @@ class Lease:
     def take(self, worst: float) -> None:
         self.used += 1
         self.usd -= worst
+        self.taken += worst
 
     def slot(self, i: int) -> str:
         """The rpm window's member for slot ``i`` (1-based): the first is the lease id itself."""
@@ -475,6 +493,7 @@ class RedisState(State):
         self.leases: dict[str, Lease] = {}  # key name -> this process's lease
         self.recent: dict[str, deque] = {}  # key name -> times of its latest admissions here
         self.leasing: dict[str, asyncio.Future] = {}  # key name -> done when its round trip ends
+        self.closing = False
         tm.STATE_UP.labels("redis").set(1)
 
     async def _run(self, script: Script, keys: list[str], args: list):
@@ -536,13 +555,17 @@ class RedisState(State):
                 break
             await asyncio.wait([coming])
         now = time.monotonic()
-        slots, usd = self._lease_size(key, worst, self._busy(name, now))
+        recent = self._busy(name, now)
+        # One lease on its way per key: a request that goes to Redis beside it asks for itself only.
+        coming = None if name in self.leasing else asyncio.get_running_loop().create_future()
+        slots, usd = self._lease_size(key, worst, recent if coming is not None else 1)
+        leasing = (key.rpm is not None and slots > 1) or usd > worst + 1e-12
         p = self.prefix
-        keys = [f"{p}rpm:{name}", f"{p}tokens:{name}", f"{p}budget:{name}:d:{day}", f"{p}budget:{name}:m:{month}"]
+        keys = [f"{p}rpm:{name}", f"{p}tokens:{name}", f"{p}budget:{name}:d:{day}", f"{p}budget:{name}:m:{month}",
+                f"{p}lease:{request_id}"]
         args = [_arg(key.rpm), _arg(key.tpm), _arg(key.day_usd), _arg(key.month_usd), repr(worst), request_id,
                 slots, repr(usd), repr(LEASE_S)]
         admission = self._admit.command(keys, args)
-        coming = None if name in self.leasing else asyncio.get_running_loop().create_future()
         if coming is not None:  # the others wait for this one's lease
             self.leasing[name] = coming
         try:
@@ -554,6 +577,8 @@ class RedisState(State):
                     replies = await self._run_all([*carried, (self._admit, admission)])
                 except BaseException as e:  # cancelled too: what it carried waits again
                     self._landed(carried, False)
+                    if leasing:  # a lease Redis may have granted, its reply lost: all of it goes back
+                        self._return_lease(name, request_id, day, month, used=0, taken=0.0)
                     if not isinstance(e, (ReplyError, OSError)):
                         raise
                     self._down(e)
@@ -612,9 +637,13 @@ class RedisState(State):
             slots = 0
         if slots <= 1 and usd <= worst + 1e-12:
             return
-        lease = Lease(request_id, day, month, asked_at + LEASE_S, slots, usd - worst, tokens)
+        self._give_back(key.name)  # one lease per key: a request beside this one's may have taken one
+        lease = Lease(request_id, day, month, asked_at + LEASE_S, slots, usd - worst, worst, tokens)
         self.leases[key.name] = lease
-        asyncio.get_running_loop().call_later(LEASE_S, self._give_back, key.name, lease)
+        if self.closing:  # close() has given the leases back already
+            self._give_back(key.name)
+        else:
+            asyncio.get_running_loop().call_later(LEASE_S, self._give_back, key.name, lease)
 
     def settle(self, charge: Charge) -> None:
         """Count the charge in this process at once, and queue it for Redis, after the answer
@@ -641,13 +670,15 @@ class RedisState(State):
         if lease is not None and self.leases.get(name) is not lease:
             return
         lease = self.leases.pop(name, None)
-        if lease is None or (lease.used >= lease.slots and lease.usd <= 1e-12):
-            return
+        if lease is not None and (lease.used < lease.slots or lease.usd > 1e-12):
+            self._return_lease(name, lease.id, lease.day, lease.month, lease.used, lease.taken)
+
+    def _return_lease(self, name: str, lease_id: str, day: str, month: str, used: int, taken: float) -> None:
+        """Queue the return of what a lease did not use: its slots after the first ``used`` and its
+        budget beyond ``taken`` (Redis knows what it granted)."""
         p = self.prefix
-        keys = [f"{p}returned:{lease.id}", f"{p}rpm:{name}", f"{p}budget:{name}:d:{lease.day}",
-                f"{p}budget:{name}:m:{lease.month}"]
-        unused = [lease.slot(i) for i in range(lease.used + 1, lease.slots + 1)]
-        self._queue(self._return, self._return.command(keys, [repr(max(0.0, lease.usd)), *unused]))
+        keys = [f"{p}lease:{lease_id}", f"{p}rpm:{name}", f"{p}budget:{name}:d:{day}", f"{p}budget:{name}:m:{month}"]
+        self._queue(self._return, self._return.command(keys, [used, repr(taken), lease_id]))
 
     def _flush_soon(self) -> None:
         """The writer in SETTLE_DELAY_S unless an admission takes the charges first (while Redis
@@ -790,6 +821,9 @@ class RedisState(State):
         return rows
 
     async def close(self) -> None:
+        self.closing = True
+        if self.leasing:  # leases on their way: given back as they come
+            await asyncio.wait(list(self.leasing.values()), timeout=1.0)
         for name in list(self.leases):
             self._give_back(name)
         if self._flush is not None:
