@@ -282,6 +282,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local rpm, tpm, worst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
 local slots, usd, life = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+if redis.call('EXISTS', KEYS[5]) == 1 then slots, usd = 1, worst end  -- its return came first: no lease
 if rpm then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
   local free = rpm - redis.call('ZCARD', KEYS[1])
@@ -338,18 +339,21 @@ for i = 3, 4 do
 end
 if (rpm and slots > 1) or usd > worst + 1e-12 then
   redis.call('HSET', KEYS[5], 'slots', rpm and slots or 0, 'usd', string.format('%.17g', usd))
-  redis.call('EXPIRE', KEYS[5], 3600)
+  redis.call('EXPIRE', KEYS[5], 259200)
 end
 return {'ok', tostring(slots), string.format('%.17g', usd), tostring(used_tokens)}
 """
 
 # KEYS: lease:ID, rpm, budget day, budget month. ARGV: slots used, USD used, lease id. What the
-# lease did not use goes back, once (the record is deleted; a return retried, or for a grant that
-# was never made, finds none).
+# lease did not use goes back, once: the record is emptied, so a return retried finds nothing to
+# give back, and a return that comes before its admission (a lost reply's) leaves the record
+# empty, which makes that admission grant no lease.
 _RETURN = """
 local granted = redis.call('HMGET', KEYS[1], 'slots', 'usd')
-if not granted[1] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'returned', '1')
+redis.call('EXPIRE', KEYS[1], 300)  -- longer than an admission can be on its way
+if not granted[1] then return 0 end
 local slots, used = tonumber(granted[1]), tonumber(ARGV[1])
 if slots > used then
   local members = {}
@@ -557,7 +561,7 @@ class RedisState(State):
         now = time.monotonic()
         recent = self._busy(name, now)
         # One lease on its way per key: a request that goes to Redis beside it asks for itself only.
-        coming = None if name in self.leasing else asyncio.get_running_loop().create_future()
+        coming = None if name in self.leasing or self.closing else asyncio.get_running_loop().create_future()
         slots, usd = self._lease_size(key, worst, recent if coming is not None else 1)
         leasing = (key.rpm is not None and slots > 1) or usd > worst + 1e-12
         p = self.prefix
@@ -572,13 +576,16 @@ class RedisState(State):
             for recheck in (False, True):
                 if not self.up:
                     break
-                carried = self._take()
+                carried, now = self._take(), time.monotonic()
                 try:
                     replies = await self._run_all([*carried, (self._admit, admission)])
                 except BaseException as e:  # cancelled too: what it carried waits again
                     self._landed(carried, False)
-                    if leasing:  # a lease Redis may have granted, its reply lost: all of it goes back
-                        self._return_lease(name, request_id, day, month, used=0, taken=0.0)
+                    if leasing:  # a lease Redis may have granted, its reply lost: it goes back, but
+                        # for this request's own slot if it is served (fail open; its worst case
+                        # is held here, so all the budget goes back)
+                        served = isinstance(e, (ReplyError, OSError)) and self.fail == "open"
+                        self._return_lease(name, request_id, day, month, used=int(served), taken=0.0)
                     if not isinstance(e, (ReplyError, OSError)):
                         raise
                     self._down(e)
@@ -670,7 +677,7 @@ class RedisState(State):
         if lease is not None and self.leases.get(name) is not lease:
             return
         lease = self.leases.pop(name, None)
-        if lease is not None and (lease.used < lease.slots or lease.usd > 1e-12):
+        if lease is not None:  # used up or not: the return also clears Redis's record of it
             self._return_lease(name, lease.id, lease.day, lease.month, lease.used, lease.taken)
 
     def _return_lease(self, name: str, lease_id: str, day: str, month: str, used: int, taken: float) -> None:
