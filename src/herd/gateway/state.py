@@ -563,7 +563,7 @@ class RedisState(State):
         # One lease on its way per key: a request that goes to Redis beside it asks for itself only.
         coming = None if name in self.leasing or self.closing else asyncio.get_running_loop().create_future()
         slots, usd = self._lease_size(key, worst, recent if coming is not None else 1)
-        leasing = (key.rpm is not None and slots > 1) or usd > worst + 1e-12
+        leasing = _is_lease(key, slots, usd, worst)
         p = self.prefix
         keys = [f"{p}rpm:{name}", f"{p}tokens:{name}", f"{p}budget:{name}:d:{day}", f"{p}budget:{name}:m:{month}",
                 f"{p}lease:{request_id}"]
@@ -640,9 +640,7 @@ class RedisState(State):
                slots: int, usd: float, tokens: float) -> None:
         """Keep what Redis granted beyond this request as the key's lease, until LEASE_S after it
         was asked for (Redis counts its slots from LEASE_S after it granted them: later)."""
-        if key.rpm is None:
-            slots = 0
-        if slots <= 1 and usd <= worst + 1e-12:
+        if not _is_lease(key, slots, usd, worst):
             return
         self._give_back(key.name)  # one lease per key: a request beside this one's may have taken one
         lease = Lease(request_id, day, month, asked_at + LEASE_S, slots, usd - worst, worst, tokens)
@@ -851,6 +849,12 @@ def make_state(settings: GatewaySettings) -> State:
     if not url:
         return LocalState()
     return RedisState(url, settings.state_fail)
+
+
+def _is_lease(key: ClientKey, slots: int, usd: float, worst: float) -> bool:
+    """Whether slots and USD go beyond the request's own slot and worst case: a lease (as _ADMIT
+    decides when it records a grant)."""
+    return (key.rpm is not None and slots > 1) or usd > worst + 1e-12
 
 
 def _arg(value) -> str:
