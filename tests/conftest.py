@@ -64,3 +64,15 @@ def dataset_dir(tmp_path, frames):
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HERD_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HERD_DATA", raising=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a loopback port of its own, its data under tmp_path (tests using
+    it skip where redis-server is missing: see servers.redis_missing)."""
+    from servers import RedisProcess
+
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    with RedisProcess(directory) as r:
+        yield r

@@ -13,20 +13,12 @@ import time
 import httpx
 import pytest
 from fake_backend import start_backend
-from servers import RedisProcess, pool_yaml, redis_missing, start_gateway
+from servers import pool_yaml, redis_missing, start_gateway
 
 pytestmark = pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
 
 PRICE = 20.0  # USD per million tokens, in and out
 STARTUP_S = 90  # two gateways and several backends start on a shared machine
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    with RedisProcess(directory) as r:
-        yield r
 
 
 def priced(name: str, backend, **extra) -> dict:

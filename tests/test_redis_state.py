@@ -10,7 +10,7 @@ import contextlib
 import time
 
 import pytest
-from servers import RedisProcess, redis_missing
+from servers import redis_missing
 
 from herd.errors import UsageError
 from herd.gateway.keys import ClientKey
@@ -18,14 +18,6 @@ from herd.gateway.redis_client import RedisClient, ReplyError
 from herd.gateway.state import HELD_RECHECK_S, LEASE_S, LEASE_SHARE, SETTLE_DELAY_S, Charge, RedisState, periods
 
 pytestmark = pytest.mark.skipif(redis_missing() is not None, reason=str(redis_missing()))
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    with RedisProcess(directory) as r:
-        yield r
 
 
 def run(coroutine):
