@@ -14,6 +14,12 @@ from herd.routers.base import FeatureRouter
 
 FIT_THREADS = max(1, min(4, os.cpu_count() or 1))
 
+# Stopping tolerance of liblinear's dual solver (its largest dual violation). liblinear's own
+# default for this solver is 0.1 and scikit-learn's 1e-4; at 3e-3 the held-out P(correct) stays
+# within about 1e-4 of the exact optimum (primal Newton at scikit-learn's default was 3e-4 off)
+# and a fit takes about a quarter less time.
+DUAL_TOL = 3e-3
+
 
 class LogisticRouter(FeatureRouter):
     """P(correct | query, model j) from an L2-regularized logistic regression per model.
@@ -56,7 +62,7 @@ class LogisticRouter(FeatureRouter):
             weights = np.r_[wj * yj, wj * (1.0 - yj)]
             keep = weights > 0
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="liblinear", dual=dual,
-                                     random_state=self.seed)
+                                     tol=DUAL_TOL if dual else 1e-4, random_state=self.seed)
             clf.fit(xx[keep], labels[keep], sample_weight=weights[keep])
             self.coef_[:, j] = clf.coef_[0]
             self.intercept_[j] = clf.intercept_[0]
