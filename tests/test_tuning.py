@@ -1,7 +1,9 @@
 """Fitting inside a training fold, the one way evaluation, selection, blends and training fit;
 and a matrix's model columns."""
 
+from collections import Counter
 from dataclasses import replace
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -9,9 +11,11 @@ import pytest
 from herd import metrics, select
 from herd.data import Outcomes
 from herd.evaluation import evaluate
-from herd.policies import ArgMax, CheckedCascade, SafeArgMax, make_policy
+from herd.foldfits import FoldFits
+from herd.policies import ArgMax, CheckedCascade, Prediction, SafeArgMax, make_policy
 from herd.routers import make_router
 from herd.routers.base import out_of_fold_scores
+from herd.routers.logistic import LogisticRouter
 from herd.tuning import fit_in_fold
 
 POOL = ["hist-7b", "big-70b"]
@@ -94,3 +98,53 @@ def test_select_scores_a_checked_cascade_with_the_answers_observations(observed_
     # Without the observations there is nothing to read an answer by: the pool cannot be scored so.
     assert select.routed_accuracy(replace(m, observed=None), POOL, make_router("logistic"), make_policy(spec),
                                   3, 0)[0] is None
+
+
+FITTED: list[frozenset] = []
+
+
+class RecordingRouter(LogisticRouter):
+    """The logistic router, noting the queries of every fit."""
+
+    def fit(self, data, sample_weight=None):
+        FITTED.append(frozenset(data.keys.itertuples(index=False, name=None)))
+        return super().fit(data, sample_weight)
+
+
+@pytest.mark.parametrize("folds", [5, 3])
+def test_a_cross_validation_shares_its_inner_fits_where_that_costs_no_more(observed_outcomes, folds):
+    """With 5 folds the inner folds of fold f are the other folds, each fitted once without the
+    two folds it serves (10 fits, not 15); with 3, each fold has three inner folds of its own. No
+    fit serving fold f's tuning has seen fold f, and the policies are tuned on those scores."""
+    m = observed_outcomes.matrix()
+    splits = m.kfold(folds, 0)
+    held = [frozenset(m.take(te).keys.itertuples(index=False, name=None)) for _, te in splits]
+    everything = frozenset().union(*held)
+    FITTED.clear()
+    policies = [SafeArgMax(), ArgMax(), Prediction()]
+    fits = dict(FoldFits(m, splits, {"r": RecordingRouter()}, policies, seed=0, workers=1))
+    left_out = Counter(tuple(f for f, h in enumerate(held) if not h & seen) for seen in FITTED)
+    for seen, out in zip(FITTED, left_out):
+        assert seen | frozenset().union(*(held[f] for f in out)) == everything or folds == 3
+    if folds == 5:
+        assert left_out == Counter([(f,) for f in range(5)] + list(combinations(range(5), 2)))
+    else:  # three inner fits inside every fold, which leave out that fold and a third of the rest
+        assert len(FITTED) == 3 + 3 * 3 and all(left_out[(f,)] == 4 for f in range(3))
+    for f, (tr, te) in enumerate(splits):
+        train = m.take(tr)
+        if folds == 5:
+            validation = np.empty(m.labels.shape)
+            for j, (_, other) in enumerate(splits):
+                if j != f:
+                    rest = m.take(np.setdiff1d(np.arange(m.n_queries), np.r_[te, other]))
+                    validation[other] = LogisticRouter().fit(rest).predict_scores(m.take(other).texts)
+            validation = validation[tr]
+        else:
+            validation = out_of_fold_scores(LogisticRouter(), train, 0)
+        costs = metrics.mean_cost_per_model(train.cost)
+        by_hand = SafeArgMax().fit(validation, train.labels, costs, train.models, tasks=train.tasks)
+        safe, argmax, learned = fits[f, "r"].policies
+        assert argmax is policies[1]  # nothing to tune
+        assert (safe.margin_, safe.validation_accuracy_) == (by_hand.margin_, by_hand.validation_accuracy_)
+        # a classifier over the whole score vector: equal only where the scores are
+        np.testing.assert_array_equal(learned.model_.coef_, Prediction().fit(validation, train.labels, costs).model_.coef_)

@@ -82,10 +82,12 @@ def test_two_workers_evaluate_and_draw_exactly_what_one_process_does(frames, tmp
     (the workers go on to the second while this process finishes the first)."""
     data = _two_benchmarks(frames)
     policies = [make_policy(p) for p in ("argmax", "safe", "agree")]
-    runs = {w: evaluate(data, ["logistic", "knn-tfidf"], policy=policies, folds=3, workers=w) for w in (1, 2)}
-    assert [b.benchmark for b in runs[2].benchmarks] == ["mix", "other"]
-    assert _figures(runs[1]) == _figures(runs[2])
-    one_benchmark = replace(runs[2], benchmarks=runs[2].benchmarks[:1])
+    # 3 folds: inner folds of their own; 4: inner fits shared by the folds
+    runs = {(w, k): evaluate(data, ["logistic", "knn-tfidf"], policy=policies, folds=k, workers=w) for w in (1, 2)
+            for k in (3, 4)}
+    assert [b.benchmark for b in runs[2, 3].benchmarks] == ["mix", "other"]
+    assert _figures(runs[1, 3]) == _figures(runs[2, 3]) and _figures(runs[1, 4]) == _figures(runs[2, 4])
+    one_benchmark = replace(runs[2, 3], benchmarks=runs[2, 3].benchmarks[:1])
     here = write_report(one_benchmark, tmp_path / "here", workers=1)
     there = write_report(one_benchmark, tmp_path / "there", workers=2)
     assert sorted(here) == sorted(there) and sum(p.suffix == ".png" for p in there.values()) == 4

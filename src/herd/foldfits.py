@@ -1,26 +1,38 @@
 """The routers' fits of a cross-validation, one per (fold, router): each router fitted on the
-fold's training queries with its policies tuned inside them (``fit_in_fold``), then scoring the
-fold's test queries. Large tables are fitted in worker processes (herd.workers), smaller ones
-in this process, where starting workers would take longer than the work; the results are the
-same bit for bit either way."""
+fold's training queries, scoring the fold's test queries, with its policies tuned on held-out
+scores of the training queries alone. Large tables are fitted in worker processes
+(herd.workers), smaller ones in this process, where starting workers would take longer than the
+work; the results are the same bit for bit either way.
+
+With 4 to 7 folds, the held-out scores come from fits the folds share: for fold f the inner
+folds are the other outer folds, and the router fitted without folds f and j scores fold j for
+f's tuning and fold f for j's. That is K(K-1)/2 inner fits for K folds instead of three for
+every fold, each on more of the data, and none of them has seen the queries its fold is judged
+on. With other fold counts each fold has its own three inner folds, as ``herd train`` does."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Callable, Iterator
 
 import numpy as np
+from sklearn.base import clone
 
 from herd.data import Matrix
 from herd.features import Prepared, prepared
 from herd.routers import Router
-from herd.tuning import fit_in_fold
+from herd.tuning import needs_validation, tune_policies, validation_scores
 from herd.workers import run_tasks, worker_count
 
 # Below this many outcomes (queries x models) a table is fitted in this process unless a number
 # of workers is given: starting workers takes a second or two.
 PARALLEL_MIN_OUTCOMES = 10_000
+
+# Fold counts whose inner cross-validations share their fits: no more fits than three inner
+# folds per fold would take (K(K-1)/2 <= 3K), each on at least as much of the data.
+SHARED_INNER_FOLDS = range(4, 8)
 
 
 @dataclass
@@ -37,6 +49,18 @@ class FoldFit:
 
 
 @dataclass
+class _Fitted:
+    """What a worker sends back for one fold: a FoldFit but for the tuning, and the router's own
+    held-out scores of the training queries where it made them."""
+
+    scores: np.ndarray
+    seconds: float
+    validation: np.ndarray | None
+    engine: str | None
+    summary: str | None
+
+
+@dataclass
 class _Folds:
     """What every fit reads, sent to the workers once: the table, its folds, the routers and
     policies, and the features this process prepared for the table's texts."""
@@ -46,20 +70,36 @@ class _Folds:
     routers: dict[str, Router]
     policies: list
     seed: int
+    shared: bool
     features: Prepared
 
 
-def _fit_fold(folds: _Folds, task: tuple[int, str]) -> FoldFit:
-    f, name = task
+def _fit(folds: _Folds, task: tuple[str, int | tuple[int, int], str]):
+    """A fold's fit (``("fold", f, router)``), or a shared inner fit (``("pair", (i, j), router)``:
+    fitted without folds i and j, its scores of both)."""
+    kind, f, name = task
     folds.features.adopt()
+    m, proto = folds.m, folds.routers[name]
+    if kind == "pair":
+        held = [folds.splits[i][1] for i in f]
+        router = clone(proto).fit(m.take(np.setdiff1d(np.arange(m.n_queries), np.concatenate(held))))
+        return [router.predict_scores(part.texts, part.tasks) for part in map(m.take, held)]
     tr, te = folds.splits[f]
-    fold = fit_in_fold(folds.routers[name], folds.policies, folds.m.take(tr), folds.seed)
-    router, test = fold.router, folds.m.take(te)
+    train, test = m.take(tr), m.take(te)
+    router = clone(proto).fit(train)
     t0 = time.perf_counter()
     scores = router.predict_scores(test.texts, test.tasks)
     seconds = time.perf_counter() - t0
-    return FoldFit(scores, seconds, fold.policies, router.embedding_engine(),
+    validation = getattr(router, "validation_scores_", None)
+    if validation is None and not folds.shared and needs_validation(folds.policies):
+        validation = validation_scores(router, proto, train, folds.seed)
+    return _Fitted(scores, seconds, validation, router.embedding_engine(),
                    router.summary() if hasattr(router, "summary") else None)
+
+
+def _shares_inner_fits(router: Router) -> bool:
+    # Routers that choose among candidates by their own inner CV (auto) keep its scores.
+    return not getattr(router, "keeps_validation_scores", False)
 
 
 class FoldFits:
@@ -70,20 +110,51 @@ class FoldFits:
 
     def __init__(self, m: Matrix, splits, routers: dict[str, Router], policies: list, seed: int, *,
                  workers: int | None = None, label: str = "", progress: Callable[[str, int, int], None] | None = None):
-        self.tasks = [(f, name) for f in range(len(splits)) for name in routers]
+        self.m, self.splits, self.policies = m, splits, policies
+        self.shared = len(splits) in SHARED_INNER_FOLDS and needs_validation(policies)
+        # A fold's fit, then the shared inner fits it is the first of: the tuning of fold f can
+        # start once f's are in.
+        self.tasks = [task for f in range(len(splits)) for name, router in routers.items()
+                      for task in [("fold", f, name)] + [("pair", (f, j), name) for j in range(f + 1, len(splits))
+                                                         if self.shared and _shares_inner_fits(router)]]
         if workers is None and m.labels.size < PARALLEL_MIN_OUTCOMES:
             workers = 1
         workers = worker_count(workers)
         self.in_workers = workers > 1 and bool(self.tasks)
+        inner = sum(kind == "pair" for kind, _, _ in self.tasks)
         message = (f"{label}: fitting {len(splits)} folds x {len(routers)} router(s)"
+                   + (f" and {inner} inner fits they share" if inner else "")
                    + (f" in {min(workers, len(self.tasks))} worker processes" if self.in_workers else ""))
         self._report = progress and (lambda done, total: progress(message, done, total))
-        self._fits = run_tasks(_fit_fold, self.tasks, _Folds(m, splits, routers, policies, seed, prepared(m.texts)),
-                               workers=workers, progress=self._report) if self.tasks else iter(())
+        shared = _Folds(m, splits, routers, policies, seed, self.shared, prepared(m.texts))
+        self._fits = run_tasks(_fit, self.tasks, shared, workers=workers,
+                               progress=self._report) if self.tasks else iter(())
 
     def __iter__(self) -> Iterator[tuple[tuple[int, str], FoldFit]]:
         if self._report and self.tasks:
             self._report(0, len(self.tasks))  # those done by now are counted as soon as the first is read
+        return self._fold_fits()
+
+    def _fold_fits(self) -> Iterator[tuple[tuple[int, str], FoldFit]]:
+        pairs: dict[tuple[tuple[int, int], str], list[np.ndarray]] = {}
         # The fits first: zip stops at the first that ends, and the fits must end (not be left
         # at their last result) for their shared file to go at once.
-        return ((task, fit) for fit, task in zip(self._fits, self.tasks))
+        done = zip(self._fits, self.tasks)
+        for (f, name), group in groupby(done, key=lambda d: (d[1][1] if d[1][0] == "fold" else d[1][1][0], d[1][2])):
+            for got, (kind, which, _) in group:
+                if kind == "pair":
+                    pairs[which, name] = got
+                else:
+                    fitted = got
+            yield (f, name), self._tuned(f, name, fitted, pairs)
+
+    def _tuned(self, f: int, name: str, fitted: _Fitted, pairs) -> FoldFit:
+        validation = fitted.validation
+        if validation is None and self.shared:
+            full = np.empty(self.m.labels.shape)
+            for j, (_, held) in enumerate(self.splits):
+                if j != f:
+                    full[held] = pairs[(min(f, j), max(f, j)), name][int(j > f)]
+            validation = full[self.splits[f][0]]
+        policies = tune_policies(None, self.policies, self.m.take(self.splits[f][0]), validation).policies
+        return FoldFit(fitted.scores, fitted.seconds, policies, fitted.engine, fitted.summary)

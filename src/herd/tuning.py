@@ -44,6 +44,11 @@ class InFold:
         return self.policies[0]
 
 
+def needs_validation(policies: list[Policy]) -> bool:
+    """Whether tuning any of ``policies`` reads a router's held-out scores of training queries."""
+    return any(p.needs_fit and p.uses_scores for p in policies)
+
+
 def fit_in_fold(router_proto: Router | None, policy: Policy | list[Policy], train: Matrix, seed: int = 0, *,
                 sample_weight: np.ndarray | None = None, validate: bool = False) -> InFold:
     """Fit a copy of ``router_proto`` on ``train`` and tune a copy of each ``policy`` that needs
@@ -61,8 +66,15 @@ def fit_in_fold(router_proto: Router | None, policy: Policy | list[Policy], trai
         raise ValueError("policies that read a router's scores, and validation, need a router")
     router = clone(router_proto).fit(train, sample_weight=sample_weight) if scored else None
     validation = None
-    if router is not None and (validate or any(p.needs_fit and p.uses_scores for p in policies)):
+    if router is not None and (validate or needs_validation(policies)):
         validation = validation_scores(router, router_proto, train, seed, sample_weight)
+    return tune_policies(router, policies, train, validation, sample_weight)
+
+
+def tune_policies(router: Router | None, policies: list[Policy], train: Matrix, validation: np.ndarray | None,
+                  sample_weight: np.ndarray | None = None) -> InFold:
+    """Tune a copy of each policy that needs it on ``validation``, the router's held-out scores
+    of ``train`` (see ``fit_in_fold``, which computes them; a cross-validation may bring its own)."""
     tuned_on = train
     if sample_weight is not None:
         full = (np.asarray(sample_weight) > 0).all(axis=1)

@@ -55,6 +55,8 @@ class AutoRouter(Router):
     embeddings are skipped when the embed extra is missing.
     """
 
+    keeps_validation_scores = True
+
     def __init__(self, candidates: tuple[str, ...] = DEFAULT_CANDIDATES, seed: int = 0):
         self.candidates = candidates
         self.seed = seed

@@ -17,10 +17,13 @@ class Router(BaseEstimator):
     (each model's training accuracy, the estimate when a query tells us nothing).
 
     Families whose learner weighs its samples declare ``takes_weights = True`` and accept
-    ``fit(data, sample_weight=W)``; the others refuse it.
+    ``fit(data, sample_weight=W)``; the others refuse it. Routers whose fit runs an inner
+    cross-validation of their own keep its held-out scores of the training queries in
+    ``validation_scores_`` and declare ``keeps_validation_scores = True``.
     """
 
     takes_weights = False
+    keeps_validation_scores = False
 
     def fit(self, data: Matrix | Outcomes, sample_weight: np.ndarray | None = None) -> Router:
         """Learn each model's P(correct) from recorded outcomes; every model of ``data`` becomes
