@@ -31,14 +31,15 @@ PHASES = [
     ("load outcome data", ["herd.data:Outcomes.load"]),
     ("embed questions (MiniLM)", ["herd.features:SentenceEmbedder.embed"]),
     ("count n-grams (TF-IDF)", ["herd.tfidf:count"]),
-    ("fit in fold (router + tuned policies)", ["herd.tuning:fit_in_fold"]),
+    ("fit in fold (router, its test scores)", ["herd.foldfits:_fit_fold"]),
+    ("shared inner fits (router, scores of 2 folds)", ["herd.foldfits:_fit_pair"]),
     ("fit routers (all)", ["herd.routers.base:Router.fit"]),
     ("  of which TF-IDF fits", ["herd.tfidf:Tfidf.fit"]),
     ("  of which logistic fits", ["herd.routers.logistic:LogisticRouter._fit"]),
     ("  of which knn fits", ["herd.routers.knn:KNNRouter._fit"]),
     ("route held-out queries", ["herd.routers.base:Router.predict_scores"]),
-    ("inner CV for tuned policies", ["herd.routers.base:out_of_fold_scores"]),
-    ("fit policies (safe, agree)", ["herd.policies.tuned:SafeArgMax.fit", "herd.policies.agree:Agree.fit"]),
+    ("inner CV of a fold's own", ["herd.routers.base:out_of_fold_scores"]),
+    ("tune policies (safe, agree)", ["herd.tuning:tune_policies"]),
     ("agreement cascades (fit + sweep)", ["herd.evaluation:AnswerTally.add"]),
     ("majority votes", ["herd.evaluation:VoteTally.add"]),
     ("summarize", ["herd.evaluation:summarize"]),
@@ -103,7 +104,7 @@ def main() -> None:
           f"wall, {cpu:.1f} s CPU here (+{children.ru_utime + children.ru_stime:.1f} s in worker processes), "
           f"load average {os.getloadavg()[0]:.1f}")
     for label, secs in phases.items():
-        print(f"  {label:<38} {secs:8.1f} s")
+        print(f"  {label:<46} {secs:8.1f} s")
     result = {"cache": "cold" if args.cold else "warm", "workers": args.workers, "clock": args.clock, "wall_s": wall, "cpu_s": cpu,
               "worker_cpu_s": children.ru_utime + children.ru_stime,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -75,17 +75,25 @@ class _Folds:
 
 
 def _fit(folds: _Folds, task: tuple[str, int | tuple[int, int], str]):
-    """A fold's fit (``("fold", f, router)``), or a shared inner fit (``("pair", (i, j), router)``:
-    fitted without folds i and j, its scores of both)."""
-    kind, f, name = task
+    """A fold's fit (``("fold", f, router)``) or a shared inner fit (``("pair", (i, j), router)``)."""
+    kind, which, name = task
     folds.features.adopt()
-    m, proto = folds.m, folds.routers[name]
-    if kind == "pair":
-        held = [folds.splits[i][1] for i in f]
-        router = clone(proto).fit(m.take(np.setdiff1d(np.arange(m.n_queries), np.concatenate(held))))
-        return [router.predict_scores(part.texts, part.tasks) for part in map(m.take, held)]
+    return (_fit_pair if kind == "pair" else _fit_fold)(folds, which, folds.routers[name])
+
+
+def _fit_pair(folds: _Folds, pair: tuple[int, int], proto: Router) -> list[np.ndarray]:
+    """The router fitted without folds i and j: its scores of fold i and of fold j."""
+    m = folds.m
+    held = [folds.splits[f][1] for f in pair]
+    router = clone(proto).fit(m.take(np.setdiff1d(np.arange(m.n_queries), np.concatenate(held))))
+    return [router.predict_scores(part.texts, part.tasks) for part in map(m.take, held)]
+
+
+def _fit_fold(folds: _Folds, f: int, proto: Router) -> _Fitted:
+    """The router fitted on fold f's training queries, scoring its test queries; with the held-out
+    scores of the training queries where the router made them or the fold has no shared inner fits."""
     tr, te = folds.splits[f]
-    train, test = m.take(tr), m.take(te)
+    train, test = folds.m.take(tr), folds.m.take(te)
     router = clone(proto).fit(train)
     t0 = time.perf_counter()
     scores = router.predict_scores(test.texts, test.tasks)
