@@ -60,6 +60,18 @@ def test_knn_tunes_on_training_data_only(toy):
     assert r.k_ in (5, 10, 20, 40) and r.prior_strength_ >= 0
     fixed = KNNRouter(k=3, prior_strength=0.0, features="tfidf").fit(train)
     assert (fixed.k_, fixed.prior_strength_) == (3, 0.0)
+    # no neighbours: every query gets the prior, each model's training rate
+    none = KNNRouter(k=0, prior_strength=2.0, features="tfidf").fit(train)
+    np.testing.assert_allclose(none.predict_scores(["add the numbers", "a poem"]), np.vstack([none.prior_] * 2))
+
+
+def test_knn_takes_the_most_similar_queries_most_similar_first(toy):
+    train, _ = toy.split(0.3, seed=0)
+    r = KNNRouter(k=5, prior_strength=0.0, features="tfidf").fit(train)
+    xq = r._featurize(train.queries.text.tolist()[:7])
+    sim = (xq @ r.xt_).toarray()
+    got = r._neighbours(xq, 5)
+    np.testing.assert_array_equal(np.take_along_axis(sim, got, axis=1), -np.sort(-sim, axis=1)[:, :5])
 
 
 def test_logistic_handles_fractional_and_constant_labels(frames):

@@ -85,19 +85,20 @@ def test_fit_in_fold_tunes_on_the_queries_with_every_outcome_when_weighted(obser
         fit_in_fold(make_router("logistic"), SafeArgMax(), m, sample_weight=partial)
 
 
-def test_select_scores_a_checked_cascade_with_the_answers_observations(observed_outcomes):
+@pytest.mark.parametrize("folds", [3, 5])  # inner folds of each fold's own; shared between folds
+def test_select_scores_a_checked_cascade_with_the_answers_observations(observed_outcomes, folds):
     """`herd select --policy cascade-check:A,B` re-scores a pool with the answer observations
     of its models, exactly as `herd eval` scores the same cascade on the same folds."""
     m = observed_outcomes.matrix()
     spec = "cascade-check:" + ",".join(POOL)
-    routed, best = select.routed_accuracy(m, POOL, make_router("logistic"), make_policy(spec), 3, 0)
+    routed, best = select.routed_accuracy(m, POOL, make_router("logistic"), make_policy(spec), folds, 0)
     ev = evaluate(observed_outcomes.filter(models=POOL), {"logistic": make_router("logistic")},
-                  policy=make_policy(spec), folds=3, seed=0, sweep=False)
+                  policy=make_policy(spec), folds=folds, seed=0, sweep=False)
     assert routed == pytest.approx(ev.benchmarks[0].row("router", f"logistic ({spec})").accuracy)
     assert routed > best + 0.1  # short answers of the history model stand, the rest go to the big one
     # Without the observations there is nothing to read an answer by: the pool cannot be scored so.
     assert select.routed_accuracy(replace(m, observed=None), POOL, make_router("logistic"), make_policy(spec),
-                                  3, 0)[0] is None
+                                  folds, 0)[0] is None
 
 
 FITTED: list[frozenset] = []
@@ -148,3 +149,26 @@ def test_a_cross_validation_shares_its_inner_fits_where_that_costs_no_more(obser
         assert (safe.margin_, safe.validation_accuracy_) == (by_hand.margin_, by_hand.validation_accuracy_)
         # a classifier over the whole score vector: equal only where the scores are
         np.testing.assert_array_equal(learned.model_.coef_, Prediction().fit(validation, train.labels, costs).model_.coef_)
+
+
+class KeepsNoScores(LogisticRouter):
+    """Says it keeps its own held-out scores, as auto does, but has none."""
+
+    keeps_validation_scores = True
+
+
+def test_folds_that_cannot_share_inner_fits_have_their_own(observed_outcomes):
+    """A router that says it keeps held-out scores and has none, and folds that do not split the
+    queries between them (here a subset of them), still get an inner cross-validation: their own."""
+    m = observed_outcomes.matrix()
+    splits = m.kfold(5, 0)
+    subset = [(tr[: len(tr) // 2], te) for tr, te in splits]
+    for router, folds in ((KeepsNoScores(), splits), (LogisticRouter(), subset)):
+        fits = FoldFits(m, folds, {"r": router}, [SafeArgMax()], seed=0, workers=1)
+        assert [kind for kind, _, _ in fits.tasks] == ["fold"] * 5
+        for (f, _), fit in fits:
+            train = m.take(folds[f][0])
+            held = out_of_fold_scores(LogisticRouter(), train, 0)
+            by_hand = SafeArgMax().fit(held, train.labels, metrics.mean_cost_per_model(train.cost), train.models,
+                                       tasks=train.tasks)
+            assert fit.policies[0].validation_accuracy_ == by_hand.validation_accuracy_

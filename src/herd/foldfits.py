@@ -7,7 +7,7 @@ work; the results are the same bit for bit either way.
 With 4 to 7 folds, the held-out scores come from fits the folds share: for fold f the inner
 folds are the other outer folds, and the router fitted without folds f and j scores fold j for
 f's tuning and fold f for j's. That is K(K-1)/2 inner fits for K folds instead of three for
-every fold, each on more of the data, and none of them has seen the queries its fold is judged
+every fold, each on at least as much of the data, and none of them has seen the queries its fold is judged
 on. With other fold counts each fold has its own three inner folds, as ``herd train`` does."""
 
 from __future__ import annotations
@@ -99,10 +99,18 @@ def _fit_fold(folds: _Folds, f: int, proto: Router) -> _Fitted:
     scores = router.predict_scores(test.texts, test.tasks)
     seconds = time.perf_counter() - t0
     validation = getattr(router, "validation_scores_", None)
-    if validation is None and not folds.shared and needs_validation(folds.policies):
+    if validation is None and not (folds.shared and _shares_inner_fits(proto)) and needs_validation(folds.policies):
         validation = validation_scores(router, proto, train, folds.seed)
     return _Fitted(scores, seconds, validation, router.embedding_engine(),
                    router.summary() if hasattr(router, "summary") else None)
+
+
+def _partition(splits, n: int) -> bool:
+    """Whether the test folds split the n queries between them and each fold trains on the rest:
+    the shared inner fits train on whatever two folds leave."""
+    tests = np.concatenate([te for _, te in splits])
+    return len(tests) == n and np.array_equal(np.sort(tests), np.arange(n)) and all(
+        len(tr) + len(te) == n and not np.isin(tr, te).any() for tr, te in splits)
 
 
 def _shares_inner_fits(router: Router) -> bool:
@@ -119,7 +127,7 @@ class FoldFits:
     def __init__(self, m: Matrix, splits, routers: dict[str, Router], policies: list, seed: int, *,
                  workers: int | None = None, label: str = "", progress: Callable[[str, int, int], None] | None = None):
         self.m, self.splits, self.policies = m, splits, policies
-        self.shared = len(splits) in SHARED_INNER_FOLDS and needs_validation(policies)
+        self.shared = len(splits) in SHARED_INNER_FOLDS and needs_validation(policies) and _partition(splits, m.n_queries)
         # A fold's fit, then the shared inner fits it is the first of: the tuning of fold f can
         # start once f's are in.
         self.tasks = [task for f in range(len(splits)) for name, router in routers.items()

@@ -18,6 +18,7 @@ import numpy as np
 from herd import metrics
 from herd.data import Matrix, Outcomes
 from herd.errors import HerdError
+from herd.foldfits import FoldFits
 from herd.policies import make_policy, policy_inputs
 from herd.routers import Router, make_router
 from herd.tuning import fit_in_fold
@@ -232,22 +233,30 @@ def routed_accuracy(m: Matrix, pool: list[str], router: Router, policy, folds: i
         acc = float(y[:, 0].mean())
         return acc, acc
     routed, single = np.empty(len(y)), np.empty(len(y))
-    for tr, te in sub.kfold(folds, seed):
+    splits = sub.kfold(folds, seed)
+    for tr, te in splits:
         single[te] = y[te, metrics.best_model(y[tr], sub.cost[tr])]
     try:
-        for tr, te in sub.kfold(folds, seed):
-            routed[te] = y[te, _routed_choice(sub, tr, te, router, policy, seed)]
+        for f, policy_f, scores in _tuned_folds(sub, splits, router, policy, seed):
+            tr, te = splits[f]
+            held = sub.take(te)
+            choice = policy_f.choose(scores, metrics.mean_cost_per_model(sub.cost[tr]),
+                                     **policy_inputs(policy_f, held.observed, held.answer_codes, tasks=held.tasks))
+            routed[te] = y[te, choice]
     except ValueError:
         return None, float(single.mean())
     return float(routed.mean()), float(single.mean())
 
 
-def _routed_choice(sub: Matrix, tr, te, router: Router, policy, seed: int) -> np.ndarray:
-    fold = fit_in_fold(router, policy, sub.take(tr), seed)
-    held, p = sub.take(te), fold.policy
-    scores = None if fold.router is None else fold.router.predict_scores(held.texts, held.tasks)
-    costs = metrics.mean_cost_per_model(sub.cost[tr])
-    return p.choose(scores, costs, **policy_inputs(p, held.observed, held.answer_codes, tasks=held.tasks))
+def _tuned_folds(sub: Matrix, splits, router: Router, policy, seed: int):
+    """(fold, tuned policy, router's scores of the fold's test queries or None) per fold, fitted
+    as `herd eval` fits them (herd.foldfits), so a pool scores here what it scores there."""
+    if policy.uses_scores:
+        for (f, _), fit in FoldFits(sub, splits, {"router": router}, [policy], seed):
+            yield f, fit.policies[0], fit.scores
+    else:  # the answers decide: no router to fit
+        for f, (tr, _) in enumerate(splits):
+            yield f, fit_in_fold(None, policy, sub.take(tr), seed).policy, None
 
 
 def as_dict(steps: list[Step]) -> list[dict]:

@@ -1,6 +1,8 @@
 """Fitting inside a training fold: the router on the fold's queries, each policy tuned on held-out
 scores of those same queries (an inner cross-validation), so nothing tuned has seen the queries
-it is judged on. Evaluation, pool selection, blends and `herd train` all fit this one way."""
+it is judged on. Blends and `herd train` fit this way; a cross-validation's folds (evaluation,
+pool selection) fit through herd.foldfits, which with 4 to 7 folds shares its inner fits
+between folds and tunes with ``tune_policies`` here."""
 
 from __future__ import annotations
 

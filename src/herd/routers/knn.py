@@ -57,6 +57,8 @@ class KNNRouter(FeatureRouter):
     def _neighbours(self, xq, kmax: int, exclude: np.ndarray | None = None) -> np.ndarray:
         """Indices of the kmax most similar training queries, most similar first."""
         out = np.empty((xq.shape[0], kmax), dtype=np.int64)
+        if kmax == 0:
+            return out
         # A few queries' product is small: extra BLAS threads gain nothing there and, left
         # spinning, slow the sentence encoder's threads on the next query (~4 ms a query).
         few = xq.shape[0] <= FEW_QUERIES and not hasattr(xq, "tocsr")
