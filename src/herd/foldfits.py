@@ -7,13 +7,13 @@ work; the results are the same bit for bit either way.
 With 4 to 7 folds, the held-out scores come from fits the folds share: for fold f the inner
 folds are the other outer folds, and the router fitted without folds f and j scores fold j for
 f's tuning and fold f for j's. That is K(K-1)/2 inner fits for K folds instead of three for
-every fold, each on at least as much of the data, and none of them has seen the queries its fold is judged
-on. With other fold counts each fold has its own three inner folds, as ``herd train`` does."""
+every fold, each on at least as much of the data, and none of them has seen the queries its
+fold is judged on. With other fold counts each fold has its own three inner folds, as ``herd train`` does."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from typing import Callable, Iterator
 
@@ -49,18 +49,6 @@ class FoldFit:
 
 
 @dataclass
-class _Fitted:
-    """What a worker sends back for one fold: a FoldFit but for the tuning, and the router's own
-    held-out scores of the training queries where it made them."""
-
-    scores: np.ndarray
-    seconds: float
-    validation: np.ndarray | None
-    engine: str | None
-    summary: str | None
-
-
-@dataclass
 class _Folds:
     """What every fit reads, sent to the workers once: the table, its folds, the routers and
     policies, and the features this process prepared for the table's texts."""
@@ -70,7 +58,7 @@ class _Folds:
     routers: dict[str, Router]
     policies: list
     seed: int
-    shared: bool
+    sharing: frozenset[str]  # the routers whose inner fits the folds share
     features: Prepared
 
 
@@ -78,20 +66,22 @@ def _fit(folds: _Folds, task: tuple[str, int | tuple[int, int], str]):
     """A fold's fit (``("fold", f, router)``) or a shared inner fit (``("pair", (i, j), router)``)."""
     kind, which, name = task
     folds.features.adopt()
-    return (_fit_pair if kind == "pair" else _fit_fold)(folds, which, folds.routers[name])
+    return (_fit_pair if kind == "pair" else _fit_fold)(folds, which, name)
 
 
-def _fit_pair(folds: _Folds, pair: tuple[int, int], proto: Router) -> list[np.ndarray]:
+def _fit_pair(folds: _Folds, pair: tuple[int, int], name: str) -> list[np.ndarray]:
     """The router fitted without folds i and j: its scores of fold i and of fold j."""
     m = folds.m
     held = [folds.splits[f][1] for f in pair]
-    router = clone(proto).fit(m.take(np.setdiff1d(np.arange(m.n_queries), np.concatenate(held))))
+    router = clone(folds.routers[name]).fit(m.take(np.setdiff1d(np.arange(m.n_queries), np.concatenate(held))))
     return [router.predict_scores(part.texts, part.tasks) for part in map(m.take, held)]
 
 
-def _fit_fold(folds: _Folds, f: int, proto: Router) -> _Fitted:
-    """The router fitted on fold f's training queries, scoring its test queries; with the held-out
-    scores of the training queries where the router made them or the fold has no shared inner fits."""
+def _fit_fold(folds: _Folds, f: int, name: str) -> tuple[FoldFit, np.ndarray | None]:
+    """The router fitted on fold f's training queries, scoring its test queries (a FoldFit with
+    its policies still to tune), and the held-out scores of the training queries where the router
+    made them or its folds share no inner fits."""
+    proto = folds.routers[name]
     tr, te = folds.splits[f]
     train, test = folds.m.take(tr), folds.m.take(te)
     router = clone(proto).fit(train)
@@ -99,10 +89,10 @@ def _fit_fold(folds: _Folds, f: int, proto: Router) -> _Fitted:
     scores = router.predict_scores(test.texts, test.tasks)
     seconds = time.perf_counter() - t0
     validation = getattr(router, "validation_scores_", None)
-    if validation is None and not (folds.shared and _shares_inner_fits(proto)) and needs_validation(folds.policies):
+    if validation is None and name not in folds.sharing and needs_validation(folds.policies):
         validation = validation_scores(router, proto, train, folds.seed)
-    return _Fitted(scores, seconds, validation, router.embedding_engine(),
-                   router.summary() if hasattr(router, "summary") else None)
+    return FoldFit(scores, seconds, [], router.embedding_engine(),
+                   router.summary() if hasattr(router, "summary") else None), validation
 
 
 def _partition(splits, n: int) -> bool:
@@ -118,6 +108,12 @@ def _shares_inner_fits(router: Router) -> bool:
     return not getattr(router, "keeps_validation_scores", False)
 
 
+def _fold_of(task) -> int:
+    """The fold whose tuning waits for this task: a fold's fit, or the first of a pair."""
+    kind, which, _ = task
+    return which if kind == "fold" else which[0]
+
+
 class FoldFits:
     """Every (fold, router) fit of table ``m``: in worker processes, handed out when this is made
     (``in_workers``), else in this process as they are read. Iterating gives ((fold index,
@@ -127,12 +123,13 @@ class FoldFits:
     def __init__(self, m: Matrix, splits, routers: dict[str, Router], policies: list, seed: int, *,
                  workers: int | None = None, label: str = "", progress: Callable[[str, int, int], None] | None = None):
         self.m, self.splits, self.policies = m, splits, policies
-        self.shared = len(splits) in SHARED_INNER_FOLDS and needs_validation(policies) and _partition(splits, m.n_queries)
+        shared = len(splits) in SHARED_INNER_FOLDS and needs_validation(policies) and _partition(splits, m.n_queries)
+        self.sharing = frozenset(name for name, router in routers.items() if shared and _shares_inner_fits(router))
         # A fold's fit, then the shared inner fits it is the first of: the tuning of fold f can
         # start once f's are in.
-        self.tasks = [task for f in range(len(splits)) for name, router in routers.items()
+        self.tasks = [task for f in range(len(splits)) for name in routers
                       for task in [("fold", f, name)] + [("pair", (f, j), name) for j in range(f + 1, len(splits))
-                                                         if self.shared and _shares_inner_fits(router)]]
+                                                         if name in self.sharing]]
         if workers is None and m.labels.size < PARALLEL_MIN_OUTCOMES:
             workers = 1
         workers = worker_count(workers)
@@ -142,8 +139,8 @@ class FoldFits:
                    + (f" and {inner} inner fits they share" if inner else "")
                    + (f" in {min(workers, len(self.tasks))} worker processes" if self.in_workers else ""))
         self._report = progress and (lambda done, total: progress(message, done, total))
-        shared = _Folds(m, splits, routers, policies, seed, self.shared, prepared(m.texts))
-        self._fits = run_tasks(_fit, self.tasks, shared, workers=workers,
+        sent = _Folds(m, splits, routers, policies, seed, self.sharing, prepared(m.texts))
+        self._fits = run_tasks(_fit, self.tasks, sent, workers=workers,
                                progress=self._report) if self.tasks else iter(())
 
     def __iter__(self) -> Iterator[tuple[tuple[int, str], FoldFit]]:
@@ -156,21 +153,20 @@ class FoldFits:
         # The fits first: zip stops at the first that ends, and the fits must end (not be left
         # at their last result) for their shared file to go at once.
         done = zip(self._fits, self.tasks)
-        for (f, name), group in groupby(done, key=lambda d: (d[1][1] if d[1][0] == "fold" else d[1][1][0], d[1][2])):
+        for (f, name), group in groupby(done, key=lambda d: (_fold_of(d[1]), d[1][2])):
             for got, (kind, which, _) in group:
                 if kind == "pair":
                     pairs[which, name] = got
                 else:
-                    fitted = got
-            yield (f, name), self._tuned(f, name, fitted, pairs)
+                    fitted, validation = got
+            yield (f, name), self._tuned(f, name, fitted, validation, pairs)
 
-    def _tuned(self, f: int, name: str, fitted: _Fitted, pairs) -> FoldFit:
-        validation = fitted.validation
-        if validation is None and self.shared:
+    def _tuned(self, f: int, name: str, fitted: FoldFit, validation: np.ndarray | None, pairs) -> FoldFit:
+        if validation is None and name in self.sharing:
             full = np.empty(self.m.labels.shape)
             for j, (_, held) in enumerate(self.splits):
                 if j != f:
                     full[held] = pairs[(min(f, j), max(f, j)), name][int(j > f)]
             validation = full[self.splits[f][0]]
-        policies = tune_policies(None, self.policies, self.m.take(self.splits[f][0]), validation).policies
-        return FoldFit(fitted.scores, fitted.seconds, policies, fitted.engine, fitted.summary)
+        return replace(fitted, policies=tune_policies(None, self.policies, self.m.take(self.splits[f][0]),
+                                                     validation).policies)
