@@ -129,7 +129,7 @@ class Backend:
         if stream and self.config.stream_usage:  # the cost of a stream from its usage, not its length
             fields["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(fields).encode()
-        if slot_wait_s is None:
+        if slot_wait_s is None or not self.slots.locked():  # a free slot: no timer to set
             await self.slots.acquire()
         else:
             try:

@@ -11,6 +11,8 @@ scikit-learn's own counting with the fitted vocabulary.
 
 from __future__ import annotations
 
+import math
+
 import threading
 import weakref
 from collections import Counter, defaultdict
@@ -184,22 +186,23 @@ class Tfidf:
 
     def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """One text's TF-IDF row as (columns, values), as scikit-learn computes it: term counts,
-        1 + log(tf), times idf, unit length (the norm summed in float64). A live query is scored
+        1 + log(tf), times idf, unit length (float32 squares summed in float64). A live query is scored
         from this without building a sparse matrix, which costs more than the arithmetic."""
         if not isinstance(text, str):
             raise TypeError(f"TF-IDF reads texts, got {type(text).__name__}")
-        counter = self._counter()
-        vocabulary, idf = counter.vocabulary, self.transformer_.idf_
+        find, idf = self._counter().vocabulary.get, self.transformer_.idf_
         counts: dict[int, int] = {}
         for term in self._analyze(text):
-            j = vocabulary.get(term)
+            j = find(term)
             if j is not None:
                 counts[j] = counts.get(j, 0) + 1
-        terms = sorted(counts.items())  # column order, as in scikit-learn's rows
-        columns = np.array([j for j, _ in terms], np.int32)
-        weights = (np.log(np.array([n for _, n in terms], np.float32)) + np.float32(1)) * idf[columns]
-        norm = np.sqrt(np.sum(weights * weights, dtype=np.float64))
-        return columns, (weights / norm).astype(np.float32) if norm > 0 else weights
+        order = sorted(counts)  # column order, as in scikit-learn's rows
+        columns = np.array(order, np.int32)
+        weights = np.log(np.array([counts[j] for j in order], np.float32))
+        weights += np.float32(1)
+        weights *= idf[columns]  # in place, in float32, as scikit-learn does
+        norm = math.sqrt((weights * weights).sum(dtype=np.float64))
+        return columns, (weights / np.float64(norm)).astype(np.float32) if norm > 0 else weights
 
     def _analyze(self, text: str) -> list[str]:
         if getattr(self, "_analyzer_", None) is None:  # built once: scikit-learn builds it on every call

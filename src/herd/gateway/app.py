@@ -123,7 +123,7 @@ class Gateway:
             return await self._chat(request, parse)
         except ClientDisconnect:
             log.info("request %s: the client went away before sending its whole body", rid)
-            tm.REQUESTS.labels("disconnected", "499").inc()
+            tm.labelled(tm.REQUESTS, "disconnected", "499").inc()
             return Response(status_code=499)
         except GatewayError:
             raise
@@ -132,7 +132,7 @@ class Gateway:
             # The type and place, not the message: a message may quote the request's text.
             log.error("request %s: unexpected %s at %s:%d (%s)", rid, type(e).__name__, Path(where.filename).name,
                       where.lineno, where.name)
-            tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), "500").inc()
+            tm.labelled(tm.REQUESTS, getattr(request.state, "route", "rejected"), "500").inc()
             return error_response(500, f"internal error in herd ({type(e).__name__}); the server log names request "
                                        f"{rid}", code="internal_error", headers={"x-herd-request-id": rid})
 
@@ -148,7 +148,7 @@ class Gateway:
                                param="model", code="model_not_found")
         if key is not None:
             req.key = key.name
-            tm.KEY_REQUESTS.labels(key.name).inc()
+            tm.labelled(tm.KEY_REQUESTS, key.name).inc()
             key.allow(req.model)
         if req.options.max_cost_usd is not None and req.max_tokens is None:
             # The ceiling is checked against this length, so the backend must not write more.
@@ -164,7 +164,7 @@ class Gateway:
             turn.tab = await self.limits.admit(key, req, plan)  # a 429 (or 503) before any call
             TAB.set(turn.tab)
         if routed:
-            tm.CHOICES.labels(plan.first).inc()
+            tm.labelled(tm.CHOICES, plan.first).inc()
         tm.IN_FLIGHT.inc()
         streaming = False
         try:
@@ -199,11 +199,11 @@ class Gateway:
             raise
         turn.answered_by(name, attempts)
         if outcome.kind == "client":
-            tm.REQUESTS.labels(turn.route, str(outcome.status)).inc()
+            tm.labelled(tm.REQUESTS, turn.route, str(outcome.status)).inc()
             self._log_choice(turn, str(outcome.status))
             return Response(relayed_error(outcome.status, outcome.body, self.secrets), status_code=outcome.status,
                             media_type="application/json", headers=turn.headers())
-        tm.ANSWERS.labels(name).inc()
+        tm.labelled(tm.ANSWERS, name).inc()
         if req.stream:
             return relay(turn, outcome, self.dispatch, self._ended)
         data = outcome.data
@@ -215,7 +215,7 @@ class Gateway:
         """Answer with the reply of the cascade's first answers that stood."""
         first = turn.first
         turn.model, turn.attempts, turn.cost = first.model, first.attempts, first.cost
-        tm.ANSWERS.labels(first.model).inc()
+        tm.labelled(tm.ANSWERS, first.model).inc()
         return self._reply(turn, first.answer)
 
     def _reply(self, turn: Turn, data: dict) -> Response:
@@ -223,8 +223,8 @@ class Gateway:
         data["model"] = turn.model
         data["herd"] = turn.meta()
         headers = turn.headers()
-        tm.REQUESTS.labels(turn.route, "200").inc()
-        tm.REQUEST_SECONDS.labels(turn.route).observe(time.perf_counter() - turn.started)
+        tm.labelled(tm.REQUESTS, turn.route, "200").inc()
+        tm.labelled(tm.REQUEST_SECONDS, turn.route).observe(time.perf_counter() - turn.started)
         self._log_choice(turn, "200")
         if turn.req.stream:
             return StreamingResponse(as_events(data), media_type="text/event-stream",
@@ -243,9 +243,9 @@ class Gateway:
 
     def _ended(self, turn: Turn, status: str) -> None:
         """A relayed stream has closed: count it, log it, and end the request."""
-        tm.REQUESTS.labels(turn.route, status).inc()
+        tm.labelled(tm.REQUESTS, turn.route, status).inc()
         self._log_choice(turn, status)
-        tm.REQUEST_SECONDS.labels(turn.route).observe(time.perf_counter() - turn.started)
+        tm.labelled(tm.REQUEST_SECONDS, turn.route).observe(time.perf_counter() - turn.started)
         self._done(turn)
 
     def _done(self, turn: Turn) -> None:
@@ -307,7 +307,7 @@ async def _unless_disconnected(request: Request, work) -> Response:
     except asyncio.CancelledError:
         if not watcher.done() or watcher.cancelled():  # this request itself was cancelled, not the client gone
             raise
-        tm.REQUESTS.labels("disconnected", "499").inc()
+        tm.labelled(tm.REQUESTS, "disconnected", "499").inc()
         return Response(status_code=499)
     finally:
         watcher.cancel()
@@ -323,7 +323,7 @@ def gateway_error(request: Request, e: GatewayError) -> Response:
     rid = getattr(request.state, "request_id", None)
     if rid is None:  # not a chat request (e.g. /v1/models without a key): herd_requests_total counts chats
         return e.response()
-    tm.REQUESTS.labels(getattr(request.state, "route", "rejected"), str(e.status)).inc()
+    tm.labelled(tm.REQUESTS, getattr(request.state, "route", "rejected"), str(e.status)).inc()
     e.headers.setdefault("x-herd-request-id", rid)
     return e.response()
 

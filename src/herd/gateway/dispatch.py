@@ -56,18 +56,18 @@ class Dispatcher:
                     break
                 seconds = time.perf_counter() - t0
                 attempts.append({"model": name, "outcome": outcome.detail, "ms": round(seconds * 1000, 1)})
-                tm.BACKEND_SECONDS.labels(name).observe(seconds)
+                tm.labelled(tm.BACKEND_SECONDS, name).observe(seconds)
                 if outcome.kind in ("ok", "client"):
                     return name, outcome, attempts
                 if outcome.kind == "too_long":
                     too_long = too_long or (name, outcome)
                     break
-                tm.ATTEMPT_ERRORS.labels(name, outcome.detail).inc()
+                tm.labelled(tm.ATTEMPT_ERRORS, name, outcome.detail).inc()
                 if (pause := retry.pause(outcome, attempt)) is None:
                     break
                 await asyncio.sleep(pause)
             if rank < len(candidates) - 1:
-                tm.FALLBACKS.labels(name).inc()
+                tm.labelled(tm.FALLBACKS, name).inc()
         if too_long is not None:  # no model took it: the caller sees why (a 400 or 413 of OpenAI's shape)
             name, outcome = too_long
             outcome.kind = "client"
@@ -83,11 +83,11 @@ class Dispatcher:
         request's tab."""
         model = self.backends[name].config
         prompt, completion = token_count(prompt) or 0.0, token_count(completion) or 0.0
-        tm.TOKENS.labels(name, "prompt").inc(prompt)
-        tm.TOKENS.labels(name, "completion").inc(completion)
+        tm.labelled(tm.TOKENS, name, "prompt").inc(prompt)
+        tm.labelled(tm.TOKENS, name, "completion").inc(completion)
         cost = model.cost(prompt, completion)
         if cost is not None:
-            tm.COST.labels(name).inc(cost)
+            tm.labelled(tm.COST, name).inc(cost)
         if (tab := TAB.get()) is not None:  # the request's key is charged for every call
             tab.add(name, prompt, completion, cost)
         return cost

@@ -79,7 +79,7 @@ class Feedback:
         try:
             fb = parse_feedback(raw)
         except GatewayError:
-            tm.FEEDBACK.labels(key, "invalid").inc()
+            tm.labelled(tm.FEEDBACK, key, "invalid").inc()
             raise
         rid = fb["request_id"]
         try:
@@ -88,7 +88,7 @@ class Feedback:
             raise GatewayError(503, "the state store that knows the answered requests is unreachable; try again "
                                     "shortly", code="state_unavailable", headers={"retry-after": "1"}) from None
         if claim != "ok":
-            tm.FEEDBACK.labels(key, claim).inc()
+            tm.labelled(tm.FEEDBACK, key, claim).inc()
             if claim == "repeat":
                 raise GatewayError(409, f"request {rid} already has feedback; one per request", param="request_id",
                                    code="feedback_exists")
@@ -103,7 +103,7 @@ class Feedback:
             await self.state.release_feedback(rid)  # not written: the client may send it again
             raise GatewayError(503, f"the feedback log could not be written ({e.strerror or type(e).__name__}); try "
                                     "again", code="feedback_log_unwritable") from None
-        tm.FEEDBACK.labels(key, "accepted").inc()
+        tm.labelled(tm.FEEDBACK, key, "accepted").inc()
         return {"object": "feedback", "request_id": rid, "score": fb["score"], "label": fb["label"]}
 
     def close(self) -> None:

@@ -204,7 +204,7 @@ class Limits:
             raise GatewayError(503, "the limits store is unreachable and the gateway is set to fail closed; "
                                     "try again shortly", code="limits_unavailable", headers={"retry-after": "1"})
         if refusal is not None:
-            tm.KEY_REFUSALS.labels(key.name, refusal.limit).inc()
+            tm.labelled(tm.KEY_REFUSALS, key.name, refusal.limit).inc()
             raise _refused(key, refusal, tab.worst)
         return tab
 
@@ -229,7 +229,7 @@ class Limits:
         if tab.key is not None:
             spent = sum(tab.usd.values())
             if spent:
-                tm.KEY_SPEND.labels(tab.key.name).inc(spent)
+                tm.labelled(tm.KEY_SPEND, tab.key.name).inc(spent)
         self.state.settle(tab.charge())
 
     async def close(self) -> None:

@@ -59,7 +59,7 @@ def relay(turn: Turn, outcome: Outcome, dispatch: Dispatcher, ended: Callable[[T
         except Exception as e:  # aiohttp's errors, a timeout, or a chunk too malformed to relay
             # Bytes already reached the client, so no fallback: end the stream with an error event.
             state["status"] = "502"
-            tm.ATTEMPT_ERRORS.labels(name, "stream broken").inc()
+            tm.labelled(tm.ATTEMPT_ERRORS, name, "stream broken").inc()
             message = f"backend {name} broke the stream after it began ({type(e).__name__})"
             yield f"data: {json.dumps(error_body(502, message, code='stream_broken'))}\n\n".encode()
 

@@ -270,11 +270,14 @@ class Selector:
         scores = self.trained.router.score_one(req.router_text, task)
         router_ms = (time.perf_counter() - started) * 1000
         models = self.router_models
-        ok = np.array([m in self.scored and m not in ineligible for m in models])
+        # Python lists where one row is read item by item: NumPy's per-call cost outweighs its speed here.
+        is_ok = [m in self.scored and m not in ineligible for m in models]
+        ok = np.array(is_ok)
         unscored = [m for m in self.unscored if m not in ineligible]
-        shown = {m: round(float(s), 4) for m, s in zip(models, scores) if m in self.scored}
+        listed = scores.tolist()
+        shown = {m: round(s, 4) for m, s in zip(models, listed) if m in self.scored}
         plan = Plan([], "", policy.label, shown, ineligible, router_ms)
-        if not ok.any():
+        if not any(is_ok):
             plan.candidates, plan.reason = unscored, "no model the router scores is eligible: first eligible model in the pool's order"
             return plan
         costs = self._costs(req, models, ok)
@@ -295,7 +298,8 @@ class Selector:
                 plan.reason = (f"the policy's choice {chosen} cannot take this request "
                                f"({ineligible.get(chosen, 'not in the pool')}); "
                                f"highest P(correct) among eligible: {models[first]} {scores[first]:.2f}")
-        rest = sorted((i for i in np.flatnonzero(ok) if i != first), key=lambda i: (-scores[i], costs[i]))
+        cost_list = costs.tolist()
+        rest = sorted((i for i, good in enumerate(is_ok) if good and i != first), key=lambda i: (-listed[i], cost_list[i]))
         plan.candidates = [models[first]] + [models[i] for i in rest] + unscored
         return plan
 
@@ -322,14 +326,18 @@ class Selector:
     def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
         """This request's estimated cost on each model from the pool's prices; where an eligible
         model has no price, the router's per-query means from its training data for all."""
-        est = np.array([self.estimate_cost(self.by_name[m], req) if m in self.scored else np.nan
+        tokens = self._tokens(req)
+        est = np.array([self.estimate_cost(self.by_name[m], req, tokens) if m in self.scored else np.nan
                         for m in models], float)
         return est if not np.isnan(est[ok]).any() else self.trained.model_costs
 
-    def estimate_cost(self, m, req: ChatRequest) -> float:
-        output = (req.max_tokens or self.pool.gateway.default_output_tokens) * req.n
-        cost = m.cost(req.prompt_tokens_estimate(), output)
+    def estimate_cost(self, m, req: ChatRequest, tokens: tuple[float, int] | None = None) -> float:
+        """``tokens``: the request's (prompt, output) token estimates, when already counted."""
+        cost = m.cost(*(tokens or self._tokens(req)))
         return np.nan if cost is None else cost
+
+    def _tokens(self, req: ChatRequest) -> tuple[float, int]:
+        return req.prompt_tokens_estimate(), (req.max_tokens or self.pool.gateway.default_output_tokens) * req.n
 
     def _ineligible(self, m, req: ChatRequest) -> str | None:
         o = req.options

@@ -498,7 +498,7 @@ class RedisState(State):
         self.recent: dict[str, deque] = {}  # key name -> times of its latest admissions here
         self.leasing: dict[str, asyncio.Future] = {}  # key name -> done when its round trip ends
         self.closing = False
-        tm.STATE_UP.labels("redis").set(1)
+        tm.labelled(tm.STATE_UP, "redis").set(1)
 
     async def _run(self, script: Script, keys: list[str], args: list):
         """One script's reply; an error reply raised (a ReplyError, as the connection's errors are OSErrors)."""
@@ -525,7 +525,7 @@ class RedisState(State):
         tm.STATE_ERRORS.inc()
         if self.up:
             self.up = False
-            tm.STATE_UP.labels("redis").set(0)
+            tm.labelled(tm.STATE_UP, "redis").set(0)
             log.warning("limits store %s unreachable (%s); %s until it is back", self.url, type(e).__name__,
                         "serving with this process's own limits" if self.fail == "open" else
                         "refusing limited requests")
@@ -535,7 +535,7 @@ class RedisState(State):
     def _back(self) -> None:
         if not self.up:
             self.up = True
-            tm.STATE_UP.labels("redis").set(1)
+            tm.labelled(tm.STATE_UP, "redis").set(1)
             log.warning("limits store %s reachable again; %d charge(s) to write", self.url, len(self.pending))
 
     async def admit(self, key: ClientKey, worst: float, request_id: str, day: str,

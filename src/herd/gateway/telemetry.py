@@ -4,6 +4,7 @@ worker write its counts there and ``/metrics`` adds them up, whichever worker an
 from __future__ import annotations
 
 import os
+from functools import cache
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest, multiprocess)
@@ -37,6 +38,14 @@ STATE_UP = Gauge("herd_state_up", "1 while the shared limits store is reachable;
 STATE_ERRORS = Counter("herd_state_errors_total", "Failed calls to the shared limits store")
 STATE_PENDING = Gauge("herd_state_pending_charges", "Charges of answered requests not yet written to the shared "
                       "limits store (a few milliseconds at most while it is reachable)", multiprocess_mode="livesum")
+
+
+@cache
+def labelled(metric, *values: str):
+    """``metric.labels(*values)``, looked up once: prometheus_client validates and locks on every
+    call, a few microseconds each, several times per request. Label values are few (routes,
+    models, statuses), as the metrics' own series are."""
+    return metric.labels(*values)
 
 
 def exposition() -> tuple[bytes, str]:

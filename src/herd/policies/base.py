@@ -128,10 +128,11 @@ def _known_costs(model_costs: np.ndarray | None, n_models: int) -> np.ndarray:
     """Mean cost per query for each model; an unknown cost counts as the dearest known one."""
     if model_costs is None:
         return np.zeros(n_models)
-    c = np.asarray(model_costs, float)
-    if np.isnan(c).all():
-        return np.zeros(n_models)
-    return np.where(np.isnan(c), np.nanmax(c), c)
+    c = np.array(model_costs, float)
+    unknown = np.isnan(c)
+    if unknown.any():  # rare: tested first, as the gateway asks this for every routed request
+        c[unknown] = c[~unknown].max() if not unknown.all() else 0.0
+    return c
 
 
 def _probability(what: str, value) -> float:
@@ -174,8 +175,8 @@ def policy_inputs(policy: Policy, observed=None, answers=None, owned=None, tasks
 def _argmax_reason(scores: np.ndarray, chosen: int, models: list[str]) -> str:
     if len(models) == 1:
         return f"only model: {models[chosen]}"
-    rest = np.delete(np.arange(len(models)), chosen)
-    runner = rest[np.argmax(scores[rest])]
+    rest = [i for i in range(len(models)) if i != chosen]
+    runner = rest[int(np.argmax(scores[rest]))]
     return (
         f"highest predicted P(correct): {models[chosen]} {scores[chosen]:.2f} "
         f"(next {models[runner]} {scores[runner]:.2f})"
