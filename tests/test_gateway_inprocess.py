@@ -147,3 +147,27 @@ def test_one_retry_rule_for_the_gateway_and_collection():
     assert again(collection, "timeout") and not again(gateway, "timeout")
     assert again(collection, "transient", retry_after=30) and not again(gateway, "transient", retry_after=30)
     assert not again(collection, "transient", retry_after=1e6)  # a closed door: recorded, asked next run
+
+
+def test_with_no_wait_for_a_slot_a_free_slot_is_still_taken():
+    """``slot_wait_s: 0`` passes over a backend at its max_concurrency, and only such a one: a
+    free slot is taken at once, not timed out before it is asked for."""
+    from herd.backends import Backend
+
+    body = {"messages": [{"role": "user", "content": "2+2?"}]}
+
+    async def go():
+        config = ModelConfig(name="m", base_url="http://m/v1", max_concurrency=1)
+        backend = Backend(config, GatewaySettings(slot_wait_s=0), lambda: AppSession({"m": make_app("m", delay_s=0.3)}))
+        first = asyncio.ensure_future(backend.call(body, slot_wait_s=0))
+        for _ in range(100):
+            if backend.in_flight or first.done():
+                break
+            await asyncio.sleep(0.01)
+        busy = await backend.call(body, slot_wait_s=0)  # the only slot is the first call's
+        answered = await first
+        await backend.close()
+        return answered, busy
+
+    answered, busy = asyncio.run(go())
+    assert answered.kind == "ok" and busy.kind == "busy"
