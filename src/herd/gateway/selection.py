@@ -326,18 +326,14 @@ class Selector:
     def _costs(self, req: ChatRequest, models: list[str], ok: np.ndarray) -> np.ndarray:
         """This request's estimated cost on each model from the pool's prices; where an eligible
         model has no price, the router's per-query means from its training data for all."""
-        tokens = self._tokens(req)
-        est = np.array([self.estimate_cost(self.by_name[m], req, tokens) if m in self.scored else np.nan
+        est = np.array([self.estimate_cost(self.by_name[m], req) if m in self.scored else np.nan
                         for m in models], float)
         return est if not np.isnan(est[ok]).any() else self.trained.model_costs
 
-    def estimate_cost(self, m, req: ChatRequest, tokens: tuple[float, int] | None = None) -> float:
-        """``tokens``: the request's (prompt, output) token estimates, when already counted."""
-        cost = m.cost(*(tokens or self._tokens(req)))
+    def estimate_cost(self, m, req: ChatRequest) -> float:
+        output = (req.max_tokens or self.pool.gateway.default_output_tokens) * req.n
+        cost = m.cost(req.prompt_tokens_estimate(), output)
         return np.nan if cost is None else cost
-
-    def _tokens(self, req: ChatRequest) -> tuple[float, int]:
-        return req.prompt_tokens_estimate(), (req.max_tokens or self.pool.gateway.default_output_tokens) * req.n
 
     def _ineligible(self, m, req: ChatRequest) -> str | None:
         o = req.options

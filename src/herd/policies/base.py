@@ -130,8 +130,10 @@ def _known_costs(model_costs: np.ndarray | None, n_models: int) -> np.ndarray:
         return np.zeros(n_models)
     c = np.array(model_costs, float)
     unknown = np.isnan(c)
-    if unknown.any():  # rare: tested first, as the gateway asks this for every routed request
-        c[unknown] = c[~unknown].max() if not unknown.all() else 0.0
+    if unknown.all():
+        return np.zeros(n_models)
+    if unknown.any():  # rare: tested apart, as the gateway asks this for every routed request
+        c[unknown] = c[~unknown].max()
     return c
 
 
