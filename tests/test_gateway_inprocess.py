@@ -171,3 +171,43 @@ def test_with_no_wait_for_a_slot_a_free_slot_is_still_taken():
 
     answered, busy = asyncio.run(go())
     assert answered.kind == "ok" and busy.kind == "busy"
+
+
+def test_what_the_json_encoder_cannot_write_still_reaches_the_backend_and_the_client():
+    """Bodies go out through orjson, which refuses integers beyond 64 bits and lone surrogates;
+    such a request is still forwarded as written, and its echoed answer returned."""
+    apps = {"m": make_app("m")}
+    text, big = "odd \ud800 text", 10**30
+
+    async def main():
+        async with herd(apps) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": text}], "logit_bias": {"50256": big}}
+            r = await client.post("/chat/completions", content=json.dumps(body).encode(),
+                                  headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert apps["m"].stats["last_body"]["logit_bias"] == {"50256": big}
+        assert apps["m"].stats["last_body"]["messages"][0]["content"] == text
+        assert r.json()["choices"][0]["message"]["content"] == f"m: {text}"
+
+    run(main())
+
+
+def test_a_served_gateway_sets_its_start_up_heap_aside_from_garbage_collection():
+    """`herd serve` builds its app with freeze_heap: a full collection no longer scans the router
+    and libraries loaded at start-up. An app built for tests leaves the collector alone."""
+    import gc
+
+    pool = PoolConfig.model_validate({"models": [{"name": "m", "base_url": "http://m/v1"}]})
+
+    async def start(freeze_heap: bool) -> int:
+        app = create_app(pool, Selector.from_config(pool, None), session_factory=lambda: AppSession({}),
+                         freeze_heap=freeze_heap)
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count()
+
+    assert gc.get_freeze_count() == 0
+    try:
+        assert asyncio.run(start(False)) == 0
+        assert asyncio.run(start(True)) > 1000
+    finally:
+        gc.unfreeze()

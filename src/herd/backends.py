@@ -28,6 +28,7 @@ from typing import Callable
 
 import aiohttp
 
+from herd import fastjson
 from herd.pool import GatewaySettings, ModelConfig
 
 TRANSIENT_STATUS = {408, 409, 429}  # and every 5xx
@@ -128,7 +129,7 @@ class Backend:
         fields = {**self.config.extra_body, **body, "model": self.config.backend_model}
         if stream and self.config.stream_usage:  # the cost of a stream from its usage, not its length
             fields["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        payload = json.dumps(fields).encode()
+        payload = fastjson.dumps(fields)
         if slot_wait_s is None or not self.slots.locked():  # a free slot: no timer to set
             await self.slots.acquire()
         else:
