@@ -28,3 +28,11 @@ def test_numpy_scalars_are_written_as_json_writes_them():
 
 def test_nan_is_written_as_null_which_is_json():
     assert fastjson.dumps({"cost": math.nan}) == b'{"cost":null}'
+
+
+def test_what_json_refuses_is_still_refused():
+    import datetime
+
+    for value in ({"since": datetime.date(2024, 1, 1)}, {"raw": b"bytes"}):
+        with pytest.raises(TypeError):
+            fastjson.dumps(value)

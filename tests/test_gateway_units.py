@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -355,3 +356,50 @@ def test_a_router_model_missing_from_the_pool_stops_the_start_unless_mapped_or_l
     assert plan.candidates == ["math-7b", "hist-7b"]
     with pytest.raises(ValueError, match="two pool models stand for the router's 'big-70b'"):
         PoolConfig.model_validate({"models": [*models, {**models[2], "name": "big-2"}]})
+
+
+class _Client:
+    """The ASGI receive of a request whose client leaves after ``leaves_s`` (None: stays)."""
+
+    def __init__(self, leaves_s):
+        self.leaves_s = leaves_s
+
+    async def receive(self):
+        if self.leaves_s is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.leaves_s)
+        return {"type": "http.disconnect"}
+
+
+def test_a_client_gone_cancels_the_work_and_nothing_else():
+    """The work runs in the request's own task: a client gone mid-work is a 499, a cancellation
+    the work swallows leaves no cancellation pending, and a cancellation from elsewhere (the
+    server's shutdown) goes through."""
+    from herd.gateway.app import _unless_disconnected
+
+    async def slow():
+        await asyncio.sleep(5)
+        return "answered"
+
+    async def swallows():
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            pass
+        return "answered anyway"
+
+    async def main():
+        gone = await _unless_disconnected(_Client(0.01), slow())
+        assert gone.status_code == 499
+        assert await _unless_disconnected(_Client(0.01), swallows()) == "answered anyway"
+        assert asyncio.current_task().cancelling() == 0
+        await asyncio.sleep(0)  # no cancellation left to land here
+        assert await _unless_disconnected(_Client(None), asyncio.sleep(0, "quick")) == "quick"
+
+        request = asyncio.ensure_future(_unless_disconnected(_Client(None), slow()))
+        await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+    asyncio.run(asyncio.wait_for(main(), 10))

@@ -54,6 +54,8 @@ def test_good_pool_loads(tmp_path, monkeypatch):
     (("  - name: gpt-4o\n", "  - name: herd\n"), "'herd' is reserved"),
     (("    base_url: https://api.example.com/v1\n", ""), "pool.yaml:9: models[1].base_url: Field required"),
     (("tags: [open, on_prem]", "tags: [open, on_prem"), "pool.yaml:9: not valid YAML"),
+    (("    context_window: 8192", "    context_window: 8192\n    extra_body: {since: 2024-01-01}"),
+     "pool.yaml:8: models[0].extra_body: must hold JSON values only"),
 ])
 def test_mistakes_name_line_and_field(tmp_path, monkeypatch, change, expected):
     monkeypatch.setenv("HERD_TEST_KEY", "x")

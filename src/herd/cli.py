@@ -676,7 +676,7 @@ def serve(
         keys = serving_keys(api_keys_file, no_auth, host)
         # Validate everything before any worker starts.
         app_ = build_app(pool, keys, choice_log, as_json, log_prompts=log_prompts, explore=explore,
-                         explore_seed=explore_seed, feedback_log=feedback_log)
+                         explore_seed=explore_seed, feedback_log=feedback_log, freeze_heap=True)
         # Load the router's features here too (an embedding engine may export its model once):
         # a failure is then one line, not a traceback from each worker's start-up.
         app_.state.gateway.selector.warm_up()

@@ -8,6 +8,7 @@ holds its key.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,15 @@ class ModelConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("extra_body")
+    @classmethod
+    def _json(cls, v: dict) -> dict:
+        try:  # sent with every call: a value JSON cannot carry (a YAML date, bytes) fails here, not there
+            json.dumps(v, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"must hold JSON values only (strings, numbers, booleans, null, lists, objects): {e}") from None
+        return v
 
     @property
     def backend_model(self) -> str:

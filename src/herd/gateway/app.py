@@ -299,10 +299,11 @@ class Gateway:
 async def _unless_disconnected(request: Request, work) -> Response:
     """Await ``work``; if the client goes away first, cancel it (and so the backend call). It runs
     in this task: a task of its own per request costs more than the cancellation's bookkeeping."""
-    task, running = asyncio.current_task(), [True]
+    task, state = asyncio.current_task(), {"running": True, "cancelled": False}
 
     def client_gone(watcher: asyncio.Future) -> None:
-        if running[0] and not watcher.cancelled():
+        if state["running"] and not watcher.cancelled():
+            state["cancelled"] = True
             task.cancel()
 
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -310,15 +311,18 @@ async def _unless_disconnected(request: Request, work) -> Response:
     try:
         return await work
     except asyncio.CancelledError:
-        if not watcher.done() or watcher.cancelled():  # this request itself was cancelled, not the client gone
+        if not state["cancelled"]:  # this request itself was cancelled (e.g. shutdown), not the client gone
             raise
-        if hasattr(task, "uncancel"):  # Python 3.11+: the cancellation is handled, later awaits may run
-            task.uncancel()
         tm.labelled(tm.REQUESTS, "disconnected", "499").inc()
         return Response(status_code=499)
     finally:
-        running[0] = False
+        state["running"] = False
         watcher.cancel()
+        # Python 3.11+: the cancellation this function asked for is settled here (answered 499, or
+        # swallowed inside the work, e.g. by a wait_for that finished at that moment), so later
+        # awaits in this task do not see it as pending.
+        if state["cancelled"] and hasattr(task, "uncancel"):
+            task.uncancel()
 
 
 async def _disconnected(request: Request) -> None:
@@ -456,11 +460,12 @@ def create_app(pool: PoolConfig, selector: Selector, api_keys: list[str] | None 
 
 def build_app(pool_path: str | Path, api_keys: list[str] | None = None, choice_log: str | Path | None = None,
               log_json: bool = False, *, log_prompts: bool = False, explore: float | None = None,
-              explore_seed: int | None = None, feedback_log: str | Path | None = None) -> FastAPI:
+              explore_seed: int | None = None, feedback_log: str | Path | None = None,
+              freeze_heap: bool = False) -> FastAPI:
     pool, router_dir = load_pool(pool_path)
     selector = Selector.from_config(pool, router_dir, explore, explore_seed)
     return create_app(pool, selector, api_keys, choice_log, log_json, log_prompts=log_prompts,
-                      feedback_log=feedback_log, freeze_heap=True)
+                      feedback_log=feedback_log, freeze_heap=freeze_heap)
 
 
 def app_from_env() -> FastAPI:
@@ -470,4 +475,4 @@ def app_from_env() -> FastAPI:
                      env.get(ENV_LOG_FORMAT) == "json", log_prompts=env.get(ENV_LOG_PROMPTS) == "1",
                      explore=float(env[ENV_EXPLORE]) if env.get(ENV_EXPLORE) else None,
                      explore_seed=int(env[ENV_EXPLORE_SEED]) if env.get(ENV_EXPLORE_SEED) else None,
-                     feedback_log=env.get(ENV_FEEDBACK_LOG))
+                     feedback_log=env.get(ENV_FEEDBACK_LOG), freeze_heap=True)
