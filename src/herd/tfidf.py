@@ -12,7 +12,6 @@ scikit-learn's own counting with the fitted vocabulary.
 from __future__ import annotations
 
 import math
-
 import threading
 import weakref
 from collections import Counter, defaultdict

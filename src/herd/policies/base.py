@@ -132,7 +132,7 @@ def _known_costs(model_costs: np.ndarray | None, n_models: int) -> np.ndarray:
     unknown = np.isnan(c)
     if unknown.all():
         return np.zeros(n_models)
-    if unknown.any():  # rare: tested apart, as the gateway asks this for every routed request
+    if unknown.any():  # rare, so checked before any work: the gateway asks this for every routed request
         c[unknown] = c[~unknown].max()
     return c
 
