@@ -8,7 +8,7 @@ herd checkout and LiteLLM's proxy, side by side in one run, on loopback only.
     python benchmarks/gateway.py --limits [--requests 2000] [--baseline DIR]   # a key's limits: in process, in Redis
 
 ``--baseline DIR`` serves the same pool with the herd source tree in DIR (e.g. a worktree of an
-earlier commit), so a change is measured against what it changes in the same run. ``--litellm``
+earlier commit; the router it routes with is trained by that checkout too), so a change is measured against what it changes in the same run. ``--litellm``
 (or HERD_BENCH_LITELLM) is the ``litellm`` command of a separate venv (``python -m venv
 /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``); LiteLLM is never a
 dependency of herd, and without it that column is skipped with a message.
@@ -110,16 +110,20 @@ def measured(url: str, model: str, requests: int, concurrency: int, pid: int) ->
     return result
 
 
-def train_router(data: str, out: Path) -> None:
+def source_env(src: Path | None) -> dict:
+    """The environment that runs herd from the source tree in ``src`` (None: the installed herd)."""
+    return dict(os.environ, **({"PYTHONPATH": str(src / "src")} if src is not None else {}))
+
+
+def train_router(data: str, out: Path, src: Path | None = None) -> None:
+    """Train the benchmark's router with the herd in ``src``: a checkout reads the artifacts it writes."""
     subprocess.run([sys.executable, "-m", "herd", "train", data, "--source", "zeroeval", "--benchmark", "gsm8k",
                     "--models", ",".join(MODELS), "--router", "logistic", "--policy", "argmax", "-o", str(out)],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, env=source_env(src))
 
 
 def start_herd(pool: Path, workers: int, src: Path | None = None) -> tuple[subprocess.Popen, str]:
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = str(src / "src")
+    env = source_env(src)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
                              "--workers", str(workers), "--log-level", "warning"],
@@ -231,6 +235,9 @@ def main() -> None:
     litellm = litellm_command(args.litellm)
     work = Path(tempfile.mkdtemp(prefix="herd-gw-bench-"))
     train_router(args.data, work / "router")
+    if args.baseline:  # trained by the checkout itself, which may read only its own artifact format
+        (work / "baseline").mkdir()
+        train_router(args.data, work / "baseline" / "router", args.baseline)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                            "loadavg_at_start": os.getloadavg()},
                "method": "medians over rounds [min, max]; added = target minus direct in the same round",
@@ -246,6 +253,9 @@ def main() -> None:
         models = "\n".join(f"  - {{name: {m}, base_url: '{backend.url}', price_in_per_mtok: 1, price_out_per_mtok: 2}}"
                            for m in MODELS)
         pool.write_text(f"models:\n{models}\nrouter: router\n")
+        base_pool = work / "baseline" / "pool.yaml"
+        if args.baseline:
+            base_pool.write_text(pool.read_text())
         for workers in args.workers:
             servers = []
             try:
@@ -255,7 +265,7 @@ def main() -> None:
                            ("herd_routed", herd_url, "herd", herd.pid),
                            ("herd_by_name", herd_url, MODELS[1], herd.pid)]
                 if args.baseline:
-                    base, base_url = start_herd(pool, workers, args.baseline)
+                    base, base_url = start_herd(base_pool, workers, args.baseline)
                     servers.append(base)
                     targets += [("baseline_routed", base_url, "herd", base.pid),
                                 ("baseline_by_name", base_url, MODELS[1], base.pid)]
