@@ -115,6 +115,14 @@ def source_env(src: Path | None) -> dict:
     return dict(os.environ, **({"PYTHONPATH": str(src / "src")} if src is not None else {}))
 
 
+def checkout(src: Path | None) -> dict | None:
+    """The baseline as the JSON records it: its path and, in a git checkout, its commit."""
+    if src is None:
+        return None
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"path": str(src), "commit": commit or None}
+
+
 def train_router(data: str, out: Path, src: Path | None = None) -> None:
     """Train the benchmark's router with the herd in ``src``: a checkout reads the artifacts it writes."""
     subprocess.run([sys.executable, "-m", "herd", "train", data, "--source", "zeroeval", "--benchmark", "gsm8k",
@@ -242,7 +250,7 @@ def main() -> None:
                            "loadavg_at_start": os.getloadavg()},
                "method": "medians over rounds [min, max]; added = target minus direct in the same round",
                "requests": args.requests, "latency_requests": args.latency_requests, "concurrency": args.concurrency,
-               "rounds": args.rounds, "baseline": str(args.baseline) if args.baseline else None, "runs": []}
+               "rounds": args.rounds, "baseline": checkout(args.baseline), "runs": []}
     if litellm:
         version = subprocess.run([str(Path(litellm).parent / "python"), "-c",
                                   "import importlib.metadata as m; print(m.version('litellm'))"],
@@ -324,7 +332,7 @@ def limits_main(args) -> None:
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                            "loadavg_at_start": os.getloadavg()},
                "requests": args.requests, "latency_requests": args.latency_requests, "concurrency": args.concurrency,
-               "rounds": rounds, "baseline": str(args.baseline) if args.baseline else None, "runs": {}}
+               "rounds": rounds, "baseline": checkout(args.baseline), "runs": {}}
     auth = {"authorization": "Bearer sk-bench"}
     with start_backend(name="fast") as backend, RedisProcess(work / "redis", fsync="everysec") as redis:
         pool = work / "pool.yaml"
@@ -338,7 +346,7 @@ def limits_main(args) -> None:
         procs, urls = {}, {}
         try:
             for label, extra, env, src in variants:
-                env = {**os.environ, **env, **({"PYTHONPATH": str(src / "src")} if src else {})}
+                env = {**source_env(src), **env}
                 port = free_port()
                 procs[label] = subprocess.Popen([sys.executable, "-m", "herd", "serve", str(pool), "--port", str(port),
                                                  "--log-level", "warning", *extra], env=env,
